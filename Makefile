@@ -1,0 +1,36 @@
+# Two commands for a new user (see README):
+#   make run    install what is missing, build Release, start the server
+#   make test   install what is missing, build, run every test through ctest
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+SERVER_FLAGS ?=
+
+.PHONY: all deps build run test bench fuzz clean
+
+all: build
+
+deps:
+	scripts/install-deps.sh build test
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: deps $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+run: build
+	$(BUILD_DIR)/bin/weightgate-server $(SERVER_FLAGS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 900
+
+bench: build
+	tests/bench/run_all.sh $(BUILD_DIR)
+
+fuzz:
+	scripts/install-deps.sh build fuzz
+	tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+clean:
+	rm -rf $(BUILD_DIR)

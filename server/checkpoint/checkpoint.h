@@ -1,0 +1,80 @@
+// Checkpoint is the parsed, still untrusted, description of one checkpoint
+// file: its format, the object tree it holds, where every storage's bytes
+// are, and which globals the pickle named. ReadCheckpoint builds it from
+// bytes by content (never by file name), without executing anything and
+// without copying tensor bytes.
+#ifndef WEIGHTGATE_SERVER_CHECKPOINT_CHECKPOINT_H_
+#define WEIGHTGATE_SERVER_CHECKPOINT_CHECKPOINT_H_
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/checkpoint/mapped_file.h"
+#include "server/checkpoint/value.h"
+
+namespace weightgate::checkpoint {
+
+enum class Format {
+  kTorchZip,     // torch.save >= 1.6: zip with <prefix>/data.pkl
+  kTorchLegacy,  // torch.save < 1.6: magic number + pickles + raw storages
+  kSafetensors,
+  kTorchScript,  // zip with <prefix>/code/ and constants.pkl
+  kJsonSpec,     // {"tensors": {name: {"dtype": "F32", "shape": [...]}}}
+};
+
+// "torch_zip", "torch_legacy", "safetensors", "torchscript", "json_spec".
+std::string_view FormatName(Format format);
+
+struct Checkpoint {
+  Format format = Format::kTorchZip;
+  std::string archive_prefix;  // zip formats: the top folder ("archive", "model", ...)
+  std::shared_ptr<const MappedFile> file;
+  std::unique_ptr<ValueArena> arena = std::make_unique<ValueArena>();
+  const Value* root = nullptr;
+  std::vector<StorageRecord> storages;
+  std::vector<std::string> inflated;  // bytes of deflated storages (rare)
+  std::vector<std::string> opaque_globals;  // unknown globals, deduplicated, in first-seen order
+  std::vector<std::string> unsafe_globals;  // known-dangerous globals
+  std::vector<std::string> metadata;  // safetensors __metadata__ as key=value, zip "version", ...
+
+  bool unsafe() const { return !unsafe_globals.empty(); }
+
+  // The bytes of storage `index` (file or inflated); empty view when out of range.
+  std::string_view StorageBytes(int index) const;
+
+  // The bytes of `tensor`'s storage from its first element's offset onward.
+  // Callers use strides/shape to address elements; the reader has checked
+  // that every addressed element lies inside the storage.
+  std::string_view TensorStorageBytes(const TensorRecord& tensor) const;
+};
+
+// Caps applied while reading; defaults suit checkpoints up to hundreds of GB.
+struct ReadOptions {
+  uint64_t max_pickle_bytes = uint64_t{1} << 30;   // one data.pkl / legacy pickle
+  uint32_t max_zip_entries = 1 << 20;
+  uint32_t max_compression_ratio = 1000;
+  uint64_t max_inflated_bytes = uint64_t{4} << 30;  // all deflated entries together
+  uint32_t max_stack_depth = 1 << 20;               // pickle stack + metastack entries
+  uint32_t max_nesting = 256;                       // container nesting
+  uint64_t max_memo_entries = 1 << 24;
+  uint64_t max_values = uint64_t{1} << 26;          // arena nodes
+  uint64_t max_safetensors_header = 100 << 20;
+};
+
+// Reads any supported format. Errors are InvalidArgument with a short reason
+// ("zip: entry name contains ..", "pickle: truncated at offset 123", ...).
+// Unsafe globals are NOT an error here: the Checkpoint lists them and callers
+// decide (inspect reports them, validation rejects with reason unsafe_pickle).
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
+                                          const ReadOptions& options = {});
+
+// Convenience: Open + ReadCheckpoint.
+absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path,
+                                              const ReadOptions& options = {});
+
+}  // namespace weightgate::checkpoint
+
+#endif  // WEIGHTGATE_SERVER_CHECKPOINT_CHECKPOINT_H_

@@ -1,0 +1,115 @@
+// Value is one node of the plain description a checkpoint parses into: the
+// Python object graph of a pickle, with every object the reader does not
+// know kept as an opaque record instead of being constructed or called.
+// Tensor leaves are TensorRecords: metadata plus the position of their
+// bytes in the file, never the bytes themselves.
+//
+// Values live in a ValueArena owned by the Checkpoint; pointers stay valid as
+// long as the arena does. The graph may share nodes (pickle memo) and may
+// even contain cycles; walkers must bound their depth.
+#ifndef WEIGHTGATE_SERVER_CHECKPOINT_VALUE_H_
+#define WEIGHTGATE_SERVER_CHECKPOINT_VALUE_H_
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "server/checkpoint/dtype.h"
+
+namespace weightgate::checkpoint {
+
+// Where a storage's bytes are: a byte range of the mapped file, or (for a
+// deflated zip entry) bytes inflated into memory owned by the Checkpoint.
+struct StorageRecord {
+  DType dtype = DType::kF32;
+  std::string key;            // torch.save storage key ("0", "1", ...) or safetensors name
+  uint64_t file_offset = 0;   // offset of the first byte in the file
+  uint64_t nbytes = 0;        // bytes present for this storage
+  int inflated_index = -1;    // >= 0: index into Checkpoint::inflated instead of the file
+};
+
+// One tensor as torch would rebuild it: a strided view of a storage.
+struct TensorRecord {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> strides;  // in elements
+  int64_t storage_offset = 0;    // in elements
+  int storage_index = -1;        // into Checkpoint::storages; -1 = schema only (JSON spec)
+  bool requires_grad = false;
+  bool is_parameter = false;     // rebuilt through torch._utils._rebuild_parameter
+
+  int64_t numel() const;
+  bool is_contiguous() const;    // row-major contiguous (torch's definition)
+  uint64_t nbytes() const;       // numel * item size (checked at parse time)
+};
+
+struct Value {
+  enum class Kind {
+    kNone,
+    kBool,
+    kInt,       // fits int64: `i`
+    kBigInt,    // does not: `str` holds the two's-complement little-endian bytes
+    kFloat,
+    kString,    // `str` (UTF-8)
+    kBytes,     // `str` (raw)
+    kTuple,     // `items`
+    kList,      // `items`
+    kDict,      // `items` as key, value, key, value ... (insertion order)
+    kSet,       // `items`
+    kFrozenSet, // `items`
+    kTensor,    // `tensor`
+    kStorage,   // `storage_index`; a bare storage (e.g. untyped storage in a list)
+    kGlobal,    // `str` = "module.qualname"; a class or function reference, never resolved
+    kOpaque,    // instance of an unknown global: `str` = its global; `items` =
+                // constructor args (REDUCE/NEWOBJ); `state` = BUILD state
+    kDtype,     // torch dtype object: `dtype`
+  };
+
+  Kind kind = Kind::kNone;
+  bool b = false;
+  int64_t i = 0;
+  double f = 0;
+  std::string str;
+  std::vector<const Value*> items;
+  const Value* state = nullptr;
+  TensorRecord tensor;
+  int storage_index = -1;
+  DType dtype = DType::kF32;
+
+  bool is_string() const { return kind == Kind::kString; }
+  // For kDict: the value under string key `key`, or nullptr.
+  const Value* Get(std::string_view key) const;
+};
+
+// Owns Values; stable addresses.
+class ValueArena final {
+ public:
+  Value* New(Value::Kind kind) {
+    Value& v = values_.emplace_back();
+    v.kind = kind;
+    return &v;
+  }
+  size_t size() const { return values_.size(); }
+
+ private:
+  std::deque<Value> values_;
+};
+
+// A tensor found by walking a value tree, named by its path of dict keys
+// joined with '.' (list/tuple elements by index; opaque objects through their
+// BUILD state, so a TorchScript module's attributes read like a state_dict).
+struct NamedTensor {
+  std::string name;
+  const TensorRecord* tensor = nullptr;
+};
+
+// Every tensor under `root`, in insertion order, with its dotted name relative
+// to `root`. Visits each node at most once per path and stops at `max_depth`.
+std::vector<NamedTensor> FlattenTensors(const Value* root, int max_depth = 64);
+
+}  // namespace weightgate::checkpoint
+
+#endif  // WEIGHTGATE_SERVER_CHECKPOINT_VALUE_H_

@@ -1,0 +1,135 @@
+// Store is weightgate's embedded, crash-safe persistence: content-addressed
+// immutable blobs plus per-model metadata, all in one directory that several
+// server processes (replicas) may share.
+//
+//   <root>/blobs/<sha256>             immutable normalised weights (safetensors) and
+//                                     reference archives
+//   <root>/models/<id>/model.json     weightgate.v1.Model (spec, policy, aliases)
+//   <root>/models/<id>/versions/<n>.json  weightgate.v1.Version
+//   <root>/tmp/                       staging; stale files are removed by Open()
+//   <root>/LOCK                       flock()ed around read-modify-write of metadata
+//
+// Every write is temp file + fsync + rename (+ fsync of the directory), so a
+// crash at any point leaves the previous state readable.
+//
+// This class is thread-safe.
+#ifndef WEIGHTGATE_SERVER_STORE_STORE_H_
+#define WEIGHTGATE_SERVER_STORE_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "weightgate/v1/registry.pb.h"
+
+namespace weightgate::store {
+
+// A file being written under tmp/. Destroying it without Commit removes it.
+class StagedFile final {
+ public:
+  StagedFile(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ~StagedFile();
+  StagedFile(const StagedFile&) = delete;
+  StagedFile& operator=(const StagedFile&) = delete;
+
+  // Appends bytes (and feeds the running sha256).
+  absl::Status Append(std::string_view bytes);
+  // fsyncs and closes; the file stays at path() until committed or destroyed.
+  absl::Status Finish();
+
+  const std::string& path() const { return path_; }
+  uint64_t size() const { return size_; }
+  // Hex sha256 of everything appended; valid after Finish().
+  const std::string& sha256() const { return sha256_; }
+
+ private:
+  friend class Store;
+  std::string path_;
+  int fd_ = -1;
+  uint64_t size_ = 0;
+  std::string sha256_;
+  void* sha_ctx_ = nullptr;  // EVP_MD_CTX*
+  bool keep_ = false;
+};
+
+class Store final {
+ public:
+  struct Options {
+    // Root directory; created if missing. Default "./var/store".
+    std::string root = "./var/store";
+  };
+
+  // Opens (creating if needed) the store and removes stale staging files.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const Options& options);
+
+  const std::string& root() const { return root_; }
+
+  // ---- blobs ----
+  absl::StatusOr<std::unique_ptr<StagedFile>> NewStagedFile();
+  // Moves a finished staged file to blobs/<sha256> (or drops it when that
+  // blob already exists) and returns the sha256.
+  absl::StatusOr<std::string> CommitBlob(std::unique_ptr<StagedFile> staged);
+  std::string BlobPath(const std::string& sha256) const;
+  bool HasBlob(const std::string& sha256) const;
+  // Bytes of all blobs (for the store_bytes gauge).
+  uint64_t BlobBytes() const;
+
+  // ---- models ----
+  // Creates or overwrites models/<id>/model.json.
+  absl::Status PutModel(const weightgate::v1::Model& model);
+  // NOT_FOUND when absent.
+  absl::StatusOr<weightgate::v1::Model> GetModel(const std::string& model_id) const;
+  // Sorted by id.
+  absl::StatusOr<std::vector<weightgate::v1::Model>> ListModels() const;
+  // Removes the model and its versions; then garbage-collects unreferenced blobs.
+  absl::Status DeleteModel(const std::string& model_id);
+
+  // Runs `fn` on the model under the store-wide lock and writes the result
+  // back atomically (read-modify-write safe across processes).
+  absl::Status UpdateModel(const std::string& model_id,
+                           const std::function<absl::Status(weightgate::v1::Model&)>& fn);
+
+  // ---- versions ----
+  // Allocates the next version number under the lock, writes the version
+  // record, bumps version_count, moves "latest" (and `alias` if non-empty).
+  absl::StatusOr<weightgate::v1::Version> AddVersion(const std::string& model_id,
+                                                     weightgate::v1::Version version,
+                                                     const std::string& alias);
+  absl::StatusOr<weightgate::v1::Version> GetVersion(const std::string& model_id,
+                                                     int64_t version) const;
+  absl::StatusOr<std::vector<weightgate::v1::Version>> ListVersions(
+      const std::string& model_id) const;
+  absl::Status DeleteVersion(const std::string& model_id, int64_t version);
+  // Returns the previous version of the alias (0 if none).
+  absl::StatusOr<int64_t> SetAlias(const std::string& model_id, const std::string& alias,
+                                   int64_t version);
+  // Resolves MODEL, MODEL@VERSION or MODEL@ALIAS.
+  absl::StatusOr<weightgate::v1::Version> Resolve(const std::string& ref) const;
+
+  // Removes blobs that no version and no model spec references.
+  absl::Status CollectGarbage();
+
+ private:
+  explicit Store(std::string root) : root_(std::move(root)) {}
+  std::string root_;
+};
+
+// Model IDs match [a-z0-9][a-z0-9._-]{0,127}.
+absl::Status ValidateModelId(const std::string& model_id);
+
+// Splits "MODEL", "MODEL@VERSION", "MODEL@ALIAS". alias is "latest" for a bare
+// MODEL; version is set (and alias empty) when the part after '@' is a number.
+struct ParsedRef {
+  std::string model_id;
+  std::string alias;
+  int64_t version = 0;
+};
+absl::StatusOr<ParsedRef> ParseRef(const std::string& ref);
+
+}  // namespace weightgate::store
+
+#endif  // WEIGHTGATE_SERVER_STORE_STORE_H_

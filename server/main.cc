@@ -1,1 +1,127 @@
-int main() { return 0; }
+// weightgate-server: the gRPC service. With no flags it serves on loopback
+// with a local store under ./var/store (the embedded default).
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/reflection.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "server/service/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics listen address; empty to disable");
+ABSL_FLAG(std::string, store, "./var/store", "store directory (created if missing)");
+ABSL_FLAG(std::string, device, "auto",
+          "where tensor checks and casts run: auto (CUDA when available, else CPU), cpu, cuda[:N]");
+ABSL_FLAG(uint64_t, cache_bytes, uint64_t{4} << 30, "bound of the in-memory cache of open blobs");
+ABSL_FLAG(uint64_t, max_upload_bytes, uint64_t{64} << 30, "largest accepted upload in bytes");
+ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS with --tls_key)");
+ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
+ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle; when set, clients must present certificates");
+ABSL_FLAG(std::string, tokens_file, "",
+          "file of bearer tokens, one per line: TOKEN [reader|writer]; empty = no authentication");
+ABSL_FLAG(bool, insecure, false,
+          "allow a non-loopback --listen address without TLS or tokens");
+ABSL_FLAG(int, worker_threads, 0, "threads for checkpoint validation (0 = number of cores)");
+ABSL_FLAG(int, drain_seconds, 20, "on SIGTERM, how long running streams may finish");
+
+namespace {
+
+bool OnlyOurFlags(absl::string_view file) {
+  return absl::StrContains(file, "server/main.cc");
+}
+
+// absl exits with 1 on an unknown flag; the contract says usage errors exit 2
+// with one line, so unknown flags are caught first.
+bool CheckFlagNames(int argc, char** argv) {
+  static const char* const kBuiltin[] = {"help", "helpfull", "helpshort", "helppackage",
+                                         "helpon", "helpmatch", "version", "only_check_args",
+                                         "flagfile", "fromenv", "tryfromenv", "undefok"};
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (!absl::ConsumePrefix(&arg, "-")) continue;
+    absl::ConsumePrefix(&arg, "-");
+    arg = arg.substr(0, arg.find('='));
+    bool known = absl::FindCommandLineFlag(arg) != nullptr;
+    if (!known && absl::ConsumePrefix(&arg, "no")) {
+      const absl::CommandLineFlag* flag = absl::FindCommandLineFlag(arg);
+      known = flag != nullptr && flag->IsOfType<bool>();
+    }
+    for (const char* name : kBuiltin) known = known || arg == name;
+    if (!known) {
+      std::cerr << "weightgate-server: unknown flag '" << argv[i] << "' (see --help)\n";
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::FlagsUsageConfig config;
+  config.contains_helpshort_flags = OnlyOurFlags;
+  config.contains_help_flags = OnlyOurFlags;
+  config.version_string = [] { return std::string("weightgate-server 0.1.0\n"); };
+  absl::SetFlagsUsageConfig(config);
+  absl::SetProgramUsageMessage(
+      "weightgate-server: validates, repairs, stores and streams PyTorch weights.\n"
+      "Usage: weightgate-server [--listen ADDR] [--metrics_listen ADDR] [--store DIR] [flags]");
+
+  // Block the shutdown signals in every thread; main waits for them below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  if (!CheckFlagNames(argc, argv)) return 2;
+  std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  if (positional.size() > 1) {
+    std::cerr << "weightgate-server: unexpected argument '" << positional[1]
+              << "' (see --help)\n";
+    return 2;
+  }
+
+  weightgate::service::Server::Options options;
+  options.listen = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  options.store = absl::GetFlag(FLAGS_store);
+  options.device = absl::GetFlag(FLAGS_device);
+  options.cache_bytes = absl::GetFlag(FLAGS_cache_bytes);
+  options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  options.tls_cert = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
+  options.insecure = absl::GetFlag(FLAGS_insecure);
+  options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+
+  auto server = weightgate::service::Server::Start(options);
+  if (!server.ok()) {
+    std::cerr << "weightgate-server: " << server.status().message() << "\n";
+    return 2;
+  }
+  std::cerr << "weightgate-server: serving on " << options.listen << " (port " << (*server)->port()
+            << "), metrics on "
+            << (options.metrics_listen.empty() ? "(disabled)" : options.metrics_listen)
+            << ", store " << options.store << "\n";
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::cerr << "weightgate-server: " << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
+            << ", draining for up to " << absl::GetFlag(FLAGS_drain_seconds) << " s\n";
+  (*server)->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(absl::GetFlag(FLAGS_drain_seconds)));
+  server->reset();
+  std::cerr << "weightgate-server: stopped\n";
+  return 0;
+}

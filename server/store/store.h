@@ -41,6 +41,11 @@ class StagedFile final {
   // fsyncs and closes; the file stays at path() until committed or destroyed.
   absl::Status Finish();
 
+  // The file at path() was written by another writer (e.g. a normaliser):
+  // close our descriptor, then fsync and hash what the file holds, so that
+  // CommitBlob can name it.
+  absl::Status AdoptContents();
+
   const std::string& path() const { return path_; }
   uint64_t size() const { return size_; }
   // Hex sha256 of everything appended; valid after Finish().
@@ -75,6 +80,8 @@ class Store final {
   absl::StatusOr<std::string> CommitBlob(std::unique_ptr<StagedFile> staged);
   std::string BlobPath(const std::string& sha256) const;
   bool HasBlob(const std::string& sha256) const;
+  // Size in bytes of a stored blob; 0 when absent.
+  uint64_t BlobSize(const std::string& sha256) const;
   // Bytes of all blobs (for the store_bytes gauge).
   uint64_t BlobBytes() const;
 

@@ -1,0 +1,206 @@
+#include "server/service/registry_service.h"
+
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/service/status_util.h"
+#include "server/service/upload_reactor.h"
+
+namespace weightgate::service {
+namespace {
+
+using weightgate::v1::Model;
+using weightgate::v1::RegisterModelHeader;
+using weightgate::v1::RegisterModelRequest;
+using weightgate::v1::UploadHeader;
+using weightgate::v1::UploadRequest;
+using weightgate::v1::ValidationReport;
+using weightgate::v1::Verdict_Name;
+
+double SecondsSince(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+void RecordReport(Metrics& metrics, const char* rpc, const ValidationReport& report,
+                  double seconds) {
+  metrics.RecordValidation(rpc, Verdict_Name(report.verdict()), seconds);
+  for (const std::string& reason : report.reasons()) metrics.RecordRejection(reason);
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* RegistryService::Unary(grpc::CallbackServerContext* context,
+                                                 const char* method, Role role,
+                                                 std::function<absl::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  grpc::Status auth = options_.auth->Check(context, role);
+  if (!auth.ok()) {
+    options_.metrics->RecordRpc(method, CodeName(auth.error_code()));
+    reactor->Finish(auth);
+    return reactor;
+  }
+  // Metadata calls touch the disk (and take the store lock): off the gRPC thread.
+  options_.executor->Schedule([this, reactor, method, work = std::move(work)] {
+    grpc::Status status = ToGrpcStatus(work());
+    options_.metrics->RecordRpc(method, CodeName(status.error_code()));
+    reactor->Finish(status);
+  });
+  return reactor;
+}
+
+grpc::ServerReadReactor<RegisterModelRequest>* RegistryService::RegisterModel(
+    grpc::CallbackServerContext* context, Model* response) {
+  using Reactor = UploadReactor<RegisterModelRequest, RegisterModelHeader>;
+  Reactor::Setup setup{"RegisterModel",    context,           options_.store,
+                       options_.metrics,   options_.auth,     options_.executor,
+                       options_.heavy, options_.max_upload_bytes};
+  return new Reactor(setup, [this, response](const RegisterModelHeader& header,
+                                             store::StagedFile& staged) {
+    absl::StatusOr<Model> model = options_.registry->RegisterModel(header, staged.path());
+    if (!model.ok()) return ToGrpcStatus(model.status());
+    *response = *std::move(model);
+    if (absl::StatusOr<std::vector<Model>> all = options_.store->ListModels(); all.ok()) {
+      options_.metrics->SetModels(static_cast<double>(all->size()));
+    }
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* RegistryService::GetModel(grpc::CallbackServerContext* context,
+                                                    const weightgate::v1::GetModelRequest* request,
+                                                    Model* response) {
+  return Unary(context, "GetModel", Role::kReader, [this, request, response] {
+    absl::StatusOr<Model> model = options_.registry->GetModel(request->model_id());
+    if (!model.ok()) return model.status();
+    *response = *std::move(model);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RegistryService::ListModels(
+    grpc::CallbackServerContext* context, const weightgate::v1::ListModelsRequest* request,
+    weightgate::v1::ListModelsResponse* response) {
+  return Unary(context, "ListModels", Role::kReader, [this, response] {
+    absl::StatusOr<std::vector<Model>> models = options_.registry->ListModels();
+    if (!models.ok()) return models.status();
+    options_.metrics->SetModels(static_cast<double>(models->size()));
+    for (Model& m : *models) *response->add_models() = std::move(m);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RegistryService::DeleteModel(
+    grpc::CallbackServerContext* context, const weightgate::v1::DeleteModelRequest* request,
+    weightgate::v1::DeleteModelResponse* response) {
+  return Unary(context, "DeleteModel", Role::kWriter, [this, request] {
+    absl::Status s = options_.registry->DeleteModel(request->model_id());
+    options_.metrics->SetStoreBytes(static_cast<double>(options_.store->BlobBytes()));
+    return s;
+  });
+}
+
+grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
+    grpc::CallbackServerContext* context, ValidationReport* response) {
+  using Reactor = UploadReactor<UploadRequest, UploadHeader>;
+  Reactor::Setup setup{"ValidateCheckpoint", context,          options_.store,
+                       options_.metrics,     options_.auth,    options_.executor,
+                       options_.heavy, options_.max_upload_bytes};
+  return new Reactor(setup, [this, response](const UploadHeader& header,
+                                             store::StagedFile& staged) {
+    auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<ValidationReport> report = options_.registry->Validate(header, staged.path());
+    if (!report.ok()) return ToGrpcStatus(report.status());
+    RecordReport(*options_.metrics, "ValidateCheckpoint", *report, SecondsSince(start));
+    *response = *std::move(report);
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
+    grpc::CallbackServerContext* context, weightgate::v1::UploadResponse* response) {
+  using Reactor = UploadReactor<UploadRequest, UploadHeader>;
+  Reactor::Setup setup{"UploadCheckpoint", context,          options_.store,
+                       options_.metrics,   options_.auth,    options_.executor,
+                       options_.heavy, options_.max_upload_bytes};
+  return new Reactor(setup, [this, response](const UploadHeader& header,
+                                             store::StagedFile& staged) {
+    if (!header.alias().empty()) {
+      if (absl::Status s = store::ValidateModelId(header.alias()); !s.ok()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            absl::StrCat("invalid alias '", header.alias(), "'"));
+      }
+    }
+    auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<std::unique_ptr<store::StagedFile>> output = options_.store->NewStagedFile();
+    if (!output.ok()) return ToGrpcStatus(output.status());
+    // The normaliser writes the output file itself; close our descriptor and
+    // let the store hash it when committing.
+    absl::StatusOr<ValidationReport> report =
+        options_.registry->NormalizeTo(header, staged.path(), (*output)->path());
+    if (!report.ok()) return ToGrpcStatus(report.status());
+    RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
+    *response->mutable_report() = *report;
+    if (report->verdict() == weightgate::v1::INVALID) {
+      // The report travels in the status details (a serialized ValidationReport).
+      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                          absl::StrCat("checkpoint is INVALID for model '", header.model_id(),
+                                       "': ", absl::StrJoin(report->reasons(), ", ")),
+                          report->SerializeAsString());
+    }
+    if (absl::Status s = (*output)->AdoptContents(); !s.ok()) return ToGrpcStatus(s);
+    absl::StatusOr<std::string> sha = options_.store->CommitBlob(std::move(*output));
+    if (!sha.ok()) return ToGrpcStatus(sha.status());
+    weightgate::v1::Version version;
+    version.set_blob_sha256(*sha);
+    version.set_size_bytes(static_cast<int64_t>(options_.store->BlobSize(*sha)));
+    version.set_filename(header.filename());
+    *version.mutable_report() = *report;
+    absl::StatusOr<weightgate::v1::Version> added =
+        options_.store->AddVersion(header.model_id(), version, header.alias());
+    if (!added.ok()) return ToGrpcStatus(added.status());
+    *response->mutable_version() = *std::move(added);
+    options_.metrics->SetStoreBytes(static_cast<double>(options_.store->BlobBytes()));
+    return grpc::Status::OK;
+  });
+}
+
+grpc::ServerUnaryReactor* RegistryService::ListVersions(
+    grpc::CallbackServerContext* context, const weightgate::v1::ListVersionsRequest* request,
+    weightgate::v1::ListVersionsResponse* response) {
+  return Unary(context, "ListVersions", Role::kReader, [this, request, response] {
+    auto versions = options_.store->ListVersions(request->model_id());
+    if (!versions.ok()) return versions.status();
+    for (auto& v : *versions) {
+      v.clear_report();  // keep listings small; GetVersion-style detail is in the blob's record
+      *response->add_versions() = std::move(v);
+    }
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RegistryService::SetAlias(grpc::CallbackServerContext* context,
+                                                    const weightgate::v1::SetAliasRequest* request,
+                                                    weightgate::v1::SetAliasResponse* response) {
+  return Unary(context, "SetAlias", Role::kWriter, [this, request, response] {
+    if (request->alias() == "latest") {
+      return absl::InvalidArgumentError("'latest' moves by itself and cannot be set");
+    }
+    auto previous = options_.store->SetAlias(request->model_id(), request->alias(), request->version());
+    if (!previous.ok()) return previous.status();
+    response->set_previous_version(*previous);
+    return absl::OkStatus();
+  });
+}
+
+grpc::ServerUnaryReactor* RegistryService::DeleteVersion(
+    grpc::CallbackServerContext* context, const weightgate::v1::DeleteVersionRequest* request,
+    weightgate::v1::DeleteVersionResponse* response) {
+  return Unary(context, "DeleteVersion", Role::kWriter, [this, request] {
+    absl::Status s = options_.store->DeleteVersion(request->model_id(), request->version());
+    options_.metrics->SetStoreBytes(static_cast<double>(options_.store->BlobBytes()));
+    return s;
+  });
+}
+
+}  // namespace weightgate::service

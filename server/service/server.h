@@ -1,0 +1,84 @@
+// Server assembles one weightgate process: the store, the registry, both
+// gRPC services, health, reflection and the metrics exposer. Start() returns
+// once the port is bound and health is SERVING; Shutdown() stops accepting,
+// drains in-flight streams until the deadline, then cancels the rest.
+//
+// This class is thread-safe.
+#ifndef WEIGHTGATE_SERVER_SERVICE_SERVER_H_
+#define WEIGHTGATE_SERVER_SERVICE_SERVER_H_
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/server.h"
+#include "server/registry/registry.h"
+#include "server/service/auth.h"
+#include "server/service/executor.h"
+#include "server/service/metrics.h"
+#include "server/service/registry_service.h"
+#include "server/service/stream_service.h"
+#include "server/store/store.h"
+
+namespace weightgate::service {
+
+class Server final {
+ public:
+  struct Options {
+    // gRPC address. Default loopback only.
+    std::string listen = "127.0.0.1:50051";
+    // Prometheus /metrics address; empty disables the exposer.
+    std::string metrics_listen = "127.0.0.1:9464";
+    // Store directory (created if missing).
+    std::string store = "./var/store";
+    // "auto", "cpu", "cuda", "cuda:N".
+    std::string device = "auto";
+    // Bound of the in-memory cache of open blobs.
+    uint64_t cache_bytes = uint64_t{4} << 30;
+    // Largest accepted upload.
+    uint64_t max_upload_bytes = uint64_t{64} << 30;
+    // TLS: PEM files. Both set = TLS on. client_ca additionally requires client certs.
+    std::string tls_cert;
+    std::string tls_key;
+    std::string tls_client_ca;
+    // Bearer tokens file (see Authorizer); empty = no authentication.
+    std::string tokens_file;
+    // Allow a non-loopback listen address without TLS or tokens.
+    bool insecure = false;
+    // Threads for checkpoint parsing and validation (0 = number of cores).
+    int worker_threads = 0;
+  };
+
+  // Validates options, opens the store, binds ports, starts serving.
+  static absl::StatusOr<std::unique_ptr<Server>> Start(const Options& options);
+  ~Server();
+
+  // The bound gRPC port (useful with ":0").
+  int port() const { return port_; }
+  // Stops accepting, lets running RPCs finish until `deadline`, then cancels them.
+  void Shutdown(std::chrono::system_clock::time_point deadline);
+
+ private:
+  Server() = default;
+
+  Options options_;
+  int port_ = 0;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<registry::Registry> registry_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<Authorizer> auth_;
+  std::unique_ptr<Executor> io_;
+  std::unique_ptr<Executor> heavy_;
+  std::unique_ptr<RegistryService> registry_service_;
+  std::unique_ptr<StreamService> stream_service_;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+// True for 127.0.0.0/8, [::1], localhost and unix: sockets.
+bool IsLoopbackAddress(const std::string& address);
+
+}  // namespace weightgate::service
+
+#endif  // WEIGHTGATE_SERVER_SERVICE_SERVER_H_

@@ -1,0 +1,589 @@
+#include "server/store/store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
+
+namespace weightgate::store {
+namespace {
+
+using weightgate::v1::Model;
+using weightgate::v1::Version;
+
+absl::Status ErrnoStatus(const std::string& what) {
+  return absl::InternalError(absl::StrCat(what, ": ", std::strerror(errno)));
+}
+
+absl::Status MakeDirs(const std::string& path) {
+  std::string partial;
+  for (absl::string_view part : absl::StrSplit(path, '/')) {
+    if (partial.empty() && path[0] == '/') partial = "/";
+    absl::StrAppend(&partial, part);
+    if (!part.empty() && ::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST) {
+      return ErrnoStatus(absl::StrCat("mkdir ", partial));
+    }
+    partial.push_back('/');
+  }
+  return absl::OkStatus();
+}
+
+absl::Status FsyncDir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("open ", dir));
+  int rc = ::fsync(fd);
+  ::close(fd);
+  return rc == 0 ? absl::OkStatus() : ErrnoStatus(absl::StrCat("fsync ", dir));
+}
+
+std::string DirName(const std::string& path) {
+  size_t slash = path.rfind('/');
+  return slash == std::string::npos ? "." : path.substr(0, slash);
+}
+
+std::string RandomSuffix() {
+  static thread_local std::mt19937_64 rng(std::random_device{}() ^ ::getpid());
+  return absl::StrCat(::getpid(), ".", rng() % 1000000000);
+}
+
+// temp file + fsync + rename + fsync(dir): readers see the old or the new
+// content, never a torn file, across a crash at any point.
+absl::Status AtomicWrite(const std::string& tmp_dir, const std::string& path,
+                         std::string_view content) {
+  std::string tmp = absl::StrCat(tmp_dir, "/meta.", RandomSuffix(), ".tmp");
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("create ", tmp));
+  size_t done = 0;
+  while (done < content.size()) {
+    ssize_t n = ::write(fd, content.data() + done, content.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      absl::Status s = ErrnoStatus(absl::StrCat("write ", tmp));
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return s;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    absl::Status s = ErrnoStatus(absl::StrCat("fsync ", tmp));
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    absl::Status s = ErrnoStatus(absl::StrCat("rename ", tmp, " -> ", path));
+    ::unlink(tmp.c_str());
+    return s;
+  }
+  return FsyncDir(DirName(path));
+}
+
+absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat(path, " not found"));
+    return ErrnoStatus(absl::StrCat("open ", path));
+  }
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+template <typename Message>
+absl::StatusOr<Message> ReadJson(const std::string& path) {
+  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  if (!text.ok()) return text.status();
+  Message message;
+  google::protobuf::util::JsonParseOptions options;
+  options.ignore_unknown_fields = true;  // newer servers may add fields
+  auto status = google::protobuf::util::JsonStringToMessage(*text, &message, options);
+  if (!status.ok()) {
+    return absl::DataLossError(absl::StrCat("corrupt metadata ", path, ": ", status.ToString()));
+  }
+  return message;
+}
+
+template <typename Message>
+absl::Status WriteJson(const std::string& tmp_dir, const std::string& path,
+                       const Message& message) {
+  std::string text;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  auto status = google::protobuf::util::MessageToJsonString(message, &text, options);
+  if (!status.ok()) return absl::InternalError(status.ToString());
+  return AtomicWrite(tmp_dir, path, text);
+}
+
+std::vector<std::string> ListDir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return names;
+  while (struct dirent* e = ::readdir(d)) {
+    std::string name = e->d_name;
+    if (name != "." && name != "..") names.push_back(name);
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+bool IsHexSha256(const std::string& s) {
+  return s.size() == 64 &&
+         std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) && !std::isupper(static_cast<unsigned char>(c)); });
+}
+
+// Unreferenced blobs younger than this survive garbage collection.
+constexpr int kBlobGracePeriodSeconds = 600;
+
+int64_t NowMs() {
+  struct timespec ts;
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
+}
+
+// flock() on <root>/LOCK: serialises read-modify-write of metadata across
+// threads (each holder opens its own descriptor) and across processes.
+class FileLock final {
+ public:
+  explicit FileLock(const std::string& root) {
+    fd_ = ::open(absl::StrCat(root, "/LOCK").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ >= 0) {
+      while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
+      }
+    }
+  }
+  ~FileLock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+  bool ok() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- StagedFile
+
+StagedFile::~StagedFile() {
+  if (fd_ >= 0) ::close(fd_);
+  if (sha_ctx_ != nullptr) EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(sha_ctx_));
+  if (!keep_) ::unlink(path_.c_str());
+}
+
+absl::Status StagedFile::Append(std::string_view bytes) {
+  if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
+  if (sha_ctx_ == nullptr) {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+    sha_ctx_ = ctx;
+  }
+  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(sha_ctx_), bytes.data(), bytes.size());
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd_, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return ErrnoStatus(absl::StrCat("write ", path_));
+    bytes.remove_prefix(static_cast<size_t>(n));
+    size_ += static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status StagedFile::Finish() {
+  if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
+  if (sha_ctx_ == nullptr) {
+    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+    sha_ctx_ = ctx;
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(sha_ctx_), digest, &len);
+  static constexpr char kHex[] = "0123456789abcdef";
+  sha256_.clear();
+  for (unsigned int i = 0; i < len; ++i) {
+    sha256_.push_back(kHex[digest[i] >> 4]);
+    sha256_.push_back(kHex[digest[i] & 15]);
+  }
+  int rc = ::fsync(fd_);
+  ::close(fd_);
+  fd_ = -1;
+  return rc == 0 ? absl::OkStatus() : ErrnoStatus(absl::StrCat("fsync ", path_));
+}
+
+absl::Status StagedFile::AdoptContents() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    fd_ = -1;
+  }
+  if (sha_ctx_ != nullptr) EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(sha_ctx_));
+  sha_ctx_ = nullptr;
+  size_ = 0;
+  fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) return ErrnoStatus(absl::StrCat("open ", path_));
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  sha_ctx_ = ctx;
+  std::string buffer(1 << 20, '\0');
+  for (;;) {
+    ssize_t n = ::read(fd_, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(absl::StrCat("read ", path_));
+    if (n == 0) break;
+    EVP_DigestUpdate(ctx, buffer.data(), static_cast<size_t>(n));
+    size_ += static_cast<uint64_t>(n);
+  }
+  return Finish();
+}
+
+// ---------------------------------------------------------------- helpers
+
+absl::Status ValidateModelId(const std::string& model_id) {
+  auto valid_char = [](char c, bool first) {
+    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) return true;
+    return !first && (c == '.' || c == '_' || c == '-');
+  };
+  bool ok = !model_id.empty() && model_id.size() <= 128;
+  for (size_t i = 0; ok && i < model_id.size(); ++i) ok = valid_char(model_id[i], i == 0);
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "invalid model id '", model_id.substr(0, 140), "': must match [a-z0-9][a-z0-9._-]{0,127}"));
+}
+
+absl::StatusOr<ParsedRef> ParseRef(const std::string& ref) {
+  ParsedRef parsed;
+  size_t at = ref.find('@');
+  parsed.model_id = ref.substr(0, at);
+  if (absl::Status s = ValidateModelId(parsed.model_id); !s.ok()) return s;
+  if (at == std::string::npos) {
+    parsed.alias = "latest";
+    return parsed;
+  }
+  std::string tail = ref.substr(at + 1);
+  if (tail.empty()) return absl::InvalidArgumentError(absl::StrCat("invalid reference '", ref, "': empty after '@'"));
+  int64_t version = 0;
+  auto [end, ec] = std::from_chars(tail.data(), tail.data() + tail.size(), version);
+  if (ec == std::errc() && end == tail.data() + tail.size()) {
+    if (version <= 0) return absl::InvalidArgumentError(absl::StrCat("invalid version in '", ref, "'"));
+    parsed.version = version;
+    return parsed;
+  }
+  if (absl::Status s = ValidateModelId(tail); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid alias in reference '", ref, "'"));
+  }
+  parsed.alias = tail;
+  return parsed;
+}
+
+// ---------------------------------------------------------------- Store
+
+absl::StatusOr<std::unique_ptr<Store>> Store::Open(const Options& options) {
+  if (options.root.empty()) return absl::InvalidArgumentError("store root is empty");
+  std::string root = options.root;
+  while (root.size() > 1 && root.back() == '/') root.pop_back();
+  for (const char* sub : {"", "/blobs", "/models", "/tmp"}) {
+    if (absl::Status s = MakeDirs(root + sub); !s.ok()) return s;
+  }
+  std::unique_ptr<Store> store(new Store(root));
+  FileLock lock(root);
+  if (!lock.ok()) return ErrnoStatus(absl::StrCat("lock ", root, "/LOCK"));
+  // Stale staging files from a crashed process. Another live replica may be
+  // staging right now: only remove files older than an hour.
+  time_t now = ::time(nullptr);
+  for (const std::string& name : ListDir(root + "/tmp")) {
+    std::string path = absl::StrCat(root, "/tmp/", name);
+    struct stat st;
+    if (::stat(path.c_str(), &st) == 0 && now - st.st_mtime > 3600) ::unlink(path.c_str());
+  }
+  return store;
+}
+
+absl::StatusOr<std::unique_ptr<StagedFile>> Store::NewStagedFile() {
+  std::string path = absl::StrCat(root_, "/tmp/stage.", RandomSuffix());
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(absl::StrCat("create ", path));
+  return std::make_unique<StagedFile>(path, fd);
+}
+
+std::string Store::BlobPath(const std::string& sha256) const {
+  return absl::StrCat(root_, "/blobs/", sha256);
+}
+
+bool Store::HasBlob(const std::string& sha256) const {
+  struct stat st;
+  return IsHexSha256(sha256) && ::stat(BlobPath(sha256).c_str(), &st) == 0;
+}
+
+absl::StatusOr<std::string> Store::CommitBlob(std::unique_ptr<StagedFile> staged) {
+  if (staged->fd_ >= 0) {
+    if (absl::Status s = staged->Finish(); !s.ok()) return s;
+  }
+  std::string sha = staged->sha256();
+  std::string path = BlobPath(sha);
+  if (HasBlob(sha)) return sha;  // content-addressed: identical bytes are stored once
+  ::chmod(staged->path().c_str(), 0444);
+  if (::rename(staged->path().c_str(), path.c_str()) != 0) {
+    return ErrnoStatus(absl::StrCat("rename ", staged->path(), " -> ", path));
+  }
+  staged->keep_ = true;
+  if (absl::Status s = FsyncDir(root_ + "/blobs"); !s.ok()) return s;
+  return sha;
+}
+
+uint64_t Store::BlobSize(const std::string& sha256) const {
+  struct stat st;
+  if (!IsHexSha256(sha256) || ::stat(BlobPath(sha256).c_str(), &st) != 0) return 0;
+  return static_cast<uint64_t>(st.st_size);
+}
+
+uint64_t Store::BlobBytes() const {
+  uint64_t total = 0;
+  for (const std::string& name : ListDir(root_ + "/blobs")) {
+    struct stat st;
+    if (::stat(BlobPath(name).c_str(), &st) == 0) total += static_cast<uint64_t>(st.st_size);
+  }
+  return total;
+}
+
+static std::string ModelDir(const std::string& root, const std::string& id) {
+  return absl::StrCat(root, "/models/", id);
+}
+
+absl::Status Store::PutModel(const Model& model) {
+  if (absl::Status s = ValidateModelId(model.model_id()); !s.ok()) return s;
+  std::string dir = ModelDir(root_, model.model_id());
+  if (absl::Status s = MakeDirs(dir + "/versions"); !s.ok()) return s;
+  return WriteJson(root_ + "/tmp", dir + "/model.json", model);
+}
+
+absl::StatusOr<Model> Store::GetModel(const std::string& model_id) const {
+  if (absl::Status s = ValidateModelId(model_id); !s.ok()) return s;
+  absl::StatusOr<Model> model = ReadJson<Model>(ModelDir(root_, model_id) + "/model.json");
+  if (absl::IsNotFound(model.status())) {
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' is not registered"));
+  }
+  return model;
+}
+
+absl::StatusOr<std::vector<Model>> Store::ListModels() const {
+  std::vector<Model> models;
+  for (const std::string& id : ListDir(root_ + "/models")) {
+    if (!ValidateModelId(id).ok()) continue;
+    absl::StatusOr<Model> model = GetModel(id);
+    if (absl::IsNotFound(model.status())) continue;  // being deleted or half-created
+    if (!model.ok()) return model.status();
+    models.push_back(*std::move(model));
+  }
+  return models;
+}
+
+absl::Status Store::UpdateModel(const std::string& model_id,
+                                const std::function<absl::Status(Model&)>& fn) {
+  FileLock lock(root_);
+  if (!lock.ok()) return ErrnoStatus("lock store");
+  absl::StatusOr<Model> model = GetModel(model_id);
+  if (!model.ok()) return model.status();
+  if (absl::Status s = fn(*model); !s.ok()) return s;
+  model->set_updated_unix_ms(NowMs());
+  return PutModel(*model);
+}
+
+absl::Status Store::DeleteModel(const std::string& model_id) {
+  {
+    FileLock lock(root_);
+    if (!lock.ok()) return ErrnoStatus("lock store");
+    std::string dir = ModelDir(root_, model_id);
+    if (absl::StatusOr<Model> m = GetModel(model_id); !m.ok()) return m.status();
+    // model.json goes first: from then on the model is gone for every reader,
+    // and a crash mid-way leaves only unreachable version records.
+    if (::unlink((dir + "/model.json").c_str()) != 0) return ErrnoStatus("unlink model.json");
+    for (const std::string& name : ListDir(dir + "/versions")) {
+      ::unlink(absl::StrCat(dir, "/versions/", name).c_str());
+    }
+    ::rmdir((dir + "/versions").c_str());
+    ::rmdir(dir.c_str());
+    if (absl::Status s = FsyncDir(root_ + "/models"); !s.ok()) return s;
+  }
+  return CollectGarbage();
+}
+
+static std::string VersionPath(const std::string& root, const std::string& id, int64_t v) {
+  return absl::StrCat(ModelDir(root, id), "/versions/", v, ".json");
+}
+
+absl::StatusOr<Version> Store::AddVersion(const std::string& model_id, Version version,
+                                          const std::string& alias) {
+  FileLock lock(root_);
+  if (!lock.ok()) return ErrnoStatus("lock store");
+  absl::StatusOr<Model> model = GetModel(model_id);
+  if (!model.ok()) return model.status();
+  int64_t next = 1;
+  for (const std::string& name : ListDir(ModelDir(root_, model_id) + "/versions")) {
+    next = std::max<int64_t>(next, std::atoll(name.c_str()) + 1);
+  }
+  next = std::max<int64_t>(next, model->version_count() + 1);
+  version.set_model_id(model_id);
+  version.set_version(next);
+  if (version.created_unix_ms() == 0) version.set_created_unix_ms(NowMs());
+  if (absl::Status s = WriteJson(root_ + "/tmp", VersionPath(root_, model_id, next), version); !s.ok()) {
+    return s;
+  }
+  (*model->mutable_aliases())["latest"] = next;
+  if (!alias.empty()) (*model->mutable_aliases())[alias] = next;
+  model->set_version_count(next);
+  model->set_updated_unix_ms(NowMs());
+  if (absl::Status s = PutModel(*model); !s.ok()) return s;
+  return version;
+}
+
+absl::StatusOr<Version> Store::GetVersion(const std::string& model_id, int64_t version) const {
+  absl::StatusOr<Model> model = GetModel(model_id);
+  if (!model.ok()) return model.status();
+  absl::StatusOr<Version> v = ReadJson<Version>(VersionPath(root_, model_id, version));
+  if (absl::IsNotFound(v.status())) {
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no version ", version));
+  }
+  if (!v.ok()) return v.status();
+  v->clear_aliases();
+  for (const auto& [name, target] : model->aliases()) {
+    if (target == version) v->add_aliases(name);
+  }
+  std::sort(v->mutable_aliases()->begin(), v->mutable_aliases()->end());
+  return v;
+}
+
+absl::StatusOr<std::vector<Version>> Store::ListVersions(const std::string& model_id) const {
+  absl::StatusOr<Model> model = GetModel(model_id);
+  if (!model.ok()) return model.status();
+  std::vector<int64_t> numbers;
+  for (const std::string& name : ListDir(ModelDir(root_, model_id) + "/versions")) {
+    if (name.size() > 5 && name.substr(name.size() - 5) == ".json") numbers.push_back(std::atoll(name.c_str()));
+  }
+  std::sort(numbers.begin(), numbers.end());
+  std::vector<Version> versions;
+  for (int64_t n : numbers) {
+    absl::StatusOr<Version> v = GetVersion(model_id, n);
+    if (absl::IsNotFound(v.status())) continue;
+    if (!v.ok()) return v.status();
+    versions.push_back(*std::move(v));
+  }
+  return versions;
+}
+
+absl::Status Store::DeleteVersion(const std::string& model_id, int64_t version) {
+  {
+    FileLock lock(root_);
+    if (!lock.ok()) return ErrnoStatus("lock store");
+    absl::StatusOr<Model> model = GetModel(model_id);
+    if (!model.ok()) return model.status();
+    std::string path = VersionPath(root_, model_id, version);
+    if (::unlink(path.c_str()) != 0) {
+      if (errno == ENOENT) {
+        return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no version ", version));
+      }
+      return ErrnoStatus(absl::StrCat("unlink ", path));
+    }
+    // Aliases that pointed at it are removed; "latest" falls back to the newest left.
+    auto* aliases = model->mutable_aliases();
+    for (auto it = aliases->begin(); it != aliases->end();) {
+      it = it->second == version ? aliases->erase(it) : std::next(it);
+    }
+    int64_t newest = 0;
+    for (const std::string& name : ListDir(ModelDir(root_, model_id) + "/versions")) {
+      newest = std::max<int64_t>(newest, std::atoll(name.c_str()));
+    }
+    if (newest > 0) (*aliases)["latest"] = newest;
+    model->set_updated_unix_ms(NowMs());
+    if (absl::Status s = PutModel(*model); !s.ok()) return s;
+  }
+  return CollectGarbage();
+}
+
+absl::StatusOr<int64_t> Store::SetAlias(const std::string& model_id, const std::string& alias,
+                                        int64_t version) {
+  if (absl::Status s = ValidateModelId(alias); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("invalid alias '", alias, "'"));
+  }
+  FileLock lock(root_);
+  if (!lock.ok()) return ErrnoStatus("lock store");
+  absl::StatusOr<Model> model = GetModel(model_id);
+  if (!model.ok()) return model.status();
+  struct stat st;
+  if (::stat(VersionPath(root_, model_id, version).c_str(), &st) != 0) {
+    return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no version ", version));
+  }
+  auto& aliases = *model->mutable_aliases();
+  int64_t previous = aliases.count(alias) ? aliases[alias] : 0;
+  aliases[alias] = version;
+  model->set_updated_unix_ms(NowMs());
+  if (absl::Status s = PutModel(*model); !s.ok()) return s;
+  return previous;
+}
+
+absl::StatusOr<Version> Store::Resolve(const std::string& ref) const {
+  absl::StatusOr<ParsedRef> parsed = ParseRef(ref);
+  if (!parsed.ok()) return parsed.status();
+  int64_t version = parsed->version;
+  if (version == 0) {
+    absl::StatusOr<Model> model = GetModel(parsed->model_id);
+    if (!model.ok()) return model.status();
+    auto it = model->aliases().find(parsed->alias);
+    if (it == model->aliases().end()) {
+      return absl::NotFoundError(absl::StrCat("model '", parsed->model_id, "' has no alias '",
+                                              parsed->alias, "'"));
+    }
+    version = it->second;
+  }
+  return GetVersion(parsed->model_id, version);
+}
+
+absl::Status Store::CollectGarbage() {
+  FileLock lock(root_);
+  if (!lock.ok()) return ErrnoStatus("lock store");
+  std::set<std::string> live;
+  for (const std::string& id : ListDir(root_ + "/models")) {
+    absl::StatusOr<Model> model = ReadJson<Model>(ModelDir(root_, id) + "/model.json");
+    if (model.ok()) {
+      live.insert(model->spec().source_sha256());
+      live.insert(model->spec().torchscript_sha256());
+    } else if (!absl::IsNotFound(model.status())) {
+      return model.status();  // never collect on a store we could not read completely
+    }
+    for (const std::string& name : ListDir(ModelDir(root_, id) + "/versions")) {
+      absl::StatusOr<Version> v = ReadJson<Version>(absl::StrCat(ModelDir(root_, id), "/versions/", name));
+      if (v.ok()) {
+        live.insert(v->blob_sha256());
+      } else if (!absl::IsNotFound(v.status())) {
+        return v.status();
+      }
+    }
+  }
+  // A blob committed in the last minutes may belong to an upload whose version
+  // record is not written yet (commit blob, then add version): keep it.
+  time_t now = ::time(nullptr);
+  for (const std::string& name : ListDir(root_ + "/blobs")) {
+    struct stat st;
+    if (live.count(name) || ::stat(BlobPath(name).c_str(), &st) != 0) continue;
+    if (now - st.st_mtime < kBlobGracePeriodSeconds) continue;
+    ::unlink(BlobPath(name).c_str());
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace weightgate::store

@@ -1,0 +1,108 @@
+// The matcher decides which tensors of a parsed checkpoint become which
+// tensors of a model's spec, without touching a tensor byte. It finds the
+// state_dict inside the checkpoint (container), strips or adds wrapper and
+// attribute prefixes, applies the policy's rename rules, the legacy
+// gamma/beta renames and the opt-in positional remap, then compares names,
+// shapes and dtypes against the spec.
+//
+// Among all (container x prefix transform) candidates it keeps the one that
+// matches the most (name, shape) pairs of the spec; ties go to fewer
+// leftover checkpoint keys, then to fewer transform steps, then to the
+// container tried first, then to the transform's description (so the choice
+// never depends on hash order). The winner and the best candidate that maps
+// tensors differently (runner-up) are reported.
+//
+// Everything here is pure logic over checkpoint::Value trees: no libtorch, no
+// I/O. Numeric checks (NaN/Inf) and writing happen in numeric.h.
+#ifndef WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_
+#define WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "server/checkpoint/dtype.h"
+#include "server/checkpoint/value.h"
+#include "weightgate/v1/types.pb.h"
+
+namespace weightgate::statedict {
+
+// Keys under which training scripts keep the state_dict, in the order tried
+// (after the top level). One level of nesting is tried too ("model.state_dict").
+inline constexpr std::array<absl::string_view, 8> kContainerKeys = {
+    "state_dict", "model_state_dict", "model", "module",
+    "net",        "state_dict_ema",   "model_ema", "ema"};
+
+// Key components that wrappers insert: DataParallel/DDP, torch.compile, FSDP,
+// activation checkpointing. Stripping one removes every occurrence, because
+// FSDP and compiled submodules put them at every level, not just in front.
+inline constexpr std::array<absl::string_view, 4> kWrapperComponents = {
+    "module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"};
+
+// Spec keys that may be missing when policy.optional_keys is unset.
+inline constexpr absl::string_view kDefaultOptionalGlob = "*.num_batches_tracked";
+
+// One output tensor: a spec tensor and where its values come from.
+struct MatchedTensor {
+  std::string name;          // spec name: the key written to the output
+  std::string source_name;   // key in the checkpoint, relative to the container
+  // Source view; nullptr for an optional spec tensor filled with zeros.
+  const checkpoint::TensorRecord* source = nullptr;
+  checkpoint::DType source_dtype = checkpoint::DType::kF32;
+  checkpoint::DType out_dtype = checkpoint::DType::kF32;
+  std::vector<int64_t> shape;
+  // Index of the first earlier MatchedTensor that is the very same view of
+  // the same storage (tied weights), or -1.
+  int tied_to = -1;
+
+  bool cast() const { return source != nullptr && source_dtype != out_dtype; }
+  uint64_t out_nbytes() const;
+};
+
+struct MatchResult {
+  // Spec order. Empty when nothing usable was found.
+  std::vector<MatchedTensor> tensors;
+  // True when the report already has a rejection reason; numeric checks
+  // still run (to report non-finite values) but nothing is written.
+  bool invalid = false;
+};
+
+// Matches `root` (the checkpoint's object tree) against `spec` under
+// `policy` and fills report fields: container_path, fixes, reasons,
+// missing_keys, unexpected_keys, shape_mismatches, dtype_mismatches,
+// shared_storages, winner, runner_up, tensor_count, total_bytes. Verdict is
+// left to the caller (numeric checks may still add reasons).
+//
+// Errors only for a policy that cannot be applied (a rename pattern that is
+// not a valid ECMAScript regex); checkpoint problems are report reasons.
+absl::StatusOr<MatchResult> MatchStateDict(const checkpoint::Value* root,
+                                           const weightgate::v1::ModelSpec& spec,
+                                           const weightgate::v1::NormalizationPolicy& policy,
+                                           weightgate::v1::ValidationReport* report);
+
+// The value at dotted `path` under `root` through dict keys ("" = root);
+// nullptr when absent.
+const checkpoint::Value* ResolveContainer(const checkpoint::Value* root, absl::string_view path);
+
+// The state_dict of a reference checkpoint: the first of kContainerKeys (and
+// "tensors" for JSON specs) that holds tensors, else the top level. Names are
+// kept as they are. Sets *container_path.
+std::vector<checkpoint::NamedTensor> ReferenceTensors(const checkpoint::Value* root,
+                                                      std::string* container_path);
+
+// Applies `policy.rename_rules` in order to `key`; the regex syntax is
+// ECMAScript (std::regex) and the replacement uses $1..$9 and $&.
+absl::StatusOr<std::string> ApplyRenameRules(const weightgate::v1::NormalizationPolicy& policy,
+                                             const std::string& key);
+
+// Verdict from the report's reasons and fixes: INVALID with any reason,
+// NORMALIZED with any fix, else VALID.
+weightgate::v1::Verdict VerdictOf(const weightgate::v1::ValidationReport& report);
+
+}  // namespace weightgate::statedict
+
+#endif  // WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_

@@ -92,8 +92,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   rs.max_upload_bytes = options.max_upload_bytes;
   s->registry_service_ = std::make_unique<RegistryService>(rs);
 
+  s->cache_ = std::make_unique<store::BlobCache>(s->store_.get(), options.cache_bytes);
   StreamService::Options ss;
   ss.store = s->store_.get();
+  ss.cache = s->cache_.get();
   ss.metrics = s->metrics_.get();
   ss.auth = s->auth_.get();
   ss.executor = s->io_.get();
@@ -140,6 +142,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
 void Server::Shutdown(std::chrono::system_clock::time_point deadline) {
   if (server_ == nullptr) return;
   server_->GetHealthCheckService()->SetServingStatus(false);
+  // Watch streams never end by themselves: end them so draining can finish.
+  stream_service_->StopWatches();
   server_->Shutdown(deadline);
   server_->Wait();
   server_.reset();

@@ -71,6 +71,7 @@ class Server final {
   std::unique_ptr<Authorizer> auth_;
   std::unique_ptr<Executor> io_;
   std::unique_ptr<Executor> heavy_;
+  std::unique_ptr<store::BlobCache> cache_;
   std::unique_ptr<RegistryService> registry_service_;
   std::unique_ptr<StreamService> stream_service_;
   std::unique_ptr<grpc::Server> server_;

@@ -1,11 +1,27 @@
 #include "server/service/stream_service.h"
 
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
 #include "server/service/status_util.h"
+#include "server/store/crc32c.h"
 
 namespace weightgate::service {
 namespace {
 
-// Finishes a server-streaming RPC at once with `status`.
+using weightgate::v1::FetchResponse;
+using weightgate::v1::WatchEvent;
+
+constexpr uint32_t kDefaultChunkBytes = 1 << 20;
+constexpr uint32_t kMinChunkBytes = 4 << 10;
+constexpr uint32_t kMaxChunkBytes = 8 << 20;
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 template <typename Response>
 class FinishedWriter final : public grpc::ServerWriteReactor<Response> {
  public:
@@ -13,34 +29,272 @@ class FinishedWriter final : public grpc::ServerWriteReactor<Response> {
   void OnDone() override { delete this; }
 };
 
-template <typename Response>
-grpc::ServerWriteReactor<Response>* NotYet(Metrics* metrics, const char* method) {
-  metrics->RecordRpc(method, "UNIMPLEMENTED");
-  return new FinishedWriter<Response>(grpc::Status(
-      grpc::StatusCode::UNIMPLEMENTED,
-      std::string(method) + " is not available in this weightgate release yet"));
-}
+// Streams one blob: manifest first, then chunks of the requested byte ranges.
+class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
+ public:
+  FetchReactor(const StreamService::Options& options, grpc::CallbackServerContext* context,
+               const weightgate::v1::FetchRequest* request)
+      : options_(options), request_(*request), start_(std::chrono::steady_clock::now()) {
+    options_.metrics->StreamStarted();
+    grpc::Status auth = options_.auth->Check(context, Role::kReader);
+    if (!auth.ok()) {
+      Done(auth);
+      return;
+    }
+    // Resolving reads metadata files: off the gRPC thread.
+    options_.executor->Schedule([this] { Begin(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {  // the client went away
+      Done(grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled the fetch"));
+      return;
+    }
+    NextChunk();
+  }
+
+  void OnDone() override {
+    options_.metrics->StreamFinished();
+    delete this;
+  }
+
+ private:
+  void Begin() {
+    absl::StatusOr<weightgate::v1::Version> version = options_.store->Resolve(request_.ref());
+    if (!version.ok()) {
+      Done(ToGrpcStatus(version.status()));
+      return;
+    }
+    bool hit = false;
+    absl::StatusOr<std::shared_ptr<const store::OpenBlob>> blob =
+        options_.cache->Get(version->blob_sha256(), &hit);
+    if (!blob.ok()) {
+      Done(ToGrpcStatus(blob.status()));
+      return;
+    }
+    blob_ = *std::move(blob);
+    hit_ = hit;
+    const auto& full = blob_->manifest;
+    uint64_t total = full.total_bytes();
+    if (request_.start_offset() > total) {
+      Done(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                        absl::StrCat("start_offset ", request_.start_offset(), " is past the end (",
+                                     total, " bytes)")));
+      return;
+    }
+    // Byte ranges to send, in blob order.
+    if (request_.tensor_names().empty()) {
+      ranges_.push_back({request_.start_offset(), total});
+    } else {
+      std::set<std::string> wanted(request_.tensor_names().begin(), request_.tensor_names().end());
+      for (const auto& t : full.tensors()) {
+        if (!wanted.erase(t.name())) continue;
+        uint64_t begin = std::max<uint64_t>(t.offset(), request_.start_offset());
+        if (begin < t.offset() + t.length()) ranges_.push_back({begin, t.offset() + t.length()});
+      }
+      if (!wanted.empty()) {
+        Done(grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          absl::StrCat("no tensor '", *wanted.begin(), "' in ", request_.ref())));
+        return;
+      }
+      std::sort(ranges_.begin(), ranges_.end());
+    }
+    chunk_bytes_ = request_.chunk_bytes() == 0
+                       ? kDefaultChunkBytes
+                       : std::clamp(request_.chunk_bytes(), kMinChunkBytes, kMaxChunkBytes);
+    auto* manifest = response_.mutable_manifest();
+    *manifest = full;
+    manifest->set_model_id(version->model_id());
+    manifest->set_version(version->version());
+    StartWrite(&response_);
+  }
+
+  void NextChunk() {
+    while (range_index_ < ranges_.size() && ranges_[range_index_].first >= ranges_[range_index_].second) {
+      ++range_index_;
+    }
+    if (range_index_ >= ranges_.size()) {
+      Done(grpc::Status::OK);
+      return;
+    }
+    auto& range = ranges_[range_index_];
+    uint64_t n = std::min<uint64_t>(chunk_bytes_, range.second - range.first);
+    std::string_view data = blob_->file->data().substr(range.first, n);
+    auto* chunk = response_.mutable_chunk();
+    chunk->set_offset(range.first);
+    chunk->set_data(data.data(), data.size());
+    chunk->set_crc32c(store::Crc32c(data));
+    range.first += n;
+    sent_ += n;
+    StartWrite(&response_);
+  }
+
+  void Done(const grpc::Status& status) {
+    options_.metrics->RecordRpc("FetchWeights", CodeName(status.error_code()));
+    if (status.ok()) {
+      options_.metrics->AddBytesOut(static_cast<double>(sent_));
+      options_.metrics->RecordCache(hit_, static_cast<double>(sent_));
+      options_.metrics->RecordFetch(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count());
+    }
+    Finish(status);
+  }
+
+  const StreamService::Options& options_;
+  const weightgate::v1::FetchRequest request_;
+  const std::chrono::steady_clock::time_point start_;
+  std::shared_ptr<const store::OpenBlob> blob_;  // keeps the mapping alive
+  bool hit_ = false;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+  size_t range_index_ = 0;
+  uint32_t chunk_bytes_ = kDefaultChunkBytes;
+  uint64_t sent_ = 0;
+  FetchResponse response_;
+};
 
 }  // namespace
 
-grpc::ServerWriteReactor<weightgate::v1::FetchResponse>* StreamService::FetchWeights(
-    grpc::CallbackServerContext* context, const weightgate::v1::FetchRequest* request) {
-  grpc::Status auth = options_.auth->Check(context, Role::kReader);
-  if (!auth.ok()) {
-    options_.metrics->RecordRpc("FetchWeights", CodeName(auth.error_code()));
-    return new FinishedWriter<weightgate::v1::FetchResponse>(auth);
+// One watch stream. The poller thread calls Poll(); at most one write is in
+// flight, and an alias that moves twice while a write is in flight is sent
+// once, at its newest version.
+class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
+ public:
+  WatchReactor(StreamService* service, std::string model_id, std::string alias)
+      : service_(service), model_id_(std::move(model_id)), alias_(std::move(alias)) {
+    service_->options_.metrics->StreamStarted();
   }
-  return NotYet<weightgate::v1::FetchResponse>(options_.metrics, "FetchWeights");
+
+  // Called by the poller (never concurrently with itself).
+  void Poll() {
+    absl::StatusOr<weightgate::v1::Model> model = service_->options_.store->GetModel(model_id_);
+    std::lock_guard<std::mutex> lock(mu_);
+    if (finished_) return;
+    if (!model.ok()) {
+      if (absl::IsNotFound(model.status())) FinishLocked(ToGrpcStatus(model.status()));
+      return;  // transient read errors: try again next poll
+    }
+    auto it = model->aliases().find(alias_);
+    int64_t version = it == model->aliases().end() ? 0 : it->second;
+    if (version == last_sent_ || version == 0 || writing_) return;
+    event_.set_model_id(model_id_);
+    event_.set_alias(alias_);
+    event_.set_version(version);
+    event_.set_previous_version(last_sent_);
+    event_.set_unix_ms(NowMs());
+    last_sent_ = version;
+    writing_ = true;
+    StartWrite(&event_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
+  }
+
+  void OnCancel() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
+  }
+
+  void Stop() {
+    std::lock_guard<std::mutex> lock(mu_);
+    FinishLocked(grpc::Status::OK);
+  }
+
+  void OnDone() override {
+    service_->options_.metrics->StreamFinished();
+    done_.store(true);
+  }
+
+  bool done() const { return done_.load(); }
+
+ private:
+  void FinishLocked(const grpc::Status& status) {
+    if (finished_) return;
+    finished_ = true;
+    service_->options_.metrics->RecordRpc("WatchModel", CodeName(status.error_code()));
+    Finish(status);
+  }
+
+  StreamService* const service_;
+  const std::string model_id_;
+  const std::string alias_;
+  std::mutex mu_;
+  WatchEvent event_;        // guarded by mu_
+  int64_t last_sent_ = 0;   // guarded by mu_
+  bool writing_ = false;    // guarded by mu_
+  bool finished_ = false;   // guarded by mu_
+  std::atomic<bool> done_{false};
+};
+
+StreamService::StreamService(const Options& options) : options_(options) {
+  poller_ = std::thread([this] { PollLoop(); });
 }
 
-grpc::ServerWriteReactor<weightgate::v1::WatchEvent>* StreamService::WatchModel(
+StreamService::~StreamService() {
+  StopWatches();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  poller_.join();
+  // The server has shut down before its services are destroyed, so every
+  // stream is over.
+  for (WatchReactor* w : watches_) delete w;
+}
+
+void StreamService::StopWatches() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (WatchReactor* w : watches_) w->Stop();
+}
+
+void StreamService::PollLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    // Reactors whose stream is over are deleted here, not in OnDone: OnDone
+    // may run inline inside Finish() while locks are held.
+    for (auto it = watches_.begin(); it != watches_.end();) {
+      if ((*it)->done()) {
+        delete *it;
+        it = watches_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (stopping_) return;
+    for (WatchReactor* w : watches_) w->Poll();
+    cv_.wait_for(lock, options_.watch_poll, [this] { return stopping_; });
+  }
+}
+
+grpc::ServerWriteReactor<FetchResponse>* StreamService::FetchWeights(
+    grpc::CallbackServerContext* context, const weightgate::v1::FetchRequest* request) {
+  return new FetchReactor(options_, context, request);
+}
+
+grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(
     grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) {
   grpc::Status auth = options_.auth->Check(context, Role::kReader);
+  absl::StatusOr<store::ParsedRef> ref = store::ParseRef(request->ref());
+  if (auth.ok() && !ref.ok()) auth = ToGrpcStatus(ref.status());
+  if (auth.ok() && ref->version != 0) {
+    auth = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        "watch takes MODEL or MODEL@ALIAS; a version number never moves");
+  }
   if (!auth.ok()) {
     options_.metrics->RecordRpc("WatchModel", CodeName(auth.error_code()));
-    return new FinishedWriter<weightgate::v1::WatchEvent>(auth);
+    return new FinishedWriter<WatchEvent>(auth);
   }
-  return NotYet<weightgate::v1::WatchEvent>(options_.metrics, "WatchModel");
+  auto* watch = new WatchReactor(this, ref->model_id, ref->alias);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) {
+    watch->Stop();
+  } else {
+    watches_.insert(watch);
+  }
+  return watch;
 }
 
 }  // namespace weightgate::service

@@ -1,35 +1,66 @@
-// StreamService is the gRPC edge of weightgate.v1.WeightStream (readers).
+// StreamService is the gRPC edge of weightgate.v1.WeightStream (readers):
+// FetchWeights streams a stored blob from the BlobCache with one write in
+// flight per stream; WatchModel tells workers when an alias moves. The store
+// is polled for alias moves (not notified in-process) because replicas share
+// it: a move made through another replica is seen too.
 //
 // This class is thread-safe.
 #ifndef WEIGHTGATE_SERVER_SERVICE_STREAM_SERVICE_H_
 #define WEIGHTGATE_SERVER_SERVICE_STREAM_SERVICE_H_
 
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <thread>
+
 #include "server/service/auth.h"
 #include "server/service/executor.h"
 #include "server/service/metrics.h"
+#include "server/store/blob_cache.h"
 #include "server/store/store.h"
 #include "weightgate/v1/stream.grpc.pb.h"
 
 namespace weightgate::service {
+
+class WatchReactor;
 
 class StreamService final : public weightgate::v1::WeightStream::CallbackService {
  public:
   struct Options {
     // None owned; all must outlive the service.
     store::Store* store = nullptr;
+    store::BlobCache* cache = nullptr;
     Metrics* metrics = nullptr;
     const Authorizer* auth = nullptr;
     Executor* executor = nullptr;
+    // How often watched aliases are re-read from the store.
+    std::chrono::milliseconds watch_poll{250};
   };
-  explicit StreamService(const Options& options) : options_(options) {}
+  explicit StreamService(const Options& options);
+  // Ends every watch stream (they finish OK) and stops the poller.
+  ~StreamService() override;
 
   grpc::ServerWriteReactor<weightgate::v1::FetchResponse>* FetchWeights(
       grpc::CallbackServerContext* context, const weightgate::v1::FetchRequest* request) override;
   grpc::ServerWriteReactor<weightgate::v1::WatchEvent>* WatchModel(
       grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) override;
 
+  // Finishes every open watch stream so a draining server can stop.
+  void StopWatches();
+
  private:
+  friend class WatchReactor;
+  void PollLoop();
+
   Options options_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::set<WatchReactor*> watches_;  // guarded by mu_; owned
+  bool stopping_ = false;            // guarded by mu_
+  std::thread poller_;
 };
 
 }  // namespace weightgate::service

@@ -6,12 +6,15 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SERVER_FLAGS ?=
 
-.PHONY: all deps build run test bench fuzz clean
+.PHONY: all deps test-deps build run test bench fuzz clean
 
 all: build
 
 deps:
-	scripts/install-deps.sh build test
+	scripts/install-deps.sh build
+
+test-deps:
+	scripts/install-deps.sh build test fuzz
 
 $(BUILD_DIR)/CMakeCache.txt:
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
@@ -22,7 +25,7 @@ build: deps $(BUILD_DIR)/CMakeCache.txt
 run: build
 	$(BUILD_DIR)/bin/weightgate-server $(SERVER_FLAGS)
 
-test: build
+test: test-deps build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 900
 
 bench: build

@@ -57,12 +57,15 @@ struct Value {
     kBytes,     // `str` (raw)
     kTuple,     // `items`
     kList,      // `items`
-    kDict,      // `items` as key, value, key, value ... (insertion order)
+    kDict,      // `items` as key, value, key, value ... (insertion order); `str` is
+                // empty, or the global of a dict subclass (OrderedDict, AttributeDict);
+                // `state` = BUILD state (OrderedDict `_metadata`)
     kSet,       // `items`
     kFrozenSet, // `items`
     kTensor,    // `tensor`
     kStorage,   // `storage_index`; a bare storage (e.g. untyped storage in a list)
-    kGlobal,    // `str` = "module.qualname"; a class or function reference, never resolved
+    kGlobal,    // `str` = "module.qualname"; a class or function reference, never
+                // resolved; `i` = the reader's allow-list entry (internal)
     kOpaque,    // instance of an unknown global: `str` = its global; `items` =
                 // constructor args (REDUCE/NEWOBJ); `state` = BUILD state
     kDtype,     // torch dtype object: `dtype`
@@ -78,6 +81,7 @@ struct Value {
   TensorRecord tensor;
   int storage_index = -1;
   DType dtype = DType::kF32;
+  uint32_t depth = 0;  // container nesting below this node, as built (cycles aside)
 
   bool is_string() const { return kind == Kind::kString; }
   // For kDict: the value under string key `key`, or nullptr.
@@ -109,6 +113,14 @@ struct NamedTensor {
 // Every tensor under `root`, in insertion order, with its dotted name relative
 // to `root`. Visits each node at most once per path and stops at `max_depth`.
 std::vector<NamedTensor> FlattenTensors(const Value* root, int max_depth = 64);
+
+// A short Python-like rendering of `v` for messages and tests ("{'a': 1}",
+// "<tensor F32[2, 3]>", "<opaque argparse.Namespace>"), bounded in depth and
+// length.
+std::string DebugString(const Value* v, int max_depth = 8);
+
+// "bool", "int", "dict", ... for messages.
+std::string_view KindName(Value::Kind kind);
 
 }  // namespace weightgate::checkpoint
 

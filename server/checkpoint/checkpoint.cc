@@ -1,0 +1,85 @@
+#include "server/checkpoint/checkpoint.h"
+
+#include <utility>
+
+#include "absl/status/status.h"
+#include "server/checkpoint/str_util.h"
+#include "server/checkpoint/torch_reader.h"
+#include "server/checkpoint/zip_reader.h"
+
+#if __has_include("server/checkpoint/safetensors.h")
+#include "server/checkpoint/safetensors.h"
+#define WG_HAVE_SAFETENSORS 1
+#endif
+#if __has_include("server/checkpoint/json_spec.h")
+#include "server/checkpoint/json_spec.h"
+#define WG_HAVE_JSON_SPEC 1
+#endif
+
+namespace weightgate::checkpoint {
+
+std::string_view FormatName(Format format) {
+  switch (format) {
+    case Format::kTorchZip: return "torch_zip";
+    case Format::kTorchLegacy: return "torch_legacy";
+    case Format::kSafetensors: return "safetensors";
+    case Format::kTorchScript: return "torchscript";
+    case Format::kJsonSpec: return "json_spec";
+  }
+  return "unknown";
+}
+
+std::string_view Checkpoint::StorageBytes(int index) const {
+  if (index < 0 || static_cast<size_t>(index) >= storages.size()) return {};
+  const StorageRecord& r = storages[static_cast<size_t>(index)];
+  if (r.inflated_index >= 0) {
+    if (static_cast<size_t>(r.inflated_index) >= inflated.size()) return {};
+    std::string_view bytes = inflated[static_cast<size_t>(r.inflated_index)];
+    return bytes.substr(0, std::min<uint64_t>(r.nbytes, bytes.size()));
+  }
+  if (file == nullptr) return {};
+  std::string_view data = file->data();
+  if (r.file_offset > data.size() || r.nbytes > data.size() - r.file_offset) return {};
+  return data.substr(static_cast<size_t>(r.file_offset), static_cast<size_t>(r.nbytes));
+}
+
+std::string_view Checkpoint::TensorStorageBytes(const TensorRecord& tensor) const {
+  std::string_view bytes = StorageBytes(tensor.storage_index);
+  uint64_t skip;
+  if (tensor.storage_offset < 0 ||
+      __builtin_mul_overflow(static_cast<uint64_t>(tensor.storage_offset), ItemSize(tensor.dtype),
+                             &skip) ||
+      skip > bytes.size()) {
+    return {};
+  }
+  return bytes.substr(static_cast<size_t>(skip));
+}
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
+                                          const ReadOptions& options) {
+  if (file == nullptr) return absl::InvalidArgumentError("not a checkpoint: no file");
+  std::string_view data = file->data();
+  if (data.empty()) return absl::InvalidArgumentError("not a checkpoint: empty file");
+  if (LooksLikeZip(data)) {
+    absl::StatusOr<ZipReader> zip = ZipReader::Open(data, ZipLimitsFrom(options));
+    if (!zip.ok()) return zip.status();
+    return ReadTorchZip(std::move(file), *zip, options);
+  }
+  if (LooksLikeTorchLegacy(data)) return ReadTorchLegacy(std::move(file), options);
+#ifdef WG_HAVE_SAFETENSORS
+  if (LooksLikeSafetensors(data)) return ReadSafetensors(std::move(file), options);
+#endif
+#ifdef WG_HAVE_JSON_SPEC
+  if (LooksLikeJsonSpec(data)) return ReadJsonSpec(std::move(file), options);
+#endif
+  return absl::InvalidArgumentError(
+      "not a checkpoint: neither a zip archive, a legacy torch.save file, safetensors nor a JSON spec");
+}
+
+absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {
+  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  if (!file.ok()) return file.status();
+  return ReadCheckpoint(*std::move(file), options);
+}
+
+}  // namespace weightgate::checkpoint

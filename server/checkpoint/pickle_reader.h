@@ -1,0 +1,74 @@
+// Unpickle runs a restricted pickle machine (protocols 0 to 5) over untrusted
+// bytes and builds a Value tree. Nothing is imported, constructed or called:
+// globals are looked up in a fixed allow-list table (tensor and parameter
+// rebuild functions, storage classes, dtypes, OrderedDict, torch.Size, plain
+// builtins). Any other global becomes a kGlobal placeholder and REDUCE /
+// NEWOBJ / BUILD on it give kOpaque values that keep their arguments and
+// state; known-dangerous globals (os.system, builtins.eval, ...) are recorded
+// as unsafe and parsing continues, since nothing executes anyway.
+//
+// Every length, memo index, stack and mark depth, nesting depth and value
+// count is checked against the caps before use. Errors are InvalidArgument
+// with a short reason starting with "pickle: ".
+#ifndef WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
+#define WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "server/checkpoint/value.h"
+
+namespace weightgate::checkpoint {
+
+// Caps for one pickle; ReadOptions carries the same numbers for whole files.
+struct PickleLimits {
+  uint32_t max_stack_depth = 1 << 20;  // stack entries plus open MARKs
+  uint32_t max_nesting = 256;          // container nesting of the built values
+  uint64_t max_memo_entries = 1 << 24; // also bounds memo indices
+  uint64_t max_values = uint64_t{1} << 26;  // arena nodes (counted over the whole arena)
+  uint32_t max_tensor_dims = 64;
+};
+
+// How the allow-list classifies a global "module.name".
+enum class GlobalClass {
+  kAllowed,  // in the table: handled by the machine without calling anything
+  kOpaque,   // unknown: kept as a placeholder and reported
+  kUnsafe,   // known-dangerous: reported as unsafe (still never called)
+};
+GlobalClass ClassifyGlobal(std::string_view module, std::string_view name);
+
+struct PickleContext {
+  ValueArena* arena = nullptr;  // REQUIRED
+  PickleLimits limits;
+
+  // Storages created by `persistent_load`; tensor rebuilds check their
+  // extent against `nbytes` of the record they name. May be null when the
+  // pickle holds no tensors.
+  const std::vector<StorageRecord>* storages = nullptr;
+
+  // Receives deduplicated global names; may be null.
+  std::vector<std::string>* opaque_globals = nullptr;
+  std::vector<std::string>* unsafe_globals = nullptr;
+
+  // Resolves PERSID / BINPERSID ids (the torch formats return a kStorage
+  // Value). Unset: persistent ids are an error.
+  std::function<absl::StatusOr<Value*>(const Value& pid)> persistent_load;
+};
+
+// Runs the machine over `bytes` until STOP and returns the top of the stack.
+// `consumed` (optional) receives the offset just past STOP, so that several
+// pickles written back to back (the legacy torch format) can be read in turn.
+absl::StatusOr<Value*> Unpickle(std::string_view bytes, const PickleContext& ctx,
+                                size_t* consumed = nullptr);
+
+// Helpers for persistent_load callbacks and format readers.
+// The int of `v` when it is a kInt (or kBool), else nullopt-like failure.
+bool ValueToInt(const Value* v, int64_t* out);
+
+}  // namespace weightgate::checkpoint
+
+#endif  // WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_

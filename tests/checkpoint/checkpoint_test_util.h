@@ -1,0 +1,151 @@
+// Shared helpers for the server/checkpoint tests: fixtures written by
+// tests/fixtures/make_checkpoint_fixtures.py (real torch) under the build
+// tree, and a way to read a tensor's bytes through its record the way torch
+// addresses them (strided gather), to compare with torch.load's output.
+#ifndef WEIGHTGATE_TESTS_CHECKPOINT_CHECKPOINT_TEST_UTIL_H_
+#define WEIGHTGATE_TESTS_CHECKPOINT_CHECKPOINT_TEST_UTIL_H_
+
+#include <openssl/sha.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/checkpoint/checkpoint.h"
+
+namespace weightgate::checkpoint::testing {
+
+inline std::string EnvOr(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && *v != '\0' ? v : fallback;
+}
+
+inline bool FileExists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// Runs the generator once per build tree. Parallel test processes each write
+// to their own temporary directory and rename it into place; the loser of
+// the race discards its copy.
+inline std::string FixtureDir() {
+  static const std::string dir = [] {
+    std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
+    std::string src = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
+    std::string out = bin + "/fixtures/checkpoint";
+    if (FileExists(out + "/DONE")) return out;
+    ::mkdir((bin + "/fixtures").c_str(), 0755);
+    std::string tmp = out + ".tmp." + std::to_string(::getpid());
+    std::string cmd = "/usr/bin/python3 '" + src + "/tests/fixtures/make_checkpoint_fixtures.py' '" +
+                      tmp + "' >'" + tmp + ".log' 2>&1";
+    int rc = std::system(cmd.c_str());
+    if (rc != 0) {
+      std::ifstream log(tmp + ".log");
+      std::stringstream ss;
+      ss << log.rdbuf();
+      ADD_FAILURE() << "fixture generator failed (" << rc << "): " << ss.str();
+    } else if (std::rename(tmp.c_str(), out.c_str()) != 0) {
+      std::system(("rm -rf '" + tmp + "'").c_str());  // another process won
+    }
+    std::remove((tmp + ".log").c_str());
+    return out;
+  }();
+  return dir;
+}
+
+inline std::string ReadFileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline std::string Sha256Hex(std::string_view bytes) {
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), md);
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : md) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
+// The tensor's elements in row-major order, gathered through its strides.
+inline std::string GatherTensorBytes(const Checkpoint& ckpt, const TensorRecord& t) {
+  std::string_view storage = ckpt.StorageBytes(t.storage_index);
+  const size_t item = ItemSize(t.dtype);
+  int64_t numel = t.numel();
+  std::string out;
+  if (numel == 0) return out;
+  out.reserve(static_cast<size_t>(numel) * item);
+  std::vector<int64_t> idx(t.shape.size(), 0);
+  for (int64_t n = 0; n < numel; ++n) {
+    int64_t off = t.storage_offset;
+    for (size_t d = 0; d < idx.size(); ++d) off += idx[d] * t.strides[d];
+    size_t byte = static_cast<size_t>(off) * item;
+    if (byte + item > storage.size()) return "<out of range>";
+    out.append(storage.substr(byte, item));
+    for (size_t d = idx.size(); d-- > 0;) {
+      if (++idx[d] < t.shape[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return out;
+}
+
+struct ExpectedTensor {
+  std::string name;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::vector<int64_t> stride;
+  int64_t offset = 0;
+  std::string sha256;
+  int storage = -1;
+};
+
+inline std::vector<int64_t> ParseInts(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    if (!part.empty()) out.push_back(std::stoll(part));
+  }
+  return out;
+}
+
+// <fixture dir>/<name>.tensors.tsv as written by the generator.
+inline std::vector<ExpectedTensor> ReadExpectedTensors(const std::string& name) {
+  std::vector<ExpectedTensor> out;
+  std::ifstream in(FixtureDir() + "/" + name + ".tensors.tsv");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    std::string part;
+    while (std::getline(ss, part, '\t')) f.push_back(part);
+    while (f.size() < 7) f.emplace_back();
+    ExpectedTensor e;
+    e.name = f[0];
+    e.dtype = f[1];
+    e.shape = ParseInts(f[2]);
+    e.stride = ParseInts(f[3]);
+    e.offset = f[4].empty() ? 0 : std::stoll(f[4]);
+    e.sha256 = f[5];
+    e.storage = f[6].empty() ? -1 : std::stoi(f[6]);
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+}  // namespace weightgate::checkpoint::testing
+
+#endif  // WEIGHTGATE_TESTS_CHECKPOINT_CHECKPOINT_TEST_UTIL_H_

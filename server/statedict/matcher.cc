@@ -227,14 +227,11 @@ Scored Score(size_t ci, const Container& c, const Transform& t, Renamer& renamer
   s.transform = t;
   s.description = t.Describe();
   std::vector<char> claimed(spec.size(), 0);
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 1469598103934665603ull ^ (static_cast<uint64_t>(ci) << 48);
   for (size_t i = 0; i < c.tensors.size(); ++i) {
     const std::string& name = renamer.Rename(t.Apply(c.tensors[i].name)).name;
     auto it = spec_index.find(name);
-    if (it == spec_index.end()) {
-      ++s.leftover;
-      continue;
-    }
+    if (it == spec_index.end()) continue;
     int j = it->second;
     h = (h ^ (i * 1000003u + static_cast<uint64_t>(j))) * 1099511628211ull;
     if (!claimed[j] && c.tensors[i].tensor->shape == spec[j].shape) {
@@ -243,6 +240,8 @@ Scored Score(size_t ci, const Container& c, const Transform& t, Renamer& renamer
     }
   }
   s.signature = h;
+  // Keys left over include duplicates that lost to a key with the right shape.
+  s.leftover = static_cast<int64_t>(c.tensors.size()) - s.matched;
   return s;
 }
 

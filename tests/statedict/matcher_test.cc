@@ -1,0 +1,517 @@
+// The matcher on hand-built checkpoint trees: which container and prefix
+// transform wins, which fixes and findings are reported. No files, no torch.
+#include "server/statedict/matcher.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/checkpoint/value.h"
+
+namespace weightgate::statedict {
+namespace {
+
+using checkpoint::DType;
+using checkpoint::Value;
+namespace v1 = weightgate::v1;
+
+class Tree {
+ public:
+  // A contiguous tensor with its own storage (or `storage` when given).
+  const Value* T(std::vector<int64_t> shape, DType dtype = DType::kF32, int storage = -1,
+                 int64_t offset = 0) {
+    Value* v = arena_.New(Value::Kind::kTensor);
+    v->tensor.dtype = dtype;
+    v->tensor.shape = shape;
+    v->tensor.strides.assign(shape.size(), 1);
+    for (int d = static_cast<int>(shape.size()) - 2; d >= 0; --d) {
+      v->tensor.strides[d] = v->tensor.strides[d + 1] * shape[d + 1];
+    }
+    v->tensor.storage_offset = offset;
+    v->tensor.storage_index = storage >= 0 ? storage : next_storage_++;
+    return v;
+  }
+  const Value* Int(int64_t i) {
+    Value* v = arena_.New(Value::Kind::kInt);
+    v->i = i;
+    return v;
+  }
+  const Value* Dict(std::vector<std::pair<std::string, const Value*>> items) {
+    Value* v = arena_.New(Value::Kind::kDict);
+    for (auto& [k, val] : items) {
+      Value* key = arena_.New(Value::Kind::kString);
+      key->str = k;
+      v->items.push_back(key);
+      v->items.push_back(val);
+    }
+    return v;
+  }
+
+ private:
+  checkpoint::ValueArena arena_;
+  int next_storage_ = 1000;
+};
+
+// conv + bn + fc, like the fixture model.
+v1::ModelSpec SmallSpec(const std::string& prefix = "") {
+  v1::ModelSpec spec;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, const char* dtype = "F32") {
+    v1::TensorSpec* t = spec.add_tensors();
+    t->set_name(prefix + name);
+    t->set_dtype(dtype);
+    t->mutable_shape()->Assign(shape.begin(), shape.end());
+  };
+  add("conv.weight", {8, 3, 3, 3});
+  add("conv.bias", {8});
+  add("bn.weight", {8});
+  add("bn.bias", {8});
+  add("bn.running_mean", {8});
+  add("bn.running_var", {8});
+  add("bn.num_batches_tracked", {}, "I64");
+  add("fc.weight", {10, 8});
+  add("fc.bias", {10});
+  return spec;
+}
+
+// A state_dict for SmallSpec with every key prefixed by `prefix`.
+std::vector<std::pair<std::string, const Value*>> SmallStateDict(Tree& t, const std::string& prefix,
+                                                                 bool with_nbt = true) {
+  std::vector<std::pair<std::string, const Value*>> items = {
+      {prefix + "conv.weight", t.T({8, 3, 3, 3})},
+      {prefix + "conv.bias", t.T({8})},
+      {prefix + "bn.weight", t.T({8})},
+      {prefix + "bn.bias", t.T({8})},
+      {prefix + "bn.running_mean", t.T({8})},
+      {prefix + "bn.running_var", t.T({8})},
+      {prefix + "fc.weight", t.T({10, 8})},
+      {prefix + "fc.bias", t.T({10})},
+  };
+  if (with_nbt) {
+    items.insert(items.begin() + 6, {prefix + "bn.num_batches_tracked", t.T({}, DType::kI64)});
+  }
+  return items;
+}
+
+struct Outcome {
+  MatchResult match;
+  v1::ValidationReport report;
+};
+
+Outcome Match(const Value* root, const v1::ModelSpec& spec, const v1::NormalizationPolicy& policy = {}) {
+  Outcome o;
+  absl::StatusOr<MatchResult> m = MatchStateDict(root, spec, policy, &o.report);
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (m.ok()) o.match = std::move(*m);
+  o.report.set_verdict(VerdictOf(o.report));
+  return o;
+}
+
+std::vector<std::string> FixKinds(const v1::ValidationReport& r) {
+  std::vector<std::string> kinds;
+  for (const v1::Fix& f : r.fixes()) kinds.push_back(f.kind());
+  return kinds;
+}
+
+std::vector<std::string> Names(const MatchResult& m) {
+  std::vector<std::string> names;
+  for (const MatchedTensor& t : m.tensors) names.push_back(t.name);
+  return names;
+}
+
+std::vector<std::string> SpecNames(const v1::ModelSpec& spec) {
+  std::vector<std::string> names;
+  for (const v1::TensorSpec& t : spec.tensors()) names.push_back(t.name());
+  return names;
+}
+
+TEST(MatcherTest, CleanStateDictIsValid) {
+  Tree t;
+  Outcome o = Match(t.Dict(SmallStateDict(t, "")), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::VALID);
+  EXPECT_TRUE(o.report.fixes().empty());
+  EXPECT_EQ(o.report.container_path(), "");
+  EXPECT_EQ(o.report.winner().transform(), "none");
+  EXPECT_EQ(o.report.winner().matched(), 9);
+  EXPECT_EQ(Names(o.match), SpecNames(SmallSpec()));
+  EXPECT_EQ(o.report.tensor_count(), 9);
+  // 8*27 + 8*5 + 80 + 10 floats and one int64.
+  EXPECT_EQ(o.report.total_bytes(), (216 + 40 + 80 + 10) * 4 + 8);
+}
+
+TEST(MatcherTest, DataParallelPrefixStripped) {
+  Tree t;
+  Outcome o = Match(t.Dict(SmallStateDict(t, "module.")), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  ASSERT_EQ(FixKinds(o.report), std::vector<std::string>{"strip_prefix"});
+  EXPECT_EQ(o.report.fixes(0).detail(), "stripped 'module.' from 9 keys");
+  EXPECT_EQ(o.report.winner().transform(), "strip 'module.'");
+  EXPECT_EQ(o.report.winner().matched(), 9);
+  EXPECT_LT(o.report.runner_up().matched(), 9);
+  EXPECT_EQ(Names(o.match), SpecNames(SmallSpec()));
+  EXPECT_EQ(o.match.tensors[0].source_name, "module.conv.weight");
+}
+
+TEST(MatcherTest, TrainingScriptDictPicksStateDict) {
+  Tree t;
+  const Value* optimizer = t.Dict({{"state", t.Dict({{"0", t.Dict({{"momentum_buffer", t.T({8, 3, 3, 3})}})}})}});
+  const Value* root = t.Dict({{"epoch", t.Int(3)},
+                              {"step", t.Int(1200)},
+                              {"state_dict", t.Dict(SmallStateDict(t, "module."))},
+                              {"optimizer", optimizer}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.container_path(), "state_dict");
+  EXPECT_EQ(FixKinds(o.report), (std::vector<std::string>{"select_container", "strip_prefix"}));
+  EXPECT_TRUE(o.report.unexpected_keys().empty());
+  EXPECT_EQ(o.report.winner().container(), "state_dict");
+  EXPECT_EQ(o.report.winner().transform(), "strip 'module.'");
+  EXPECT_EQ(o.report.winner().matched(), 9);
+  // The top level with "state_dict.module." stripped matches as much but
+  // leaves the optimizer's tensor over, so it only comes second.
+  EXPECT_EQ(o.report.runner_up().container(), "");
+  EXPECT_EQ(o.report.runner_up().matched(), 9);
+}
+
+TEST(MatcherTest, LightningModelPrefix) {
+  Tree t;
+  const Value* root = t.Dict({{"epoch", t.Int(1)},
+                              {"state_dict", t.Dict(SmallStateDict(t, "model."))},
+                              {"optimizer_states", t.Dict({})}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.container_path(), "state_dict");
+  EXPECT_EQ(o.report.winner().transform(), "strip 'model.'");
+  EXPECT_EQ(Names(o.match), SpecNames(SmallSpec()));
+}
+
+TEST(MatcherTest, NestedContainer) {
+  Tree t;
+  const Value* root = t.Dict({{"model", t.Dict({{"state_dict", t.Dict(SmallStateDict(t, ""))}})}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.container_path(), "model.state_dict");
+  EXPECT_EQ(o.report.winner().transform(), "none");
+}
+
+TEST(MatcherTest, CompiledDoubleWrapStripsBoth) {
+  Tree t;
+  Outcome o = Match(t.Dict(SmallStateDict(t, "module._orig_mod.")), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.winner().transform(), "strip 'module.' + strip '_orig_mod.'");
+  EXPECT_EQ(Names(o.match), SpecNames(SmallSpec()));
+}
+
+TEST(MatcherTest, FsdpWrappersAtEveryLevel) {
+  Tree t;
+  std::vector<std::pair<std::string, const Value*>> items;
+  for (auto& [k, v] : SmallStateDict(t, "")) {
+    size_t dot = k.find('.');
+    items.emplace_back("_fsdp_wrapped_module." + k.substr(0, dot) + "._fsdp_wrapped_module." +
+                           "_checkpoint_wrapped_module." + k.substr(dot + 1),
+                       v);
+  }
+  Outcome o = Match(t.Dict(items), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.winner().matched(), 9);
+  EXPECT_EQ(o.report.winner().transform(),
+            "strip '_fsdp_wrapped_module.' + strip '_checkpoint_wrapped_module.'");
+}
+
+TEST(MatcherTest, AddsPrefixTheSpecHas) {
+  Tree t;
+  Outcome o = Match(t.Dict(SmallStateDict(t, "")), SmallSpec("backbone."));
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.winner().transform(), "add 'backbone.'");
+  ASSERT_EQ(FixKinds(o.report), std::vector<std::string>{"add_prefix"});
+  EXPECT_EQ(Names(o.match), SpecNames(SmallSpec("backbone.")));
+}
+
+TEST(MatcherTest, WrapperInsideSpecKeptWhenSpecHasIt) {
+  // A spec registered from a DataParallel state_dict keeps "module." and a
+  // plain checkpoint gets it added.
+  Tree t;
+  Outcome o = Match(t.Dict(SmallStateDict(t, "")), SmallSpec("module."));
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.winner().transform(), "add 'module.'");
+}
+
+TEST(MatcherTest, RenameRulesInOrder) {
+  Tree t;
+  auto items = SmallStateDict(t, "module.");
+  for (auto& [k, v] : items) {
+    if (k.rfind("module.fc.", 0) == 0) k = "module.classifier." + k.substr(10);
+  }
+  v1::NormalizationPolicy policy;
+  v1::RenameRule* r1 = policy.add_rename_rules();
+  r1->set_pattern("^classifier\\.(.*)$");
+  r1->set_replacement("head.$1");
+  v1::RenameRule* r2 = policy.add_rename_rules();
+  r2->set_pattern("^head\\.");
+  r2->set_replacement("fc.");
+  Outcome o = Match(t.Dict(items), SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(Names(o.match), SpecNames(SmallSpec()));
+  int renames = 0;
+  for (const v1::Fix& f : o.report.fixes()) {
+    if (f.kind() != "rename") continue;
+    ++renames;
+    EXPECT_EQ(f.from().substr(0, 11), "classifier.");
+    EXPECT_EQ(f.to().substr(0, 3), "fc.");
+  }
+  EXPECT_EQ(renames, 2);
+}
+
+TEST(MatcherTest, RenamedKeysWithoutRuleAreMissingAndUnexpected) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items.back().first = "classifier.bias";
+  Outcome o = Match(t.Dict(items), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(std::vector<std::string>(o.report.missing_keys().begin(), o.report.missing_keys().end()),
+            std::vector<std::string>{"fc.bias"});
+  EXPECT_EQ(std::vector<std::string>(o.report.unexpected_keys().begin(),
+                                     o.report.unexpected_keys().end()),
+            std::vector<std::string>{"classifier.bias"});
+  EXPECT_EQ(std::vector<std::string>(o.report.reasons().begin(), o.report.reasons().end()),
+            std::vector<std::string>{"missing_keys"});
+}
+
+TEST(MatcherTest, BadRegexIsAnError) {
+  Tree t;
+  v1::NormalizationPolicy policy;
+  policy.add_rename_rules()->set_pattern("(unclosed");
+  v1::ValidationReport report;
+  absl::StatusOr<MatchResult> m =
+      MatchStateDict(t.Dict(SmallStateDict(t, "")), SmallSpec(), policy, &report);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(MatcherTest, LegacyGammaBetaOnlyWhenAsked) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items[2].first = "bn.gamma";
+  items[3].first = "bn.beta";
+  const Value* root = t.Dict(items);
+  Outcome plain = Match(root, SmallSpec());
+  EXPECT_EQ(plain.report.verdict(), v1::INVALID);
+  v1::NormalizationPolicy policy;
+  policy.set_legacy_gamma_beta(true);
+  Outcome o = Match(root, SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(FixKinds(o.report), (std::vector<std::string>{"rename", "rename"}));
+  EXPECT_EQ(o.report.fixes(0).to(), "bn.weight");
+  EXPECT_EQ(o.report.fixes(1).to(), "bn.bias");
+}
+
+TEST(MatcherTest, PositionalRemapIsOptIn) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items[7].first = "head.0.weight";
+  items[8].first = "head.0.bias";
+  const Value* root = t.Dict(items);
+  EXPECT_EQ(Match(root, SmallSpec()).report.verdict(), v1::INVALID);
+  v1::NormalizationPolicy policy;
+  policy.set_positional_remap(true);
+  Outcome o = Match(root, SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(FixKinds(o.report), (std::vector<std::string>{"positional_remap", "positional_remap"}));
+  EXPECT_EQ(o.match.tensors[7].source_name, "head.0.weight");
+  EXPECT_EQ(o.match.tensors[7].name, "fc.weight");
+}
+
+TEST(MatcherTest, PositionalRemapRefusesDifferentShapes) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items[7] = {"head.0.weight", t.T({8, 10})};
+  items[8].first = "head.0.bias";
+  v1::NormalizationPolicy policy;
+  policy.set_positional_remap(true);
+  Outcome o = Match(t.Dict(items), SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(o.report.missing_keys_size(), 2);
+}
+
+TEST(MatcherTest, DtypeCastKeepReject) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  const Value* root = t.Dict(items);
+  v1::ModelSpec spec = SmallSpec();
+  for (v1::TensorSpec& s : *spec.mutable_tensors()) {
+    if (s.dtype() == "F32") s.set_dtype("F16");
+  }
+  Outcome cast = Match(root, spec);
+  EXPECT_EQ(cast.report.verdict(), v1::NORMALIZED);
+  ASSERT_EQ(FixKinds(cast.report), std::vector<std::string>{"cast"});
+  EXPECT_EQ(cast.report.fixes(0).count(), 8);
+  EXPECT_EQ(cast.report.fixes(0).from(), "F32");
+  EXPECT_EQ(cast.report.fixes(0).to(), "F16");
+  EXPECT_EQ(cast.match.tensors[0].out_dtype, DType::kF16);
+  EXPECT_TRUE(cast.match.tensors[0].cast());
+  EXPECT_FALSE(cast.match.tensors[6].cast());  // num_batches_tracked stays I64
+  EXPECT_EQ(cast.report.total_bytes(), (216 + 40 + 80 + 10) * 2 + 8);
+
+  v1::NormalizationPolicy keep;
+  keep.set_dtype(v1::NormalizationPolicy::DTYPE_KEEP);
+  Outcome kept = Match(root, spec, keep);
+  EXPECT_EQ(kept.report.verdict(), v1::VALID);
+  EXPECT_EQ(kept.report.dtype_mismatches_size(), 8);
+  EXPECT_EQ(kept.match.tensors[0].out_dtype, DType::kF32);
+
+  v1::NormalizationPolicy reject;
+  reject.set_dtype(v1::NormalizationPolicy::DTYPE_REJECT);
+  Outcome rejected = Match(root, spec, reject);
+  EXPECT_EQ(rejected.report.verdict(), v1::INVALID);
+  EXPECT_EQ(rejected.report.reasons(0), "dtype_mismatch");
+  EXPECT_EQ(rejected.report.dtype_mismatches(0).expected_dtype(), "F16");
+  EXPECT_EQ(rejected.report.dtype_mismatches(0).actual_dtype(), "F32");
+}
+
+TEST(MatcherTest, MissingNumBatchesTrackedIsFilled) {
+  Tree t;
+  const Value* root = t.Dict(SmallStateDict(t, "", /*with_nbt=*/false));
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  ASSERT_EQ(FixKinds(o.report), std::vector<std::string>{"fill_optional"});
+  EXPECT_EQ(o.report.fixes(0).to(), "bn.num_batches_tracked");
+  ASSERT_EQ(o.match.tensors.size(), 9u);
+  EXPECT_EQ(o.match.tensors[6].source, nullptr);
+  EXPECT_EQ(o.match.tensors[6].out_dtype, DType::kI64);
+
+  v1::NormalizationPolicy strict;
+  strict.mutable_optional_keys();  // set and empty: nothing is optional
+  Outcome s = Match(root, SmallSpec(), strict);
+  EXPECT_EQ(s.report.verdict(), v1::INVALID);
+  EXPECT_EQ(s.report.missing_keys(0), "bn.num_batches_tracked");
+}
+
+TEST(MatcherTest, MissingWeightIsInvalid) {
+  Tree t;
+  auto items = SmallStateDict(t, "module.");
+  items.erase(items.begin() + 7);  // fc.weight
+  Outcome o = Match(t.Dict(items), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  ASSERT_EQ(o.report.missing_keys_size(), 1);
+  EXPECT_EQ(o.report.missing_keys(0), "fc.weight");
+  EXPECT_EQ(o.report.winner().transform(), "strip 'module.'");
+  EXPECT_TRUE(o.match.invalid);
+}
+
+TEST(MatcherTest, ShapeMismatchIsInvalid) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items[7].second = t.T({12, 8});
+  Outcome o = Match(t.Dict(items), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  ASSERT_EQ(o.report.shape_mismatches_size(), 1);
+  EXPECT_EQ(o.report.shape_mismatches(0).name(), "fc.weight");
+  EXPECT_EQ(o.report.shape_mismatches(0).actual_shape(0), 12);
+  EXPECT_EQ(o.report.shape_mismatches(0).expected_shape(0), 10);
+  EXPECT_EQ(o.report.reasons(0), "shape_mismatch");
+  EXPECT_TRUE(o.report.missing_keys().empty());
+}
+
+TEST(MatcherTest, UnexpectedDropOrReject) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items.push_back({"aux_head.weight", t.T({3, 8})});
+  const Value* root = t.Dict(items);
+  Outcome dropped = Match(root, SmallSpec());
+  EXPECT_EQ(dropped.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(FixKinds(dropped.report), std::vector<std::string>{"drop_unexpected"});
+  EXPECT_EQ(dropped.report.unexpected_keys(0), "aux_head.weight");
+  v1::NormalizationPolicy reject;
+  reject.set_unexpected(v1::NormalizationPolicy::UNEXPECTED_REJECT);
+  Outcome rejected = Match(root, SmallSpec(), reject);
+  EXPECT_EQ(rejected.report.verdict(), v1::INVALID);
+  EXPECT_EQ(rejected.report.reasons(0), "unexpected_keys");
+}
+
+TEST(MatcherTest, ExplicitContainerPath) {
+  Tree t;
+  const Value* root = t.Dict({{"checkpoint", t.Dict({{"weights", t.Dict(SmallStateDict(t, ""))}})}});
+  v1::NormalizationPolicy policy;
+  policy.set_container("checkpoint.weights");
+  Outcome o = Match(root, SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.container_path(), "checkpoint.weights");
+  policy.set_container("checkpoint.nothing");
+  Outcome missing = Match(root, SmallSpec(), policy);
+  EXPECT_EQ(missing.report.verdict(), v1::INVALID);
+  EXPECT_EQ(missing.report.reasons(0), "no_state_dict");
+}
+
+TEST(MatcherTest, PrefixNoneKeepsKeys) {
+  Tree t;
+  v1::NormalizationPolicy policy;
+  policy.set_prefixes(v1::NormalizationPolicy::PREFIX_NONE);
+  Outcome o = Match(t.Dict(SmallStateDict(t, "module.")), SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(o.report.missing_keys_size(), 8);  // num_batches_tracked is optional
+}
+
+TEST(MatcherTest, NoTensorsIsNoStateDict) {
+  Tree t;
+  Outcome o = Match(t.Dict({{"epoch", t.Int(1)}}), SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(o.report.reasons(0), "no_state_dict");
+}
+
+TEST(MatcherTest, TiedStoragesReportedAndTied) {
+  Tree t;
+  v1::ModelSpec spec;
+  for (const char* name : {"embed.weight", "head.weight", "head.bias"}) {
+    v1::TensorSpec* s = spec.add_tensors();
+    s->set_name(name);
+    s->set_dtype("F32");
+    s->add_shape(name == std::string("head.bias") ? 4 : 16);
+    if (name != std::string("head.bias")) s->add_shape(4);
+  }
+  const Value* root = t.Dict({{"embed.weight", t.T({16, 4}, DType::kF32, 7)},
+                              {"head.weight", t.T({16, 4}, DType::kF32, 7)},
+                              {"head.bias", t.T({4}, DType::kF32, 7, 64)}});
+  Outcome o = Match(root, spec);
+  EXPECT_EQ(o.report.verdict(), v1::VALID);
+  ASSERT_EQ(o.report.shared_storages_size(), 1);
+  EXPECT_EQ(o.report.shared_storages(0).names_size(), 3);
+  EXPECT_EQ(o.match.tensors[0].tied_to, -1);
+  EXPECT_EQ(o.match.tensors[1].tied_to, 0);
+  EXPECT_EQ(o.match.tensors[2].tied_to, -1);  // same storage, different view
+}
+
+TEST(MatcherTest, TieBreakIsDeterministic) {
+  // Two containers match equally: the one tried first wins, the other is
+  // the runner-up, every time.
+  Tree t;
+  const Value* root = t.Dict({{"state_dict_ema", t.Dict(SmallStateDict(t, ""))},
+                              {"state_dict", t.Dict(SmallStateDict(t, ""))}});
+  for (int i = 0; i < 3; ++i) {
+    Outcome o = Match(root, SmallSpec());
+    EXPECT_EQ(o.report.container_path(), "state_dict");
+    EXPECT_EQ(o.report.runner_up().container(), "state_dict_ema");
+    EXPECT_EQ(o.report.runner_up().matched(), 9);
+  }
+}
+
+TEST(MatcherTest, DuplicateKeyWithWrongShapeDoesNotHideGoodOne) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items.insert(items.begin(), {"module.fc.weight", t.T({3, 3})});
+  Outcome o = Match(t.Dict(items), SmallSpec());
+  EXPECT_EQ(o.report.winner().transform(), "none");
+  EXPECT_TRUE(o.report.shape_mismatches().empty());
+  EXPECT_EQ(o.report.unexpected_keys(0), "module.fc.weight");
+}
+
+TEST(MatcherTest, ApplyRenameRulesUsesEcmaScriptGroups) {
+  v1::NormalizationPolicy policy;
+  v1::RenameRule* r = policy.add_rename_rules();
+  r->set_pattern("^layers\\.(\\d+)\\.attn\\.");
+  r->set_replacement("blocks.$1.attention.");
+  absl::StatusOr<std::string> out = ApplyRenameRules(policy, "layers.11.attn.q.weight");
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(*out, "blocks.11.attention.q.weight");
+}
+
+}  // namespace
+}  // namespace weightgate::statedict

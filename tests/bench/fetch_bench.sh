@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Fetch throughput: `weightgate fetch` (gRPC stream, CRC32C per chunk, sha256
+# of the whole file) against nginx + curl serving the same stored blob as a
+# static file, side by side in one run. Prints medians and ratios for one
+# client and for 8 concurrent clients.
+#   tests/bench/fetch_bench.sh [BUILD_DIR] [SIZE_MIB]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+size_mib=${2:-512}
+reps=${REPS:-5}
+"$root/scripts/install-deps.sh" bench >/dev/null
+work=$(mktemp -d /tmp/wg-fetch-bench.XXXXXX)
+cleanup() {
+  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port); nginx_port=$(free_port)
+
+/usr/bin/python3 - "$work" "$size_mib" <<'PY'
+import json, sys, torch
+work, size_mib = sys.argv[1], int(sys.argv[2])
+n = 64
+per = size_mib * (1 << 20) // 4 // n
+sd = {f"layers.{i}.weight": torch.randn(per) for i in range(n)}
+torch.save(sd, f"{work}/ckpt.pt")
+json.dump({"tensors": {k: {"dtype": "F32", "shape": [per]} for k in sd}}, open(f"{work}/spec.json", "w"))
+PY
+
+"$build/bin/weightgate-server" --listen "127.0.0.1:$port" --metrics_listen "" --store "$work/store" 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do "$build/bin/weightgate" --server "127.0.0.1:$port" ls >/dev/null 2>&1 && break; sleep 0.1; done
+wg() { "$build/bin/weightgate" --server "127.0.0.1:$port" "$@"; }
+wg register bench --from "$work/spec.json" >/dev/null
+wg upload bench "$work/ckpt.pt" >/dev/null
+blob=$(ls "$work/store/blobs" | head -1)
+
+mkdir -p "$work/www"
+ln -s "$work/store/blobs/$blob" "$work/www/weights.safetensors"
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  server {
+    listen 127.0.0.1:$nginx_port;
+    root $work/www;
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf"
+sleep 0.3
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+one_wg() { rm -f "$work/out.$1"*; wg fetch bench -o "$work/out.$1" >/dev/null; }
+one_curl() { curl -sf -o "$work/curl.$1" "http://127.0.0.1:$nginx_port/weights.safetensors"; sha256sum "$work/curl.$1" >/dev/null; }
+timed() { local t0; t0=$(now); "$@"; echo "$(now) - $t0" | bc -l; }
+parallel() { local f=$1; for i in $(seq 8); do $f "$i" & done; wait; }
+
+: > "$work/wg1"; : > "$work/curl1"; : > "$work/wg8"; : > "$work/curl8"
+for r in $(seq "$reps"); do
+  timed one_wg 0 >> "$work/wg1"
+  timed one_curl 0 >> "$work/curl1"
+  timed parallel one_wg >> "$work/wg8"
+  timed parallel one_curl >> "$work/curl8"
+  rm -f "$work"/out.* "$work"/curl.*
+done
+bytes=$(stat -c %s "$work/store/blobs/$blob")
+report() {
+  local name=$1 file=$2 clients=$3
+  local m; m=$(median < "$file")
+  printf '%-34s median %6.3f s  %7.0f MiB/s\n' "$name" "$m" "$(echo "$bytes * $clients / 1048576 / $m" | bc -l)"
+}
+echo "blob: $((bytes >> 20)) MiB, $reps repetitions, alternating"
+report "weightgate fetch, 1 client" "$work/wg1" 1
+report "nginx + curl + sha256sum, 1 client" "$work/curl1" 1
+report "weightgate fetch, 8 clients" "$work/wg8" 8
+report "nginx + curl + sha256sum, 8 clients" "$work/curl8" 8
+printf 'ratio weightgate/nginx wall time: 1 client %.2fx, 8 clients %.2fx\n' \
+  "$(echo "$(median < "$work/wg1") / $(median < "$work/curl1")" | bc -l)" \
+  "$(echo "$(median < "$work/wg8") / $(median < "$work/curl8")" | bc -l)"

@@ -1,0 +1,141 @@
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
+#include "server/service/auth.h"
+#include "server/service/server.h"
+#include "weightgate/v1/registry.grpc.pb.h"
+
+namespace weightgate::service {
+namespace {
+
+TEST(IsLoopbackAddressTest, Classifies) {
+  EXPECT_TRUE(IsLoopbackAddress("127.0.0.1:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("127.5.5.5:1"));
+  EXPECT_TRUE(IsLoopbackAddress("localhost:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("[::1]:50051"));
+  EXPECT_TRUE(IsLoopbackAddress("unix:/tmp/wg.sock"));
+  EXPECT_FALSE(IsLoopbackAddress("0.0.0.0:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("[::]:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("10.1.2.3:50051"));
+  EXPECT_FALSE(IsLoopbackAddress("128.0.0.1:50051"));
+}
+
+TEST(AuthorizerTest, BadTokenFilesRejected) {
+  EXPECT_FALSE(Authorizer::Create("/nonexistent/tokens").ok());
+  std::string path = "/tmp/wg-tokens-" + std::to_string(::getpid());
+  std::ofstream(path) << "# only a comment\n";
+  EXPECT_FALSE(Authorizer::Create(path).ok());
+  std::ofstream(path) << "tok admin\n";
+  EXPECT_FALSE(Authorizer::Create(path).ok());
+  std::ofstream(path) << "tok reader\nother\n";
+  auto auth = Authorizer::Create(path);
+  ASSERT_TRUE(auth.ok());
+  EXPECT_TRUE((*auth)->enabled());
+  std::filesystem::remove(path);
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/wg-server-test-XXXXXX";
+    root_ = ::mkdtemp(tmpl);
+  }
+  void TearDown() override { std::filesystem::remove_all(root_); }
+  Server::Options Options() {
+    Server::Options o;
+    o.listen = "127.0.0.1:0";
+    o.metrics_listen = "";
+    o.store = root_ + "/store";
+    return o;
+  }
+  std::string root_;
+};
+
+TEST_F(ServerTest, RefusesPublicAddressWithoutProtection) {
+  Server::Options o = Options();
+  o.listen = "0.0.0.0:0";
+  auto s = Server::Start(o);
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.status().message().find("--insecure"), std::string::npos);
+}
+
+TEST_F(ServerTest, TlsNeedsCertAndKey) {
+  Server::Options o = Options();
+  o.tls_cert = root_ + "/cert.pem";
+  EXPECT_FALSE(Server::Start(o).ok());
+}
+
+TEST_F(ServerTest, BadDeviceRejected) {
+  Server::Options o = Options();
+  o.device = "tpu";
+  EXPECT_FALSE(Server::Start(o).ok());
+}
+
+TEST_F(ServerTest, UploadWithoutHeaderIsInvalidArgument) {
+  auto server = Server::Start(Options());
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string((*server)->port()),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = weightgate::v1::ModelRegistry::NewStub(channel);
+  {
+    grpc::ClientContext ctx;
+    weightgate::v1::ValidationReport report;
+    auto writer = stub->ValidateCheckpoint(&ctx, &report);
+    weightgate::v1::UploadRequest chunk;
+    chunk.set_chunk("bytes before any header");
+    writer->Write(chunk);
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("header"), std::string::npos);
+  }
+  {
+    // Announced size larger than what arrives: incomplete, not validated.
+    grpc::ClientContext ctx;
+    weightgate::v1::ValidationReport report;
+    auto writer = stub->ValidateCheckpoint(&ctx, &report);
+    weightgate::v1::UploadRequest header;
+    header.mutable_header()->set_model_id("m");
+    header.mutable_header()->set_total_bytes(100);
+    writer->Write(header);
+    weightgate::v1::UploadRequest chunk;
+    chunk.set_chunk("short");
+    writer->Write(chunk);
+    writer->WritesDone();
+    grpc::Status s = writer->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("incomplete"), std::string::npos);
+  }
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
+TEST_F(ServerTest, UploadOverLimitIsResourceExhausted) {
+  Server::Options o = Options();
+  o.max_upload_bytes = 1024;
+  auto server = Server::Start(o);
+  ASSERT_TRUE(server.ok()) << server.status();
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string((*server)->port()),
+                                     grpc::InsecureChannelCredentials());
+  auto stub = weightgate::v1::ModelRegistry::NewStub(channel);
+  grpc::ClientContext ctx;
+  weightgate::v1::ValidationReport report;
+  auto writer = stub->ValidateCheckpoint(&ctx, &report);
+  weightgate::v1::UploadRequest header;
+  header.mutable_header()->set_model_id("m");
+  writer->Write(header);
+  weightgate::v1::UploadRequest chunk;
+  chunk.set_chunk(std::string(4096, 'x'));
+  writer->Write(chunk);
+  writer->WritesDone();
+  grpc::Status s = writer->Finish();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  // Nothing is left in staging.
+  EXPECT_TRUE(std::filesystem::is_empty(root_ + "/store/tmp"));
+}
+
+}  // namespace
+}  // namespace weightgate::service

@@ -1,0 +1,344 @@
+// The normalisation engine: read, match, check, write, smoke-test, report.
+#include "server/statedict/normalizer.h"
+
+#include <ATen/ATen.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "server/checkpoint/mapped_file.h"
+#include "server/statedict/matcher.h"
+#include "server/statedict/output_writer.h"
+#include "server/statedict/sha256.h"
+#include "server/statedict/torch_views.h"
+
+namespace weightgate::statedict {
+namespace {
+
+namespace v1 = weightgate::v1;
+using checkpoint::Checkpoint;
+using checkpoint::DType;
+using checkpoint::TensorRecord;
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+void AddReason(v1::ValidationReport* report, std::string_view reason) {
+  for (const std::string& r : report->reasons()) {
+    if (r == reason) return;
+  }
+  report->add_reasons(std::string(reason));
+}
+
+// Whether bytes that failed to parse at least start like one of the formats
+// we read: then the file is a damaged checkpoint ("unreadable"), otherwise
+// it is simply something else ("not_a_checkpoint").
+bool LooksLikeCheckpoint(std::string_view data) {
+  if (data.size() >= 4 && (data.substr(0, 4) == std::string_view("PK\x03\x04", 4) ||
+                           data.substr(0, 4) == std::string_view("PK\x05\x06", 4))) {
+    return true;
+  }
+  if (!data.empty() && static_cast<unsigned char>(data[0]) == 0x80) return true;  // pickle >= 2
+  if (data.size() >= 9) {
+    uint64_t n = 0;
+    std::memcpy(&n, data.data(), 8);  // safetensors: little-endian header length, then '{'
+    if (data[8] == '{' && n > 1 && n <= data.size() - 8) return true;
+  }
+  size_t i = 0;
+  while (i < data.size() && (data[i] == ' ' || data[i] == '\n' || data[i] == '\t' || data[i] == '\r')) ++i;
+  return i < data.size() && data[i] == '{' && data.find("\"tensors\"") != std::string_view::npos;
+}
+
+bool IsFloatLike(DType d) {
+  return d == DType::kF64 || d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 ||
+         d == DType::kC64 || d == DType::kC128;
+}
+
+// Drops the pages of a tensor's bytes from this process. Safe only on the
+// read-only file mapping (re-reading faults them back in from the page
+// cache); MappedFile::Open is the only constructor that sets a path, and
+// bytes held in memory (FromString, inflated zip entries) are left alone.
+void ReleasePages(const Checkpoint& ckpt, const TensorRecord& rec, uint64_t extent) {
+  if (ckpt.file == nullptr || ckpt.file->path().empty() || extent == 0) return;
+  if (rec.storage_index < 0 || static_cast<size_t>(rec.storage_index) >= ckpt.storages.size() ||
+      ckpt.storages[rec.storage_index].inflated_index >= 0) {
+    return;
+  }
+  std::string_view file = ckpt.file->data();
+  std::string_view bytes = ckpt.TensorStorageBytes(rec);
+  if (bytes.data() < file.data() || extent > bytes.size()) return;
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t map_begin = reinterpret_cast<uintptr_t>(file.data());
+  const uintptr_t map_end = (map_begin + file.size() + page - 1) & ~(page - 1);
+  uintptr_t begin = reinterpret_cast<uintptr_t>(bytes.data()) & ~(page - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(bytes.data()) + extent + page - 1) & ~(page - 1);
+  if (begin < map_begin) begin = map_begin;
+  if (end > map_end) end = map_end;
+  if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+// The tensor the output holds for `m`, as a contiguous tensor on `device`
+// (no copy when nothing changes on CPU).
+at::Tensor OutputTensor(const at::Tensor& view, const MatchedTensor& m, const c10::Device& device) {
+  at::Tensor t = view;
+  if (!device.is_cpu()) t = t.to(device);
+  if (m.cast()) t = t.to(ToScalarType(m.out_dtype));
+  return t.contiguous();
+}
+
+std::string_view TensorBytes(const at::Tensor& t) {
+  return {static_cast<const char*>(t.data_ptr()), t.nbytes()};
+}
+
+}  // namespace
+
+at::ScalarType ToScalarType(DType dtype) {
+  switch (dtype) {
+    case DType::kF64: return at::kDouble;
+    case DType::kF32: return at::kFloat;
+    case DType::kF16: return at::kHalf;
+    case DType::kBF16: return at::kBFloat16;
+    case DType::kI64: return at::kLong;
+    case DType::kI32: return at::kInt;
+    case DType::kI16: return at::kShort;
+    case DType::kI8: return at::kChar;
+    case DType::kU8: return at::kByte;
+    case DType::kBool: return at::kBool;
+    case DType::kC64: return at::kComplexFloat;
+    case DType::kC128: return at::kComplexDouble;
+  }
+  return at::kFloat;
+}
+
+absl::StatusOr<uint64_t> ViewExtentBytes(const Checkpoint& ckpt, const TensorRecord& rec) {
+  if (rec.shape.size() != rec.strides.size()) {
+    return absl::InvalidArgumentError("tensor rank and strides disagree");
+  }
+  uint64_t last = 0;  // offset of the last addressed element, in elements
+  for (size_t d = 0; d < rec.shape.size(); ++d) {
+    if (rec.shape[d] == 0) return 0;
+    if (rec.shape[d] < 0 || rec.strides[d] < 0) {
+      return absl::InvalidArgumentError("negative size or stride");
+    }
+    last += static_cast<uint64_t>(rec.shape[d] - 1) * static_cast<uint64_t>(rec.strides[d]);
+  }
+  uint64_t extent = (last + 1) * checkpoint::ItemSize(rec.dtype);
+  if (extent > ckpt.TensorStorageBytes(rec).size()) {
+    return absl::InvalidArgumentError("tensor view exceeds its storage");
+  }
+  return extent;
+}
+
+absl::StatusOr<at::Tensor> ViewOf(const Checkpoint& ckpt, const TensorRecord& rec) {
+  absl::StatusOr<uint64_t> extent = ViewExtentBytes(ckpt, rec);
+  if (!extent.ok()) return extent.status();
+  at::TensorOptions options = at::TensorOptions().dtype(ToScalarType(rec.dtype));
+  if (*extent == 0) return at::empty(rec.shape, options);
+  void* data = const_cast<char*>(ckpt.TensorStorageBytes(rec).data());
+  return at::from_blob(data, rec.shape, rec.strides, options);
+}
+
+absl::StatusOr<std::string> ResolveDevice(const std::string& device) {
+  if (device.empty() || device == "auto") return at::hasCUDA() ? "cuda:0" : "cpu";
+  if (device == "cpu") return "cpu";
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    if (!at::hasCUDA()) {
+      return absl::FailedPreconditionError(
+          "device 'cuda' requested but this libtorch build has no CUDA");
+    }
+    int index = 0;
+    if (device.size() > 5 && !absl::SimpleAtoi(device.substr(5), &index)) {
+      return absl::InvalidArgumentError(absl::StrCat("unknown device '", device, "'"));
+    }
+    return absl::StrCat("cuda:", index);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown device '", device, "' (expected auto, cpu, cuda or cuda:N)"));
+}
+
+absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_path,
+                                               const v1::ModelSpec& spec,
+                                               const v1::NormalizationPolicy& policy,
+                                               const NormalizeOptions& options) {
+  const Clock::time_point start = Clock::now();
+  v1::ValidationReport report;
+  report.set_model_id(options.model_id);
+  absl::StatusOr<std::string> device_name = ResolveDevice(options.device);
+  if (!device_name.ok()) return device_name.status();
+  report.set_device(*device_name);
+  auto finish = [&]() {
+    report.set_verdict(VerdictOf(report));
+    report.mutable_timings()->set_total_ms(MsSince(start));
+    return report;
+  };
+
+  // ---- read ----
+  Clock::time_point phase = Clock::now();
+  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
+      checkpoint::MappedFile::Open(checkpoint_path);
+  if (!file.ok()) {
+    AddReason(&report, "unreadable");
+    report.set_error(std::string(file.status().message()));
+    return finish();
+  }
+  if (options.compute_input_sha256) {
+    absl::StatusOr<std::string> sha = Sha256File(checkpoint_path);
+    if (sha.ok()) report.set_input_sha256(*sha);
+  }
+  absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(*file, options.read_options);
+  report.mutable_timings()->set_read_ms(MsSince(phase));
+  if (!read.ok()) {
+    AddReason(&report, LooksLikeCheckpoint((*file)->data()) ? "unreadable" : "not_a_checkpoint");
+    report.set_error(std::string(read.status().message()));
+    return finish();
+  }
+  const Checkpoint& ckpt = *read;
+  report.set_format(std::string(checkpoint::FormatName(ckpt.format)));
+  for (const std::string& g : ckpt.opaque_globals) report.add_opaque_globals(g);
+  for (const std::string& g : ckpt.unsafe_globals) report.add_unsafe_globals(g);
+  if (ckpt.unsafe()) {
+    // Nothing in an unsafe file is trusted further, not even its layout.
+    AddReason(&report, "unsafe_pickle");
+    report.set_error(absl::StrCat("pickle names dangerous globals: ", ckpt.unsafe_globals.front(),
+                                  ckpt.unsafe_globals.size() > 1 ? ", ..." : ""));
+    return finish();
+  }
+  if (ckpt.format == checkpoint::Format::kJsonSpec) {
+    AddReason(&report, "not_a_checkpoint");
+    report.set_error("a JSON spec describes tensors but holds no weights");
+    return finish();
+  }
+
+  // ---- match ----
+  phase = Clock::now();
+  absl::StatusOr<MatchResult> match = MatchStateDict(ckpt.root, spec, policy, &report);
+  if (!match.ok()) return match.status();
+  report.mutable_timings()->set_match_ms(MsSince(phase));
+  bool invalid = match->invalid;
+  const std::vector<MatchedTensor>& tensors = match->tensors;
+
+  // ---- check (+ write) ----
+  std::unique_ptr<OutputWriter> writer;
+  const bool want_output = !options.output_path.empty();
+  double write_ms = 0;
+  if (want_output && !invalid) {
+    std::vector<OutputWriter::Entry> entries;
+    for (const MatchedTensor& m : tensors) entries.push_back({m.name, m.out_dtype, m.shape, m.tied_to});
+    absl::StatusOr<std::unique_ptr<OutputWriter>> w = OutputWriter::Create(
+        options.output_path, OutputWriter::FormatForPath(options.output_path), std::move(entries),
+        {{"format", "pt"}, {"producer", "weightgate"}});
+    if (!w.ok()) return w.status();
+    writer = std::move(*w);
+  }
+  auto append = [&](std::string_view bytes) -> absl::Status {
+    Clock::time_point t0 = Clock::now();
+    absl::Status s = writer->Append(bytes);
+    write_ms += MsSince(t0);
+    return s;
+  };
+
+  phase = Clock::now();
+  absl::Status failure = absl::OkStatus();
+  try {
+    const c10::Device device(*device_name);
+    for (size_t k = 0; k < tensors.size() && failure.ok(); ++k) {
+      const MatchedTensor& m = tensors[k];
+      const bool write = writer != nullptr && !invalid && writer->NeedsBytes(k);
+      if (m.source == nullptr) {
+        if (write) {
+          const std::string zeros(m.out_nbytes(), '\0');
+          failure = append(zeros);
+        }
+        continue;
+      }
+      absl::StatusOr<uint64_t> extent = ViewExtentBytes(ckpt, *m.source);
+      absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
+      if (!extent.ok() || !view.ok()) {
+        AddReason(&report, "unreadable");
+        report.set_error(absl::StrCat("tensor '", m.source_name,
+                                      "': ", (extent.ok() ? view.status() : extent.status()).message()));
+        invalid = true;
+        continue;
+      }
+      // A tensor that reaches the output unchanged is written straight from
+      // the mapping and checked there; otherwise the converted tensor is
+      // checked, which also catches overflow from a narrowing cast.
+      const bool direct = device.is_cpu() && !m.cast() && view->is_contiguous();
+      at::Tensor out = direct ? *view : OutputTensor(*view, m, device);
+      if (IsFloatLike(m.out_dtype) && !at::isfinite(out).all().item<bool>()) {
+        at::Tensor src = device.is_cpu() ? *view : view->to(device);
+        const int64_t nan = at::isnan(src).sum().item<int64_t>();
+        const int64_t inf = IsFloatLike(m.source_dtype) ? at::isinf(src).sum().item<int64_t>() : 0;
+        v1::NonFiniteCount* count = report.add_non_finite();
+        count->set_name(m.name);
+        if (nan == 0 && inf == 0) {
+          // Finite in the checkpoint, infinite after the cast.
+          count->set_inf(at::isinf(out).sum().item<int64_t>());
+          if (report.error().empty()) {
+            report.set_error(absl::StrCat("'", m.name, "' overflows when cast to ",
+                                          std::string(checkpoint::DTypeName(m.out_dtype))));
+          }
+        } else {
+          count->set_nan(nan);
+          count->set_inf(inf);
+        }
+        if (policy.non_finite() == v1::NormalizationPolicy::NONFINITE_REJECT) {
+          AddReason(&report, "non_finite");
+          invalid = true;
+        }
+      }
+      if (write && !invalid) {
+        at::Tensor host = out.is_cpu() ? out : out.cpu();
+        failure = append(TensorBytes(host));
+      }
+      if (options.release_pages) ReleasePages(ckpt, *m.source, *extent);
+    }
+  } catch (const c10::Error& e) {
+    failure = absl::InternalError(absl::StrCat("libtorch: ", e.what_without_backtrace()));
+  }
+  report.mutable_timings()->set_check_ms(MsSince(phase) - write_ms);
+  if (writer != nullptr) {
+    Clock::time_point t0 = Clock::now();
+    if (failure.ok() && !invalid) {
+      failure = writer->Finish();
+    } else {
+      writer->Abort();
+    }
+    write_ms += MsSince(t0);
+    report.mutable_timings()->set_write_ms(write_ms);
+  }
+  if (!failure.ok()) return failure;
+
+  // ---- smoke test ----
+  if (!invalid && !options.torchscript_path.empty() && spec.example_inputs_size() > 0) {
+    phase = Clock::now();
+    auto weight = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
+      for (const MatchedTensor& m : tensors) {
+        if (m.name != name) continue;
+        at::TensorOptions opts = at::TensorOptions().dtype(ToScalarType(m.out_dtype));
+        if (m.source == nullptr) return at::zeros(m.shape, opts);
+        absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
+        if (!view.ok()) return view.status();
+        return view->to(ToScalarType(m.out_dtype));
+      }
+      return absl::NotFoundError(absl::StrCat("missing '", name, "'"));
+    };
+    *report.mutable_smoke_test() = RunSmokeTest(options.torchscript_path, spec, weight);
+    if (!report.smoke_test().ok()) AddReason(&report, "smoke_test_failed");
+    report.mutable_timings()->set_smoke_ms(MsSince(phase));
+  }
+  return finish();
+}
+
+}  // namespace weightgate::statedict

@@ -4,17 +4,10 @@
 
 #include "absl/status/status.h"
 #include "server/checkpoint/str_util.h"
+#include "server/checkpoint/json_spec.h"
+#include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
-
-#if __has_include("server/checkpoint/safetensors.h")
-#include "server/checkpoint/safetensors.h"
-#define WG_HAVE_SAFETENSORS 1
-#endif
-#if __has_include("server/checkpoint/json_spec.h")
-#include "server/checkpoint/json_spec.h"
-#define WG_HAVE_JSON_SPEC 1
-#endif
 
 namespace weightgate::checkpoint {
 
@@ -66,12 +59,8 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file
     return ReadTorchZip(std::move(file), *zip, options);
   }
   if (LooksLikeTorchLegacy(data)) return ReadTorchLegacy(std::move(file), options);
-#ifdef WG_HAVE_SAFETENSORS
   if (LooksLikeSafetensors(data)) return ReadSafetensors(std::move(file), options);
-#endif
-#ifdef WG_HAVE_JSON_SPEC
   if (LooksLikeJsonSpec(data)) return ReadJsonSpec(std::move(file), options);
-#endif
   return absl::InvalidArgumentError(
       "not a checkpoint: neither a zip archive, a legacy torch.save file, safetensors nor a JSON spec");
 }

@@ -50,6 +50,8 @@ enum GlobalId : int64_t {
   kBuiltinObject,
   kReconstructor,
   kFirstArg,  // torch.jit._pickle.build_*list / restore_type_tag: returns args[0]
+  kGetattr,   // builtins.getattr: benign on (unknown class, public name), see Call
+  kGetattrResult,  // marks the kOpaque a benign getattr returned (an enum member)
   kUnsupportedQuantized,
   kUnsupportedSparse,
   kUnsupportedSubclass,
@@ -83,6 +85,7 @@ constexpr AllowEntry kAllowList[] = {
     {"builtins", "slice", kBuiltinSlice},
     {"builtins", "complex", kBuiltinComplex},
     {"builtins", "object", kBuiltinObject},
+    {"builtins", "getattr", kGetattr},
     {"_codecs", "encode", kCodecsEncode},
     {"copy_reg", "_reconstructor", kReconstructor},
     {"copyreg", "_reconstructor", kReconstructor},
@@ -117,7 +120,7 @@ constexpr std::string_view kUnsafeModules[] = {
 // Single dangerous attributes of otherwise harmless modules.
 constexpr std::pair<std::string_view, std::string_view> kUnsafeNames[] = {
     {"builtins", "eval"},       {"builtins", "exec"},       {"builtins", "compile"},
-    {"builtins", "open"},       {"builtins", "__import__"}, {"builtins", "getattr"},
+    {"builtins", "open"},       {"builtins", "__import__"},
     {"builtins", "setattr"},    {"builtins", "delattr"},    {"builtins", "globals"},
     {"builtins", "locals"},     {"builtins", "vars"},       {"builtins", "input"},
     {"builtins", "breakpoint"}, {"builtins", "execfile"},   {"builtins", "apply"},
@@ -692,9 +695,33 @@ absl::Status Machine::AddToList(Value* list, const std::vector<Value*>& items) {
 
 absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth) {
   if (args->kind != Kind::kTuple) return Bad("call arguments are not a tuple");
+  if (callee->kind == Kind::kOpaque && callee->i == kGetattrResult) {
+    // Calling an attribute fetched by getattr (Path.unlink, ...) is what
+    // torch.load would really execute.
+    Record(ctx_.unsafe_globals, "builtins.getattr");
+    return Opaque(callee, args);
+  }
   if (callee->kind != Kind::kGlobal || callee->i == kNotAllowed) return Opaque(callee, args);
   const std::vector<const Value*>& a = args->items;
   switch (static_cast<GlobalId>(callee->i)) {
+    case kGetattr: {
+      // Python >= 3.11 pickles enum members as getattr(EnumClass, "NAME"):
+      // benign when the object is an unknown class (not a module function,
+      // not an allowed or unsafe global) and the name is public. Anything
+      // else is the classic way around a global allow-list.
+      if (a.size() == 2 && a[0]->kind == Kind::kGlobal && a[0]->i == kNotAllowed &&
+          a[1]->kind == Kind::kString && !a[1]->str.empty() && a[1]->str[0] != '_' &&
+          a[1]->str.size() <= 256 &&
+          ClassifyGlobal(a[0]->str.substr(0, a[0]->str.rfind('.')),
+                         a[0]->str.substr(a[0]->str.rfind('.') + 1)) == GlobalClass::kOpaque) {
+        Value* v = New(Kind::kOpaque);
+        v->str = Cat(a[0]->str, ".", a[1]->str);
+        v->i = kGetattrResult;
+        return v;
+      }
+      Record(ctx_.unsafe_globals, "builtins.getattr");
+      return Opaque(callee, args);
+    }
     case kRebuildTensor:
     case kRebuildTensorV2:
     case kRebuildTensorV3:
@@ -792,6 +819,8 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
       if (!a.empty() && a[0]->kind == Kind::kGlobal) return Opaque(a[0], nullptr);
       return Opaque(callee, args);
     }
+    case kGetattrResult:
+      break;
     case kFirstArg:
       if (a.empty()) return Bad("missing argument");
       return const_cast<Value*>(a[0]);

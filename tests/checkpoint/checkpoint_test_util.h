@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
 #include <string_view>
@@ -32,27 +33,40 @@ inline bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// Runs the generator once per build tree. Parallel test processes each write
-// to their own temporary directory and rename it into place; the loser of
-// the race discards its copy.
+// Runs the generator once per build tree (again when the generator script
+// changes). Parallel test processes each write to their own temporary
+// directory and rename it into place; the loser of the race discards its copy.
 inline std::string FixtureDir() {
   static const std::string dir = [] {
     std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
     std::string src = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
+    std::string script = src + "/tests/fixtures/make_checkpoint_fixtures.py";
     std::string out = bin + "/fixtures/checkpoint";
-    if (FileExists(out + "/DONE")) return out;
+    struct stat st {};
+    ::stat(script.c_str(), &st);
+    std::string stamp = std::to_string(st.st_mtime) + ":" + std::to_string(st.st_size) + "\n";
+    if (FileExists(out + "/DONE")) {
+      std::ifstream in(out + "/STAMP");
+      std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      if (have == stamp) return out;
+    }
     ::mkdir((bin + "/fixtures").c_str(), 0755);
     std::string tmp = out + ".tmp." + std::to_string(::getpid());
-    std::string cmd = "/usr/bin/python3 '" + src + "/tests/fixtures/make_checkpoint_fixtures.py' '" +
-                      tmp + "' >'" + tmp + ".log' 2>&1";
+    std::string cmd = "/usr/bin/python3 '" + script + "' '" + tmp + "' >'" + tmp + ".log' 2>&1";
     int rc = std::system(cmd.c_str());
     if (rc != 0) {
       std::ifstream log(tmp + ".log");
       std::stringstream ss;
       ss << log.rdbuf();
       ADD_FAILURE() << "fixture generator failed (" << rc << "): " << ss.str();
-    } else if (std::rename(tmp.c_str(), out.c_str()) != 0) {
-      std::system(("rm -rf '" + tmp + "'").c_str());  // another process won
+    } else {
+      std::ofstream(tmp + "/STAMP") << stamp;
+      std::string old = out + ".old." + std::to_string(::getpid());
+      std::rename(out.c_str(), old.c_str());  // a stale copy, if any
+      if (std::rename(tmp.c_str(), out.c_str()) != 0) {
+        std::system(("rm -rf '" + tmp + "'").c_str());  // another process won
+      }
+      std::system(("rm -rf '" + old + "'").c_str());
     }
     std::remove((tmp + ".log").c_str());
     return out;

@@ -1,5 +1,6 @@
 #include "server/checkpoint/pickle_reader.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -52,8 +53,15 @@ std::string Canon(const Value* v) {
     case Kind::kTuple: return join(0, 1, "(", ")");
     case Kind::kList: return join(0, 1, "[", "]");
     case Kind::kDict: return join(0, 2, "{", "}");
-    case Kind::kSet: return join(0, 1, "<", ">");
-    case Kind::kFrozenSet: return join(0, 1, "|<", ">");
+    case Kind::kSet:
+    case Kind::kFrozenSet: {
+      std::vector<std::string> parts;
+      for (const Value* item : v->items) parts.push_back(Canon(item));
+      std::sort(parts.begin(), parts.end());
+      out = v->kind == Kind::kSet ? "<" : "|<";
+      for (size_t k = 0; k < parts.size(); ++k) out += (k ? "," : "") + parts[k];
+      return out + ">";
+    }
     default: return "?" + std::string(KindName(v->kind));
   }
 }
@@ -274,13 +282,43 @@ TEST(PickleReader, ClassifyGlobal) {
   for (auto [m, n] : std::vector<std::pair<std::string, std::string>>{
            {"os", "system"}, {"posix", "system"}, {"nt", "system"}, {"subprocess", "Popen"},
            {"sys", "modules"}, {"builtins", "eval"}, {"builtins", "exec"}, {"__builtin__", "eval"},
-           {"builtins", "getattr"}, {"builtins", "__import__"}, {"builtins", "open"},
+           {"builtins", "setattr"}, {"builtins", "__import__"}, {"builtins", "open"},
            {"runpy", "run_path"}, {"importlib", "import_module"}, {"importlib.util", "x"},
            {"pickle", "loads"}, {"marshal", "loads"}, {"socket", "socket"}, {"shutil", "rmtree"},
            {"pkgutil", "resolve_name"}, {"code", "interact"}, {"ctypes", "CDLL"},
            {"torch.storage", "_load_from_bytes"}, {"webbrowser", "open"}, {"pty", "spawn"}}) {
     EXPECT_EQ(ClassifyGlobal(m, n), GlobalClass::kUnsafe) << m << "." << n;
   }
+}
+
+TEST(PickleReader, GetattrOfAnEnumClassIsBenign) {
+  // Python >= 3.11 writes enum members as getattr(Stage, "TRAIN").
+  auto p = Parse("\x80\x02" "cbuiltins\ngetattr\n" "c__main__\nStage\n" "X\x05\x00\x00\x00"s
+                 "TRAIN\x86R.");
+  ASSERT_TRUE(p->root.ok()) << p->root.status();
+  EXPECT_EQ((*p->root)->kind, Kind::kOpaque);
+  EXPECT_EQ((*p->root)->str, "__main__.Stage.TRAIN");
+  EXPECT_TRUE(p->unsafe.empty());
+}
+
+TEST(PickleReader, GetattrOfAModuleOrPrivateNameIsUnsafe) {
+  auto dunder = Parse("\x80\x02" "cbuiltins\ngetattr\n" "c__main__\nStage\n" "X\x08\x00\x00\x00"s
+                      "__init__\x86R.");
+  ASSERT_TRUE(dunder->root.ok());
+  EXPECT_EQ(dunder->unsafe, std::vector<std::string>{"builtins.getattr"});
+  // getattr(os.path, "join"): the object is itself an unsafe global.
+  auto mod = Parse("\x80\x02" "cbuiltins\ngetattr\n" "cos\npath\n" "X\x04\x00\x00\x00"s
+                   "join\x86R.");
+  ASSERT_TRUE(mod->root.ok());
+  EXPECT_NE(std::find(mod->unsafe.begin(), mod->unsafe.end(), "builtins.getattr"), mod->unsafe.end());
+}
+
+TEST(PickleReader, CallingAGetattrResultIsUnsafe) {
+  // getattr(pathlib.Path, "unlink")(...): torch.load would call the method.
+  auto p = Parse("\x80\x02" "cbuiltins\ngetattr\n" "cpathlib\nPath\n" "X\x06\x00\x00\x00"s
+                 "unlink\x86R" "X\x01\x00\x00\x00"s "x\x85R.");
+  ASSERT_TRUE(p->root.ok()) << p->root.status();
+  EXPECT_EQ(p->unsafe, std::vector<std::string>{"builtins.getattr"});
 }
 
 TEST(PickleReader, TorchDtypeGlobalIsADtypeValue) {

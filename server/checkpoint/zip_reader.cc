@@ -100,8 +100,9 @@ uint32_t Load32(const char* p) {
 }
 
 // Offset of the end-of-central-directory record: the last signature in the
-// trailing 64 KiB whose comment fits in what follows it.
-absl::StatusOr<uint64_t> FindEocd(std::string_view data) {
+// trailing 64 KiB whose comment fits in what follows it (`exact`: whose
+// comment ends exactly at the end of the data).
+absl::StatusOr<uint64_t> FindEocd(std::string_view data, bool exact = false) {
   if (data.size() < kEocdSize) return Error("too short for an end of central directory");
   uint64_t last = data.size() - kEocdSize;
   uint64_t first = last > kMaxCommentLength ? last - kMaxCommentLength : 0;
@@ -110,8 +111,9 @@ absl::StatusOr<uint64_t> FindEocd(std::string_view data) {
     uint16_t comment_length = static_cast<uint16_t>(
         static_cast<unsigned char>(data[off + 20]) |
         (static_cast<unsigned char>(data[off + 21]) << 8));
-    // Like miniz (torch's zip library), tolerate bytes after the comment.
-    if (comment_length <= data.size() - off - kEocdSize) return off;
+    uint64_t room = data.size() - off - kEocdSize;
+    // Like miniz (torch's zip library), Open tolerates bytes after the comment.
+    if (exact ? comment_length == room : comment_length <= room) return off;
   }
   return Error("end of central directory not found");
 }
@@ -309,7 +311,9 @@ bool ExceedsRatio(uint64_t size, uint64_t compressed, uint32_t ratio) {
 
 bool LooksLikeZip(std::string_view data) {
   if (data.size() >= 4 && Load32(data.data()) == kLocalHeaderSignature) return true;
-  return FindEocd(data).ok();
+  // Other formats' payloads may contain the signature anywhere; only an
+  // exactly fitting record at the end counts.
+  return FindEocd(data, /*exact=*/true).ok();
 }
 
 absl::StatusOr<ZipReader> ZipReader::Open(std::string_view data, const ZipLimits& limits) {

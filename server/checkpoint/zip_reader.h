@@ -63,7 +63,8 @@ struct ZipLimits {
 inline constexpr uint64_t kZipMinSizeForRatioCheck = uint64_t{1} << 20;
 
 // True when `data` starts with a local file header signature ("PK\3\4") or
-// ends with an end-of-central-directory record. Cheap; proves nothing.
+// ends with an end-of-central-directory record whose comment reaches exactly
+// to the end (an empty archive). Cheap; proves nothing.
 bool LooksLikeZip(std::string_view data);
 
 class ZipReader final {

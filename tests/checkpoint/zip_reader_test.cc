@@ -509,6 +509,12 @@ TEST(ZipReaderTest, LooksLikeZip) {
   EXPECT_FALSE(LooksLikeZip("PK"));
   EXPECT_FALSE(LooksLikeZip(std::string("\x80\x02}q\x00.", 6)));
   EXPECT_TRUE(ZipReader::Open(MakeZip({})).ok());
+  // Safetensors data that happens to hold an end-of-central-directory
+  // signature, not at the very end, is not a zip.
+  std::string tensor_bytes = "tensor bytes ";
+  tensor_bytes += MakeZip({});
+  tensor_bytes += "more tensor bytes";
+  EXPECT_FALSE(LooksLikeZip(tensor_bytes));
 }
 
 }  // namespace

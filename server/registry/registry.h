@@ -45,6 +45,12 @@ class Registry final {
   absl::StatusOr<weightgate::v1::ValidationReport> Validate(
       const weightgate::v1::UploadHeader& header, const std::string& checkpoint_path) const;
 
+  // Validate, and for a VALID or NORMALIZED checkpoint also write the
+  // normalised tensors as safetensors to `output_path` (the stored form).
+  absl::StatusOr<weightgate::v1::ValidationReport> NormalizeTo(
+      const weightgate::v1::UploadHeader& header, const std::string& checkpoint_path,
+      const std::string& output_path) const;
+
  private:
   explicit Registry(const Options& options) : options_(options) {}
   Options options_;

@@ -233,10 +233,16 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
   const bool want_output = !options.output_path.empty();
   double write_ms = 0;
   if (want_output && !invalid) {
+    OutputWriter::Format format = OutputWriter::FormatForPath(options.output_path);
+    if (options.output_format == NormalizeOptions::OutputFormat::kSafetensors) {
+      format = OutputWriter::Format::kSafetensors;
+    } else if (options.output_format == NormalizeOptions::OutputFormat::kTorchZip) {
+      format = OutputWriter::Format::kTorchZip;
+    }
     std::vector<OutputWriter::Entry> entries;
     for (const MatchedTensor& m : tensors) entries.push_back({m.name, m.out_dtype, m.shape, m.tied_to});
     absl::StatusOr<std::unique_ptr<OutputWriter>> w = OutputWriter::Create(
-        options.output_path, OutputWriter::FormatForPath(options.output_path), std::move(entries),
+        options.output_path, format, std::move(entries),
         {{"format", "pt"}, {"producer", "weightgate"}});
     if (!w.ok()) return w.status();
     writer = std::move(*w);

@@ -28,6 +28,10 @@ struct NormalizeOptions {
   // write a torch.save zip archive, anything else safetensors. Written only
   // for a VALID or NORMALIZED verdict; never left half-written.
   std::string output_path;
+  enum class OutputFormat { kByExtension, kSafetensors, kTorchZip };
+  // kByExtension (default) as described above; the store's staged files
+  // have no meaningful extension and ask for safetensors explicitly.
+  OutputFormat output_format = OutputFormat::kByExtension;
   // TorchScript archive for the smoke test; run when non-empty and the spec
   // has example_inputs. Default: none.
   std::string torchscript_path;

@@ -1,0 +1,191 @@
+#include "server/checkpoint/inspect.h"
+
+#include <algorithm>
+#include <sstream>
+#include <string>
+
+#include "client/cli/inspect_command.h"
+#include "gtest/gtest.h"
+#include "server/checkpoint/json.h"
+#include "tests/checkpoint/checkpoint_test_util.h"
+
+namespace weightgate::checkpoint {
+namespace {
+
+using testing::FixtureDir;
+using testing::ReadExpectedTensors;
+
+Inspection InspectFixture(const std::string& name) {
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(FixtureDir() + "/" + name);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (!ckpt.ok()) return {};
+  return Inspect(*ckpt);
+}
+
+bool Contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+TEST(Inspect, PlainStateDictSitsAtTopLevel) {
+  Inspection in = InspectFixture("plain.pt");
+  EXPECT_EQ(in.format, Format::kTorchZip);
+  EXPECT_EQ(in.archive_prefix, "plain");
+  EXPECT_TRUE(in.state_dict_found);
+  EXPECT_EQ(in.state_dict_path, "");
+  EXPECT_TRUE(in.wrappers.empty());
+  EXPECT_EQ(in.tensors.size(), ReadExpectedTensors("plain").size());
+  EXPECT_EQ(in.other_tensors, 0u);
+  EXPECT_TRUE(Contains(in.top_level_keys, "conv.weight"));
+  uint64_t total = 0;
+  for (const InspectedTensor& t : in.tensors) total += t.nbytes;
+  EXPECT_EQ(total, in.total_tensor_bytes);
+  EXPECT_GT(total, 0u);
+}
+
+TEST(Inspect, DataParallelModulePrefixIsAWrapper) {
+  Inspection in = InspectFixture("dataparallel.pt");
+  EXPECT_EQ(in.wrappers, std::vector<std::string>{"module."});
+}
+
+TEST(Inspect, TrainingScriptStateDictUnderItsKey) {
+  Inspection in = InspectFixture("training.pt");
+  EXPECT_EQ(in.state_dict_path, "state_dict");
+  EXPECT_EQ(in.tensors.size(), ReadExpectedTensors("plain").size());
+  EXPECT_GT(in.other_tensors, 0u);  // Adam's exp_avg / exp_avg_sq / step
+  EXPECT_TRUE(Contains(in.top_level_keys, "optimizer"));
+  EXPECT_TRUE(in.wrappers.empty());
+}
+
+TEST(Inspect, LightningModelPrefixAndOpaqueGlobals) {
+  Inspection in = InspectFixture("lightning.pt");
+  EXPECT_EQ(in.state_dict_path, "state_dict");
+  EXPECT_EQ(in.wrappers, std::vector<std::string>{"model."});
+  EXPECT_TRUE(Contains(in.opaque_globals, "argparse.Namespace"));
+  EXPECT_FALSE(in.unsafe());
+}
+
+TEST(Inspect, TiedWeightsAreASharedStorage) {
+  Inspection in = InspectFixture("tied.pt");
+  ASSERT_EQ(in.shared_storages.size(), 1u);
+  EXPECT_EQ(in.shared_storages[0].tensors, (std::vector<std::string>{"embed.weight", "head.weight"}));
+}
+
+TEST(Inspect, ViewsAreNonContiguous) {
+  Inspection in = InspectFixture("views.pt");
+  EXPECT_TRUE(Contains(in.non_contiguous, "transposed"));
+  EXPECT_TRUE(Contains(in.non_contiguous, "slice"));
+  EXPECT_FALSE(Contains(in.non_contiguous, "base"));
+  ASSERT_EQ(in.shared_storages.size(), 1u);
+  EXPECT_EQ(in.shared_storages[0].tensors.size(), 6u);
+}
+
+TEST(Inspect, TorchScriptParameters) {
+  Inspection in = InspectFixture("torchscript.pt");
+  EXPECT_EQ(in.format, Format::kTorchScript);
+  EXPECT_TRUE(in.state_dict_found);
+  EXPECT_EQ(in.tensors.size(), ReadExpectedTensors("torchscript").size());
+}
+
+TEST(Inspect, LegacyFormat) {
+  Inspection in = InspectFixture("legacy.pt");
+  EXPECT_EQ(in.format, Format::kTorchLegacy);
+  EXPECT_EQ(in.tensors.size(), ReadExpectedTensors("legacy").size());
+}
+
+TEST(Inspect, HostileZipIsUnsafe) {
+  Inspection in = InspectFixture("hostile/zip_reduce.pt");
+  EXPECT_TRUE(in.unsafe());
+  EXPECT_TRUE(Contains(in.unsafe_globals, "posix.system"));
+}
+
+TEST(Inspect, JsonParsesAndCarriesTheFields) {
+  Inspection in = InspectFixture("lightning.pt");
+  std::string json = RenderInspectionJson(in);
+  absl::StatusOr<JsonValue> v = ParseJson(json);
+  ASSERT_TRUE(v.ok()) << v.status() << "\n" << json;
+  EXPECT_EQ(v->Find("format")->text, "torch_zip");
+  EXPECT_EQ(v->Find("state_dict")->Find("path")->text, "state_dict");
+  EXPECT_EQ(v->Find("tensors")->items.size(), in.tensors.size());
+  EXPECT_EQ(v->Find("wrappers")->items[0].text, "model.");
+  EXPECT_EQ(v->Find("unsafe")->boolean, false);
+  const JsonValue& t0 = v->Find("tensors")->items[0];
+  EXPECT_EQ(t0.Find("name")->text, in.tensors[0].name);
+  EXPECT_EQ(t0.Find("bytes")->AsUint64(), in.tensors[0].nbytes);
+}
+
+TEST(Inspect, JsonEscapesHostileNames) {
+  Inspection in;
+  in.file = "a\"b\\c\n\x01";
+  in.opaque_globals = {"bad\xff\xfeutf8", "ok \xe6\x97\xa5"};
+  in.top_level_keys = {std::string("nul\0x", 5)};
+  std::string json = RenderInspectionJson(in);
+  absl::StatusOr<JsonValue> v = ParseJson(json);
+  ASSERT_TRUE(v.ok()) << v.status() << "\n" << json;
+  EXPECT_EQ(v->Find("file")->text, "a\"b\\c\n\x01");
+  EXPECT_EQ(v->Find("opaque_globals")->items[0].text, "bad\xef\xbf\xbd\xef\xbf\xbdutf8");
+  EXPECT_EQ(v->Find("opaque_globals")->items[1].text, "ok \xe6\x97\xa5");
+  EXPECT_EQ(v->Find("top_level_keys")->items[0].text, std::string("nul\0x", 5));
+}
+
+TEST(Inspect, TextTableNamesEveryTensor) {
+  Inspection in = InspectFixture("training.pt");
+  std::string text = RenderInspectionText(in);
+  EXPECT_NE(text.find("torch_zip"), std::string::npos);
+  EXPECT_NE(text.find("'state_dict'"), std::string::npos);
+  for (const InspectedTensor& t : in.tensors) EXPECT_NE(text.find(t.name), std::string::npos);
+}
+
+struct CommandRun {
+  int code;
+  std::string out, err;
+};
+
+CommandRun Command(std::vector<std::string> args, bool json = false) {
+  std::ostringstream out, err;
+  int code = cli::RunInspectCommand(args, json, out, err);
+  return {code, out.str(), err.str()};
+}
+
+TEST(InspectCommand, ReadableAndSafeExitsZero) {
+  std::string file = FixtureDir() + "/plain.pt";
+  CommandRun r = Command({file});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("torch_zip"), std::string::npos);
+  EXPECT_TRUE(r.err.empty());
+  CommandRun j = Command({"--json", file});
+  EXPECT_EQ(j.code, 0);
+  EXPECT_TRUE(ParseJson(j.out).ok()) << j.out;
+  CommandRun g = Command({file}, /*json=*/true);
+  EXPECT_EQ(g.out, j.out);
+}
+
+TEST(InspectCommand, UnsafeExitsOneWithReasonOnOneLine) {
+  std::string file = FixtureDir() + "/hostile/zip_reduce.pt";
+  CommandRun r = Command({file});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err.rfind("weightgate: inspect: " + file + ": unsafe", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
+  EXPECT_NE(r.out.find("UNSAFE"), std::string::npos);
+}
+
+TEST(InspectCommand, UnreadableExitsOne) {
+  CommandRun missing = Command({FixtureDir() + "/no-such-file.pt"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_EQ(missing.err.rfind("weightgate: inspect: " + FixtureDir() + "/no-such-file.pt: ", 0), 0u);
+  CommandRun junk = Command({FixtureDir() + "/plain.tensors.tsv"});
+  EXPECT_EQ(junk.code, 1);
+  EXPECT_NE(junk.err.find("not a checkpoint"), std::string::npos) << junk.err;
+  EXPECT_EQ(std::count(junk.err.begin(), junk.err.end(), '\n'), 1);
+}
+
+TEST(InspectCommand, UsageErrorsExitTwo) {
+  EXPECT_EQ(Command({}).code, 2);
+  EXPECT_EQ(Command({"a", "b"}).code, 2);
+  EXPECT_EQ(Command({"--bogus", "a"}).code, 2);
+  CommandRun help = Command({"--help"});
+  EXPECT_EQ(help.code, 0);
+  EXPECT_NE(help.out.find("usage: weightgate inspect"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace weightgate::checkpoint

@@ -158,8 +158,8 @@ class Parser final {
       if (AtEnd() || Peek() != ':') return Error("expected ':'");
       ++pos_;
       SkipSpace();
-      out->members.emplace_back(std::move(key), JsonValue());
-      if (absl::Status s = ParseValue(&out->members.back().second, depth + 1); !s.ok()) return s;
+      out->members.push_back(JsonMember{std::move(key), JsonValue()});
+      if (absl::Status s = ParseValue(&out->members.back().value, depth + 1); !s.ok()) return s;
       SkipSpace();
       if (AtEnd()) return Error("unterminated object");
       if (Peek() == ',') {
@@ -173,7 +173,7 @@ class Parser final {
     if (out->members.size() > 1) {
       std::vector<std::string_view> keys;
       keys.reserve(out->members.size());
-      for (const auto& m : out->members) keys.push_back(m.first);
+      for (const auto& m : out->members) keys.push_back(m.key);
       std::sort(keys.begin(), keys.end());
       if (std::adjacent_find(keys.begin(), keys.end()) != keys.end()) {
         return Error("duplicate object key");
@@ -315,7 +315,7 @@ bool IsIntegerLiteral(std::string_view s) {
 
 const JsonValue* JsonValue::Find(std::string_view key) const {
   for (const auto& m : members) {
-    if (m.first == key) return &m.second;
+    if (m.key == key) return &m.value;
   }
   return nullptr;
 }

@@ -22,6 +22,8 @@
 
 namespace weightgate::checkpoint {
 
+struct JsonMember;
+
 struct JsonValue {
   enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject };
 
@@ -29,7 +31,7 @@ struct JsonValue {
   bool boolean = false;
   std::string text;  // kString: decoded UTF-8; kNumber: the literal as written
   std::vector<JsonValue> items;                              // kArray
-  std::vector<std::pair<std::string, JsonValue>> members;  // kObject, document order
+  std::vector<JsonMember> members;  // kObject, document order
 
   bool is_object() const { return kind == Kind::kObject; }
   bool is_array() const { return kind == Kind::kArray; }
@@ -45,6 +47,11 @@ struct JsonValue {
   std::optional<uint64_t> AsUint64() const;
   // Any kNumber; nullopt when out of double's range.
   std::optional<double> AsDouble() const;
+};
+
+struct JsonMember {
+  std::string key;
+  JsonValue value;
 };
 
 struct JsonLimits {

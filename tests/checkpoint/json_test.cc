@@ -56,8 +56,8 @@ TEST(JsonTest, ValuesAndOrder) {
   ASSERT_TRUE(v.ok()) << v.status();
   ASSERT_TRUE(v->is_object());
   ASSERT_EQ(v->members.size(), 3u);
-  EXPECT_EQ(v->members[0].first, "z");
-  EXPECT_EQ(v->members[1].first, "a");
+  EXPECT_EQ(v->members[0].key, "z");
+  EXPECT_EQ(v->members[1].key, "a");
   const JsonValue* z = v->Find("z");
   ASSERT_NE(z, nullptr);
   ASSERT_EQ(z->items.size(), 5u);

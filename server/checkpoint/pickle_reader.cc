@@ -134,8 +134,21 @@ constexpr std::pair<std::string_view, std::string_view> kUnsafeNames[] = {
     {"numpy.testing._private.utils", "runstring"},
 };
 
+// Python 2 module names that Python 3's unpickler maps (fix_imports,
+// _compat_pickle.IMPORT_MAPPING); protocols < 3 write them for py2 readers.
+constexpr std::pair<std::string_view, std::string_view> kPy2Modules[] = {
+    {"__builtin__", "builtins"}, {"exceptions", "builtins"}, {"copy_reg", "copyreg"},
+    {"cPickle", "pickle"},       {"commands", "subprocess"}, {"thread", "_thread"},
+    {"dummy_thread", "_dummy_thread"}, {"StringIO", "io"},   {"cStringIO", "io"},
+    {"UserDict", "collections"}, {"UserList", "collections"}, {"UserString", "collections"},
+    {"Queue", "queue"},          {"SocketServer", "socketserver"}, {"urlparse", "urllib.parse"},
+    {"httplib", "http.client"},  {"urllib2", "urllib.request"},   {"cookielib", "http.cookiejar"},
+};
+
 std::string_view CanonicalModule(std::string_view module) {
-  if (module == "__builtin__") return "builtins";
+  for (const auto& [py2, py3] : kPy2Modules) {
+    if (module == py2) return py3;
+  }
   return module;
 }
 

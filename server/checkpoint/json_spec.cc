@@ -17,8 +17,9 @@ namespace {
 // notes nested in ignored members.
 constexpr uint32_t kMaxSpecDepth = 16;
 constexpr size_t kMaxRank = 64;
-// LooksLikeJsonSpec looks for "tensors" this far into the file.
-constexpr size_t kSniffBytes = 4096;
+// LooksLikeJsonSpec looks for "tensors" this far into the file (notes or
+// metadata may come first).
+constexpr size_t kSniffBytes = size_t{1} << 20;
 
 absl::Status Error(std::string_view reason) {
   std::string message = "json_spec: ";

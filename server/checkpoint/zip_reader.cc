@@ -396,6 +396,12 @@ absl::StatusOr<std::string_view> ZipReader::Read(const ZipEntry& entry,
   }
 
   if (entry.size >= std::numeric_limits<size_t>::max() / 2) return Error("inflated size exceeds limit");
+  if (entry.size == 0 && entry.compressed_size == 0) {
+    // Some writers store an empty deflated entry with no stream at all.
+    if (entry.crc32 != 0) return Error("crc mismatch");
+    scratch->clear();
+    return std::string_view();
+  }
 
   // One spare byte past the declared size tells an overlong stream apart
   // from one that fits exactly.

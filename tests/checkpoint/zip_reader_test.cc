@@ -372,6 +372,17 @@ TEST(ZipReaderTest, CrcMismatch) {
   EXPECT_FALSE(reader->VerifyCrc32(reader->entries()[1]).ok());
 }
 
+TEST(ZipReaderTest, EmptyDeflatedEntryWithoutStream) {
+  FakeEntry e = Stored("empty", "");
+  e.method = 8;
+  absl::StatusOr<ZipReader> reader = ZipReader::Open(MakeZip({e}));
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  std::string scratch = "old";
+  absl::StatusOr<std::string_view> bytes = reader->Read(reader->entries()[0], &scratch);
+  ASSERT_TRUE(bytes.ok()) << bytes.status();
+  EXPECT_TRUE(bytes->empty());
+}
+
 TEST(ZipReaderTest, CorruptDeflateStream) {
   FakeEntry e = DeflatedEntry("a", std::string(5000, 'z'));
   e.payload[0] = static_cast<char>(0xff);  // reserved block type 3

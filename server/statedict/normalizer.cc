@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -60,41 +61,72 @@ bool LooksLikeCheckpoint(std::string_view data) {
   return i < data.size() && data[i] == '{' && data.find("\"tensors\"") != std::string_view::npos;
 }
 
-bool IsFloatLike(DType d) {
-  return d == DType::kF64 || d == DType::kF32 || d == DType::kF16 || d == DType::kBF16 ||
-         d == DType::kC64 || d == DType::kC128;
-}
+// Elements per piece when a contiguous tensor is checked, converted and
+// written: bounds what one tensor costs in memory (its mapped pages plus the
+// converted copy) whatever its size.
+constexpr int64_t kChunkElements = int64_t{4} << 20;
 
-// Drops the pages of a tensor's bytes from this process. Safe only on the
-// read-only file mapping (re-reading faults them back in from the page
-// cache); MappedFile::Open is the only constructor that sets a path, and
-// bytes held in memory (FromString, inflated zip entries) are left alone.
-void ReleasePages(const Checkpoint& ckpt, const TensorRecord& rec, uint64_t extent) {
-  if (ckpt.file == nullptr || ckpt.file->path().empty() || extent == 0) return;
+// float16's largest finite value is 65504; round-to-nearest sends |x| >= 65520
+// to Inf.
+constexpr double kHalfOverflow = 65520.0;
+
+// Drops the pages of [begin, begin + len) of a tensor's storage from this
+// process once they are checked and written. Safe only on the read-only file
+// mapping (re-reading faults them back in from the page cache);
+// MappedFile::Open is the only constructor that sets a path, and bytes held
+// in memory (FromString, inflated zip entries) are left alone.
+void ReleaseBytes(const Checkpoint& ckpt, const TensorRecord& rec, const char* begin_ptr,
+                  uint64_t len) {
+  if (ckpt.file == nullptr || ckpt.file->path().empty() || len == 0) return;
   if (rec.storage_index < 0 || static_cast<size_t>(rec.storage_index) >= ckpt.storages.size() ||
       ckpt.storages[rec.storage_index].inflated_index >= 0) {
     return;
   }
   std::string_view file = ckpt.file->data();
-  std::string_view bytes = ckpt.TensorStorageBytes(rec);
-  if (bytes.data() < file.data() || extent > bytes.size()) return;
+  if (begin_ptr < file.data() || len > file.size() ||
+      static_cast<uint64_t>(begin_ptr - file.data()) > file.size() - len) {
+    return;
+  }
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t map_begin = reinterpret_cast<uintptr_t>(file.data());
   const uintptr_t map_end = (map_begin + file.size() + page - 1) & ~(page - 1);
-  uintptr_t begin = reinterpret_cast<uintptr_t>(bytes.data()) & ~(page - 1);
-  uintptr_t end = (reinterpret_cast<uintptr_t>(bytes.data()) + extent + page - 1) & ~(page - 1);
+  uintptr_t begin = reinterpret_cast<uintptr_t>(begin_ptr) & ~(page - 1);
+  uintptr_t end = (reinterpret_cast<uintptr_t>(begin_ptr) + len + page - 1) & ~(page - 1);
   if (begin < map_begin) begin = map_begin;
   if (end > map_end) end = map_end;
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
-// The tensor the output holds for `m`, as a contiguous tensor on `device`
-// (no copy when nothing changes on CPU).
-at::Tensor OutputTensor(const at::Tensor& view, const MatchedTensor& m, const c10::Device& device) {
-  at::Tensor t = view;
-  if (!device.is_cpu()) t = t.to(device);
-  if (m.cast()) t = t.to(ToScalarType(m.out_dtype));
-  return t.contiguous();
+struct NonFinite {
+  int64_t nan = 0;
+  int64_t inf = 0;
+  int64_t overflow = 0;  // finite values a narrowing cast turns into inf
+};
+
+// Counts NaN/Inf in `src`. The common all-finite case costs one vectorised
+// sum: a sum is finite only if every term is (NaN and Inf propagate, and
+// +Inf + -Inf is NaN); only a non-finite sum (or a finite overflow) pays for
+// the exact counts.
+void CountNonFinite(const at::Tensor& src, NonFinite* counts) {
+  const at::ScalarType st = src.scalar_type();
+  if (!at::isFloatingType(st) && !at::isComplexType(st)) return;
+  at::Tensor sum = (st == at::kHalf || st == at::kBFloat16) ? src.sum(at::kFloat) : src.sum();
+  if (at::isfinite(sum).item<bool>()) return;
+  counts->nan += at::isnan(src).sum().item<int64_t>();
+  counts->inf += at::isinf(src).sum().item<int64_t>();
+}
+
+// Counts finite values that become Inf when cast to `out`: only float16
+// narrows the range of what weightgate casts from (F32/F64).
+void CountOverflow(const at::Tensor& src, DType out, NonFinite* counts) {
+  const at::ScalarType st = src.scalar_type();
+  if (out != DType::kF16 || (st != at::kFloat && st != at::kDouble)) return;
+  auto [lo, hi] = at::aminmax(src);
+  // NaN compares false: a tensor with NaN falls through to the exact count,
+  // which does not count NaN.
+  if (hi.item<double>() < kHalfOverflow && lo.item<double>() > -kHalfOverflow) return;
+  at::Tensor abs = src.abs();
+  counts->overflow += (abs.ge(kHalfOverflow).logical_and(at::isfinite(src))).sum().item<int64_t>();
 }
 
 std::string_view TensorBytes(const at::Tensor& t) {
@@ -243,7 +275,7 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
     for (const MatchedTensor& m : tensors) entries.push_back({m.name, m.out_dtype, m.shape, m.tied_to});
     absl::StatusOr<std::unique_ptr<OutputWriter>> w = OutputWriter::Create(
         options.output_path, format, std::move(entries),
-        {{"format", "pt"}, {"producer", "weightgate"}});
+        {{"format", "pt"}, {"producer", "weightgate"}}, options.sync_output);
     if (!w.ok()) return w.status();
     writer = std::move(*w);
   }
@@ -277,38 +309,52 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
         invalid = true;
         continue;
       }
-      // A tensor that reaches the output unchanged is written straight from
-      // the mapping and checked there; otherwise the converted tensor is
-      // checked, which also catches overflow from a narrowing cast.
-      const bool direct = device.is_cpu() && !m.cast() && view->is_contiguous();
-      at::Tensor out = direct ? *view : OutputTensor(*view, m, device);
-      if (IsFloatLike(m.out_dtype) && !at::isfinite(out).all().item<bool>()) {
-        at::Tensor src = device.is_cpu() ? *view : view->to(device);
-        const int64_t nan = at::isnan(src).sum().item<int64_t>();
-        const int64_t inf = IsFloatLike(m.source_dtype) ? at::isinf(src).sum().item<int64_t>() : 0;
+      NonFinite counts;
+      // Checks, converts and writes one piece; a tensor that reaches the
+      // output unchanged on CPU is written straight from the mapping.
+      auto process = [&](const at::Tensor& piece) -> absl::Status {
+        at::Tensor src = device.is_cpu() ? piece : piece.to(device);
+        CountNonFinite(src, &counts);
+        if (m.cast()) CountOverflow(src, m.out_dtype, &counts);
+        if (!write || invalid) return absl::OkStatus();
+        at::Tensor out = m.cast() ? src.to(ToScalarType(m.out_dtype)) : src;
+        out = out.contiguous();
+        if (!out.is_cpu()) out = out.cpu();
+        return append(TensorBytes(out));
+      };
+      const int64_t numel = view->numel();
+      if (view->is_contiguous() && numel > 0) {
+        // Piece by piece, releasing each piece's pages: memory per tensor is
+        // bounded by kChunkElements whatever the tensor's size.
+        at::Tensor flat = view->reshape({-1});
+        for (int64_t begin = 0; begin < numel && failure.ok(); begin += kChunkElements) {
+          at::Tensor piece = flat.slice(0, begin, std::min(numel, begin + kChunkElements));
+          failure = process(piece);
+          if (options.release_pages) {
+            ReleaseBytes(ckpt, *m.source, static_cast<const char*>(piece.data_ptr()), piece.nbytes());
+          }
+        }
+      } else {
+        failure = process(*view);
+        if (options.release_pages) {
+          ReleaseBytes(ckpt, *m.source, ckpt.TensorStorageBytes(*m.source).data(), *extent);
+        }
+      }
+      if (counts.nan > 0 || counts.inf > 0 || counts.overflow > 0) {
         v1::NonFiniteCount* count = report.add_non_finite();
         count->set_name(m.name);
-        if (nan == 0 && inf == 0) {
-          // Finite in the checkpoint, infinite after the cast.
-          count->set_inf(at::isinf(out).sum().item<int64_t>());
-          if (report.error().empty()) {
-            report.set_error(absl::StrCat("'", m.name, "' overflows when cast to ",
-                                          std::string(checkpoint::DTypeName(m.out_dtype))));
-          }
-        } else {
-          count->set_nan(nan);
-          count->set_inf(inf);
+        count->set_nan(counts.nan);
+        count->set_inf(counts.inf + counts.overflow);
+        if (counts.overflow > 0 && report.error().empty()) {
+          report.set_error(absl::StrCat("'", m.name, "': ", counts.overflow,
+                                        " finite values overflow when cast to ",
+                                        std::string(checkpoint::DTypeName(m.out_dtype))));
         }
         if (policy.non_finite() == v1::NormalizationPolicy::NONFINITE_REJECT) {
           AddReason(&report, "non_finite");
           invalid = true;
         }
       }
-      if (write && !invalid) {
-        at::Tensor host = out.is_cpu() ? out : out.cpu();
-        failure = append(TensorBytes(host));
-      }
-      if (options.release_pages) ReleasePages(ckpt, *m.source, *extent);
     }
   } catch (const c10::Error& e) {
     failure = absl::InternalError(absl::StrCat("libtorch: ", e.what_without_backtrace()));

@@ -32,6 +32,9 @@ struct NormalizeOptions {
   // kByExtension (default) as described above; the store's staged files
   // have no meaningful extension and ask for safetensors explicitly.
   OutputFormat output_format = OutputFormat::kByExtension;
+  // fsync the output before renaming it into place. Default false, like
+  // torch.save; the store fsyncs the files it adopts.
+  bool sync_output = false;
   // TorchScript archive for the smoke test; run when non-empty and the spec
   // has example_inputs. Default: none.
   std::string torchscript_path;

@@ -1,6 +1,9 @@
 #include "server/statedict/output_writer.h"
 
+#include <fcntl.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 
@@ -29,38 +32,88 @@ absl::Status RenameInto(const std::string& from, const std::string& to) {
   return absl::OkStatus();
 }
 
+// Writes the fd fully or fails.
+absl::Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("write ", path));
+    bytes.remove_prefix(static_cast<size_t>(n));
+  }
+  return absl::OkStatus();
+}
+
 // safetensors cannot alias: every entry, tied or not, carries its bytes.
+// The header comes from checkpoint::SafetensorsHeader; the data region is
+// streamed here rather than through checkpoint::SafetensorsWriter because
+// the latter always fsyncs, and whether a sync is wanted is the caller's
+// call (the store syncs when it adopts the file; torch.save never does).
 class SafetensorsOutput final : public OutputWriter {
  public:
-  SafetensorsOutput(std::string path, std::string temp,
-                    std::unique_ptr<checkpoint::SafetensorsWriter> writer)
-      : path_(std::move(path)), temp_(std::move(temp)), writer_(std::move(writer)) {}
+  SafetensorsOutput(std::string path, std::string temp, int fd, uint64_t data_size, bool sync)
+      : path_(std::move(path)), temp_(std::move(temp)), fd_(fd), data_size_(data_size),
+        sync_(sync) {}
   ~SafetensorsOutput() override {
-    if (!done_) Abort();
+    if (fd_ >= 0) Abort();
   }
 
   bool NeedsBytes(size_t) const override { return true; }
-  absl::Status Append(std::string_view bytes) override { return writer_->Append(bytes); }
+
+  absl::Status Append(std::string_view bytes) override {
+    if (fd_ < 0) return absl::FailedPreconditionError("output already finished");
+    if (bytes.size() > data_size_ - written_) {
+      return absl::InternalError("more tensor bytes than the header declares");
+    }
+    written_ += bytes.size();
+    if (buffer_.size() + bytes.size() <= kBufferBytes) {
+      buffer_.append(bytes.data(), bytes.size());
+      return absl::OkStatus();
+    }
+    if (absl::Status s = Flush(); !s.ok()) return s;
+    if (bytes.size() >= kBufferBytes) return WriteAll(fd_, bytes, temp_);
+    buffer_.append(bytes.data(), bytes.size());
+    return absl::OkStatus();
+  }
+
   absl::Status Finish() override {
-    done_ = true;
-    absl::Status s = writer_->Finish();
+    if (fd_ < 0) return absl::FailedPreconditionError("output already finished");
+    absl::Status s = Flush();
+    if (s.ok() && written_ != data_size_) {
+      s = absl::InternalError(absl::StrCat("wrote ", written_, " of ", data_size_, " tensor bytes"));
+    }
+    if (s.ok() && sync_ && ::fsync(fd_) != 0) s = absl::ErrnoToStatus(errno, "fsync " + temp_);
+    if (::close(fd_) != 0 && s.ok()) s = absl::ErrnoToStatus(errno, "close " + temp_);
+    fd_ = -1;
     if (!s.ok()) {
       std::remove(temp_.c_str());
       return s;
     }
     return RenameInto(temp_, path_);
   }
+
   void Abort() override {
-    done_ = true;
-    writer_.reset();
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
     std::remove(temp_.c_str());
   }
 
  private:
+  // Small tensors (biases, norms) are gathered; large pieces go straight out.
+  static constexpr size_t kBufferBytes = size_t{1} << 20;
+
+  absl::Status Flush() {
+    absl::Status s = WriteAll(fd_, buffer_, temp_);
+    buffer_.clear();
+    return s;
+  }
+
   std::string path_;
   std::string temp_;
-  std::unique_ptr<checkpoint::SafetensorsWriter> writer_;
-  bool done_ = false;
+  int fd_ = -1;
+  uint64_t data_size_ = 0;
+  uint64_t written_ = 0;
+  bool sync_ = false;
+  std::string buffer_;
 };
 
 }  // namespace
@@ -74,19 +127,24 @@ OutputWriter::Format OutputWriter::FormatForPath(const std::string& path) {
 
 absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     const std::string& path, Format format, std::vector<Entry> entries,
-    std::vector<std::pair<std::string, std::string>> metadata) {
+    std::vector<std::pair<std::string, std::string>> metadata, bool sync) {
   const std::string temp = TempPath(path);
   if (format == Format::kSafetensors) {
     std::vector<checkpoint::SafetensorsEntry> tensors;
     tensors.reserve(entries.size());
     for (Entry& e : entries) tensors.push_back({std::move(e.name), e.dtype, std::move(e.shape)});
-    absl::StatusOr<std::unique_ptr<checkpoint::SafetensorsWriter>> w =
-        checkpoint::SafetensorsWriter::Create(temp, std::move(tensors), std::move(metadata));
-    if (!w.ok()) {
-      std::remove(temp.c_str());
-      return w.status();
+    if (absl::Status s = checkpoint::ValidateSafetensorsLayout(tensors, metadata); !s.ok()) {
+      return s;
     }
-    return std::unique_ptr<OutputWriter>(new SafetensorsOutput(path, temp, std::move(*w)));
+    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", temp));
+    auto out = std::make_unique<SafetensorsOutput>(
+        path, temp, fd, checkpoint::SafetensorsDataSize(tensors), sync);
+    if (absl::Status s = WriteAll(fd, checkpoint::SafetensorsHeader(tensors, metadata), temp);
+        !s.ok()) {
+      return s;  // out's destructor removes the temp file
+    }
+    return std::unique_ptr<OutputWriter>(std::move(out));
   }
   return absl::UnimplementedError("torch zip output is not available yet");
 }

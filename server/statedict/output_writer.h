@@ -37,10 +37,12 @@ class OutputWriter {
   // ".pt", ".pth" and ".bin" mean a torch zip archive; anything else safetensors.
   static Format FormatForPath(const std::string& path);
 
-  // Opens the temp file and writes what precedes the tensor bytes.
+  // Opens the temp file and writes what precedes the tensor bytes. `sync`:
+  // fsync before the rename (default false, like torch.save; the store
+  // syncs files it adopts itself).
   static absl::StatusOr<std::unique_ptr<OutputWriter>> Create(
       const std::string& path, Format format, std::vector<Entry> entries,
-      std::vector<std::pair<std::string, std::string>> metadata = {});
+      std::vector<std::pair<std::string, std::string>> metadata = {}, bool sync = false);
 
   virtual ~OutputWriter() = default;
 

@@ -62,6 +62,8 @@ const std::vector<Case>& Cases() {
       {"shape_mismatch", "shape_mismatch.pt", "reference.pt", {}, v1::INVALID, {},
        {"shape_mismatch"}, ""},
       {"nan", "nan.pt", "reference.pt", {}, v1::INVALID, {}, {"non_finite"}, ""},
+      {"fp16_overflow", "fp16_overflow.pt", "spec_fp16.json", {}, v1::INVALID, {"cast"},
+       {"non_finite"}, ""},
       {"fp32_rejected_by_policy", "clean.pt", "spec_fp16.json", {"--dtype", "reject"}, v1::INVALID,
        {}, {"dtype_mismatch"}, ""},
       {"unsafe_pickle", "unsafe.pt", "reference.pt", {}, v1::INVALID, {}, {"unsafe_pickle"}, ""},
@@ -200,6 +202,26 @@ TEST_F(NormalizeDetailTest, SmokeTestFailsOnNonFiniteOutput) {
   EXPECT_FALSE(report->smoke_test().outputs_finite());
   EXPECT_EQ(std::vector<std::string>(report->reasons().begin(), report->reasons().end()),
             std::vector<std::string>{"smoke_test_failed"});
+}
+
+TEST_F(NormalizeDetailTest, NarrowingCastOverflowIsCaught) {
+  absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx("spec_fp16.json"));
+  ASSERT_TRUE(spec.ok());
+  absl::StatusOr<v1::ValidationReport> report =
+      Normalize(Fx("fp16_overflow.pt"), *spec, v1::NormalizationPolicy(), NormalizeOptions());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->verdict(), v1::INVALID);
+  ASSERT_EQ(report->non_finite_size(), 1);
+  EXPECT_EQ(report->non_finite(0).name(), "fc.weight");
+  EXPECT_EQ(report->non_finite(0).nan(), 0);
+  EXPECT_EQ(report->non_finite(0).inf(), 1);
+  EXPECT_NE(report->error().find("overflow"), std::string::npos) << report->error();
+  // The same checkpoint is fine for the fp32 spec.
+  absl::StatusOr<v1::ModelSpec> fp32 = SpecFromFile(Fx("spec.json"));
+  ASSERT_TRUE(fp32.ok());
+  report = Normalize(Fx("fp16_overflow.pt"), *fp32, v1::NormalizationPolicy(), NormalizeOptions());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->verdict(), v1::VALID);
 }
 
 TEST_F(NormalizeDetailTest, UnsafePickleNamesTheGlobal) {

@@ -88,7 +88,7 @@ bool KeyName(const Value* key, std::string* out) {
 
 // Node visits per FlattenTensors call: a pickle can share nodes so that a
 // small file unfolds into an exponential tree.
-constexpr int64_t kMaxVisits = int64_t{1} << 24;
+constexpr int64_t kMaxVisits = int64_t{1} << 22;
 
 void Flatten(const Value* v, std::string& prefix, int depth, int max_depth,
              std::vector<const Value*>& path, int64_t& budget, std::vector<NamedTensor>* out) {

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "server/checkpoint/safetensors.h"
+#include "server/checkpoint/torch_writer.h"
 
 namespace weightgate::statedict {
 namespace {
@@ -116,6 +117,59 @@ class SafetensorsOutput final : public OutputWriter {
   std::string buffer_;
 };
 
+// torch.save zip through checkpoint::TorchZipWriter, which keeps one storage
+// per tensor: tied tensors are written once per name (the report lists the
+// ties).
+class TorchZipOutput final : public OutputWriter {
+ public:
+  TorchZipOutput(std::string path, std::string temp,
+                 std::unique_ptr<checkpoint::TorchZipWriter> writer)
+      : path_(std::move(path)), temp_(std::move(temp)), writer_(std::move(writer)) {}
+  ~TorchZipOutput() override {
+    if (writer_ != nullptr) Abort();
+  }
+
+  bool NeedsBytes(size_t) const override { return true; }
+  absl::Status Append(std::string_view bytes) override {
+    if (writer_ == nullptr) return absl::FailedPreconditionError("output already finished");
+    return writer_->Append(bytes);
+  }
+  absl::Status Finish() override {
+    if (writer_ == nullptr) return absl::FailedPreconditionError("output already finished");
+    absl::Status s = writer_->Finish();
+    writer_.reset();
+    if (!s.ok()) {
+      std::remove(temp_.c_str());
+      return s;
+    }
+    return RenameInto(temp_, path_);
+  }
+  void Abort() override {
+    writer_.reset();  // removes its unfinished file
+    std::remove(temp_.c_str());
+  }
+
+ private:
+  std::string path_;
+  std::string temp_;
+  std::unique_ptr<checkpoint::TorchZipWriter> writer_;
+};
+
+// torch.save names the archive's top folder after the file ("model" for
+// model.pt); anything odd falls back to torch's "archive".
+std::string ArchivePrefix(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  std::string base = slash == std::string::npos ? path : path.substr(slash + 1);
+  size_t dot = base.find('.');
+  if (dot != std::string::npos) base.resize(dot);
+  for (char c : base) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-';
+    if (!ok) return "archive";
+  }
+  return base.empty() ? "archive" : base;
+}
+
 }  // namespace
 
 OutputWriter::Format OutputWriter::FormatForPath(const std::string& path) {
@@ -146,7 +200,18 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     }
     return std::unique_ptr<OutputWriter>(std::move(out));
   }
-  return absl::UnimplementedError("torch zip output is not available yet");
+  std::vector<checkpoint::TorchZipEntry> tensors;
+  tensors.reserve(entries.size());
+  for (Entry& e : entries) tensors.push_back({std::move(e.name), e.dtype, std::move(e.shape)});
+  checkpoint::TorchZipWriterOptions options;
+  options.archive_prefix = ArchivePrefix(path);
+  absl::StatusOr<std::unique_ptr<checkpoint::TorchZipWriter>> w =
+      checkpoint::TorchZipWriter::Create(temp, std::move(tensors), options);
+  if (!w.ok()) {
+    std::remove(temp.c_str());
+    return w.status();
+  }
+  return std::unique_ptr<OutputWriter>(new TorchZipOutput(path, temp, std::move(*w)));
 }
 
 }  // namespace weightgate::statedict

@@ -151,7 +151,17 @@ absl::StatusOr<std::string> StateDictPickle(const std::vector<TorchZipEntry>& te
       p.push_back('(');
       PickleString(&p, "storage");
       PickleGlobal(&p, "torch", TorchStorageClass(t.dtype));
-      PickleString(&p, std::to_string(i));
+      if (t.tied_to >= 0) {
+        if (static_cast<size_t>(t.tied_to) >= i || tensors[t.tied_to].tied_to >= 0 ||
+            tensors[t.tied_to].dtype != t.dtype) {
+          return absl::InvalidArgumentError("torch writer: bad tie for " + t.name);
+        }
+        int64_t target_numel = 0;
+        if (!TensorBytes(tensors[t.tied_to], &target_numel).ok() || target_numel != numel) {
+          return absl::InvalidArgumentError("torch writer: tied tensors differ in size: " + t.name);
+        }
+      }
+      PickleString(&p, std::to_string(t.tied_to >= 0 ? static_cast<size_t>(t.tied_to) : i));
       PickleString(&p, "cpu");
       PickleInt(&p, numel);
       p.push_back('t');
@@ -201,6 +211,7 @@ absl::StatusOr<std::unique_ptr<TorchZipWriter>> TorchZipWriter::Create(
   for (const TorchZipEntry& t : tensors) {
     absl::StatusOr<uint64_t> n = TensorBytes(t, nullptr);
     if (!n.ok()) return n.status();
+    if (t.tied_to >= 0) *n = 0;  // the storage it shares is written once
     if (__builtin_add_overflow(total, *n, &total)) {
       return absl::InvalidArgumentError("torch writer: total size overflows");
     }
@@ -323,6 +334,10 @@ absl::Status TorchZipWriter::WholeEntry(const std::string& name, std::string_vie
 
 absl::Status TorchZipWriter::AdvanceToNextTensor() {
   while (current_ < tensors_.size()) {
+    if (tensors_[current_].tied_to >= 0) {  // no storage entry of its own
+      ++current_;
+      continue;
+    }
     std::string name = Cat(options_.archive_prefix, "/data/", current_);
     if (absl::Status s = BeginEntry(name, tensor_bytes_[current_]); !s.ok()) return s;
     if (tensor_bytes_[current_] > 0) return absl::OkStatus();

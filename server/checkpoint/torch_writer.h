@@ -41,6 +41,11 @@ struct TorchZipEntry {
   std::string name;
   DType dtype = DType::kF32;
   std::vector<int64_t> shape;  // empty = 0-dim scalar
+  // Index of an earlier entry with the same dtype and element count whose
+  // storage this one shares (tied weights): the pickle names that storage
+  // again, so torch.load returns tensors that alias, and Append expects no
+  // bytes for this entry. -1: its own storage.
+  int tied_to = -1;
 };
 
 struct TorchZipWriterOptions {

@@ -117,19 +117,20 @@ class SafetensorsOutput final : public OutputWriter {
   std::string buffer_;
 };
 
-// torch.save zip through checkpoint::TorchZipWriter, which keeps one storage
-// per tensor: tied tensors are written once per name (the report lists the
-// ties).
+// torch.save zip through checkpoint::TorchZipWriter: a tied entry names the
+// storage of the entry it is tied to, so torch.load gives aliasing tensors
+// again and the bytes are stored once.
 class TorchZipOutput final : public OutputWriter {
  public:
-  TorchZipOutput(std::string path, std::string temp,
+  TorchZipOutput(std::string path, std::string temp, std::vector<bool> needs_bytes,
                  std::unique_ptr<checkpoint::TorchZipWriter> writer)
-      : path_(std::move(path)), temp_(std::move(temp)), writer_(std::move(writer)) {}
+      : path_(std::move(path)), temp_(std::move(temp)), needs_bytes_(std::move(needs_bytes)),
+        writer_(std::move(writer)) {}
   ~TorchZipOutput() override {
     if (writer_ != nullptr) Abort();
   }
 
-  bool NeedsBytes(size_t) const override { return true; }
+  bool NeedsBytes(size_t k) const override { return k >= needs_bytes_.size() || needs_bytes_[k]; }
   absl::Status Append(std::string_view bytes) override {
     if (writer_ == nullptr) return absl::FailedPreconditionError("output already finished");
     return writer_->Append(bytes);
@@ -152,6 +153,7 @@ class TorchZipOutput final : public OutputWriter {
  private:
   std::string path_;
   std::string temp_;
+  std::vector<bool> needs_bytes_;
   std::unique_ptr<checkpoint::TorchZipWriter> writer_;
 };
 
@@ -201,8 +203,12 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     return std::unique_ptr<OutputWriter>(std::move(out));
   }
   std::vector<checkpoint::TorchZipEntry> tensors;
+  std::vector<bool> needs_bytes;
   tensors.reserve(entries.size());
-  for (Entry& e : entries) tensors.push_back({std::move(e.name), e.dtype, std::move(e.shape)});
+  for (Entry& e : entries) {
+    needs_bytes.push_back(e.tied_to < 0);
+    tensors.push_back({std::move(e.name), e.dtype, std::move(e.shape), e.tied_to});
+  }
   checkpoint::TorchZipWriterOptions options;
   options.archive_prefix = ArchivePrefix(path);
   absl::StatusOr<std::unique_ptr<checkpoint::TorchZipWriter>> w =
@@ -211,7 +217,8 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     std::remove(temp.c_str());
     return w.status();
   }
-  return std::unique_ptr<OutputWriter>(new TorchZipOutput(path, temp, std::move(*w)));
+  return std::unique_ptr<OutputWriter>(
+      new TorchZipOutput(path, temp, std::move(needs_bytes), std::move(*w)));
 }
 
 }  // namespace weightgate::statedict

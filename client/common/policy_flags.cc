@@ -174,8 +174,8 @@ const char* PolicyFlagsHelp() {
          "  --legacy_gamma_beta         rename gamma/beta to weight/bias\n"
          "  --positional_remap          map leftover tensors by position when shapes agree\n"
          "  --dtype cast|keep|reject    dtype differences (default cast)\n"
-         "  --optional GLOB             spec keys that may be missing; repeatable\n"
-         "                              (default *.num_batches_tracked)\n"
+         "  --optional GLOB             spec keys that may be missing (filled with zeros);\n"
+         "                              repeatable, replaces the default *.num_batches_tracked\n"
          "  --no_optional               every spec key is required\n"
          "  --unexpected drop|reject    extra keys (default drop)\n"
          "  --non_finite reject|allow   NaN/Inf values (default reject)\n";

@@ -10,7 +10,8 @@
 //   --legacy_gamma_beta         also rename gamma/beta -> weight/bias
 //   --positional_remap          map leftover tensors by position when shapes agree
 //   --dtype cast|keep|reject
-//   --optional GLOB             repeatable; spec keys that may be missing
+//   --optional GLOB             repeatable; spec keys that may be missing (the
+//                               globs given replace the default)
 //   --no_optional               no key may be missing (overrides the default
 //                               *.num_batches_tracked)
 //   --unexpected drop|reject

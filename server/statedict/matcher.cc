@@ -160,6 +160,11 @@ class Renamer final {
     return r;
   }
 
+  // No rules and no legacy renames: every key maps to itself, and the
+  // candidate search skips the memo (which would otherwise hold every key
+  // of every candidate).
+  bool identity() const { return rules_.empty() && !legacy_gamma_beta_; }
+
   const Result& Rename(const std::string& key) {
     auto it = memo_.find(key);
     if (it != memo_.end()) return it->second;
@@ -228,8 +233,10 @@ Scored Score(size_t ci, const Container& c, const Transform& t, Renamer& renamer
   s.description = t.Describe();
   std::vector<char> claimed(spec.size(), 0);
   uint64_t h = 1469598103934665603ull ^ (static_cast<uint64_t>(ci) << 48);
+  const bool identity = renamer.identity();
   for (size_t i = 0; i < c.tensors.size(); ++i) {
-    const std::string& name = renamer.Rename(t.Apply(c.tensors[i].name)).name;
+    std::string prefixed = t.Apply(c.tensors[i].name);
+    const std::string& name = identity ? prefixed : renamer.Rename(prefixed).name;
     auto it = spec_index.find(name);
     if (it == spec_index.end()) continue;
     int j = it->second;

@@ -503,6 +503,30 @@ TEST(MatcherTest, DuplicateKeyWithWrongShapeDoesNotHideGoodOne) {
   EXPECT_EQ(o.report.unexpected_keys(0), "module.fc.weight");
 }
 
+TEST(MatcherTest, LargeFsdpStateDict) {
+  // 4000 tensors, every one wrapped at two levels, plus a Lightning prefix.
+  Tree t;
+  v1::ModelSpec spec;
+  std::vector<std::pair<std::string, const Value*>> items;
+  for (int layer = 0; layer < 1000; ++layer) {
+    for (const char* leaf : {"attn.q.weight", "attn.k.weight", "mlp.fc1.weight", "mlp.fc2.bias"}) {
+      const std::string name = "layers." + std::to_string(layer) + "." + leaf;
+      v1::TensorSpec* s = spec.add_tensors();
+      s->set_name(name);
+      s->set_dtype("BF16");
+      s->add_shape(layer % 7 + 1);
+      items.emplace_back("model._fsdp_wrapped_module.layers." + std::to_string(layer) +
+                             "._fsdp_wrapped_module." + leaf,
+                         t.T({layer % 7 + 1}, DType::kBF16));
+    }
+  }
+  Outcome o = Match(t.Dict(items), spec);
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.winner().matched(), 4000);
+  EXPECT_EQ(o.report.winner().transform(), "strip '_fsdp_wrapped_module.' + strip 'model.'");
+  EXPECT_EQ(o.match.tensors.size(), 4000u);
+}
+
 TEST(MatcherTest, ApplyRenameRulesUsesEcmaScriptGroups) {
   v1::NormalizationPolicy policy;
   v1::RenameRule* r = policy.add_rename_rules();

@@ -283,8 +283,9 @@ std::string RenderInspectionText(const Inspection& in) {
     row("state_dict", "not found (no tensors)");
   } else {
     row("state_dict", Cat(in.state_dict_path.empty() ? "top level" : Cat("'", Printable(in.state_dict_path), "'"),
-                          ": ", in.tensors.size(), " tensors, ", HumanBytes(in.total_tensor_bytes),
-                          in.other_tensors > 0 ? Cat(" (", in.other_tensors, " more tensors elsewhere)") : ""));
+                          ": ", in.tensors.size(), in.tensors.size() == 1 ? " tensor, " : " tensors, ",
+                          HumanBytes(in.total_tensor_bytes),
+                          in.other_tensors > 0 ? Cat(" (", in.other_tensors, " more elsewhere)") : ""));
   }
   row("wrappers", in.wrappers.empty() ? "none" : JoinNames(in.wrappers, kMaxListedNames));
   for (const SharedStorage& s : in.shared_storages) {

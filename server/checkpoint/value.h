@@ -67,7 +67,9 @@ struct Value {
     kGlobal,    // `str` = "module.qualname"; a class or function reference, never
                 // resolved; `i` = the reader's allow-list entry (internal)
     kOpaque,    // instance of an unknown global: `str` = its global; `items` =
-                // constructor args (REDUCE/NEWOBJ); `state` = BUILD state
+                // constructor args (REDUCE/NEWOBJ); `state` = BUILD state. An
+                // enum member (getattr(EnumClass, "NAME")) has `str` =
+                // "module.EnumClass.NAME" and no items.
     kDtype,     // torch dtype object: `dtype`
   };
 

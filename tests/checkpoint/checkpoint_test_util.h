@@ -45,11 +45,13 @@ inline std::string FixtureDir() {
     struct stat st {};
     ::stat(script.c_str(), &st);
     std::string stamp = std::to_string(st.st_mtime) + ":" + std::to_string(st.st_size) + "\n";
-    if (FileExists(out + "/DONE")) {
+    auto fresh = [&] {
+      if (!FileExists(out + "/DONE")) return false;
       std::ifstream in(out + "/STAMP");
       std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (have == stamp) return out;
-    }
+      return have == stamp;
+    };
+    if (fresh()) return out;
     ::mkdir((bin + "/fixtures").c_str(), 0755);
     std::string tmp = out + ".tmp." + std::to_string(::getpid());
     std::string cmd = "/usr/bin/python3 '" + script + "' '" + tmp + "' >'" + tmp + ".log' 2>&1";
@@ -62,7 +64,9 @@ inline std::string FixtureDir() {
     } else {
       std::ofstream(tmp + "/STAMP") << stamp;
       std::string old = out + ".old." + std::to_string(::getpid());
-      std::rename(out.c_str(), old.c_str());  // a stale copy, if any
+      // Replace only a stale copy: another process may have installed a
+      // fresh one meanwhile, and its tests are reading it.
+      if (!fresh()) std::rename(out.c_str(), old.c_str());
       if (std::rename(tmp.c_str(), out.c_str()) != 0) {
         std::system(("rm -rf '" + tmp + "'").c_str());  // another process won
       }

@@ -88,7 +88,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tied", Format::kTorchZip}, Case{"parameters", Format::kTorchZip},
                       Case{"buffer", Format::kTorchZip}, Case{"custom.prefix-name", Format::kTorchZip},
                       Case{"torchscript", Format::kTorchScript, false},
-                      Case{"small", Format::kTorchZip}, Case{"small_legacy", Format::kTorchLegacy}),
+                      Case{"small", Format::kTorchZip}, Case{"small_legacy", Format::kTorchLegacy},
+                      Case{"deflated", Format::kTorchZip}, Case{"whole_model", Format::kTorchZip}),
     [](const ::testing::TestParamInfo<Case>& info) {
       std::string n = info.param.name;
       std::replace_if(n.begin(), n.end(), [](char ch) { return !std::isalnum(ch); }, '_');
@@ -176,6 +177,22 @@ TEST(TorchReader, TorchScriptModuleAttributesNameParameters) {
   EXPECT_EQ(ckpt->root->kind, Kind::kOpaque);
   EXPECT_EQ(ckpt->root->str.rfind("__torch__.", 0), 0u) << ckpt->root->str;
   EXPECT_FALSE(ckpt->unsafe());
+}
+
+TEST(TorchReader, DeflatedStoragesAreInflatedIntoTheCheckpoint) {
+  absl::StatusOr<Checkpoint> ckpt = Read("deflated");
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  ASSERT_FALSE(ckpt->storages.empty());
+  for (const StorageRecord& r : ckpt->storages) EXPECT_GE(r.inflated_index, 0);
+  EXPECT_EQ(ckpt->inflated.size(), ckpt->storages.size());
+}
+
+TEST(TorchReader, WholeModuleReadsAsOpaqueObjects) {
+  absl::StatusOr<Checkpoint> ckpt = Read("whole_model");
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ(ckpt->root->kind, Kind::kOpaque);
+  EXPECT_EQ(ckpt->root->str, "__main__.Net");
+  EXPECT_FALSE(ckpt->unsafe()) << ckpt->unsafe_globals.front();
 }
 
 TEST(TorchReader, EdgeTensors) {

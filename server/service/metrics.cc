@@ -77,6 +77,18 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
                     .Help("Registered models")
                     .Register(reg)
                     .Add({});
+  // Series that rate() and the dashboard need from the first scrape, at zero.
+  for (const char* rpc : {"ValidateCheckpoint", "UploadCheckpoint"}) {
+    for (const char* verdict : {"VALID", "NORMALIZED", "INVALID"}) {
+      m->validations_->Add({{"rpc", rpc}, {"verdict", verdict}});
+    }
+    m->validation_seconds_->Add({{"rpc", rpc}}, LatencyBuckets());
+  }
+  for (const char* reason : {"unreadable", "not_a_checkpoint", "unsafe_pickle", "missing_keys",
+                             "unexpected_keys", "shape_mismatch", "dtype_mismatch", "non_finite",
+                             "no_state_dict", "smoke_test_failed", "too_large"}) {
+    m->rejections_->Add({{"reason", reason}});
+  }
   if (!listen.empty()) {
     try {
       m->exposer_ = std::make_unique<prometheus::Exposer>(listen, 2);

@@ -124,6 +124,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   builder.AddListeningPort(options.listen, creds, &s->port_);
   builder.RegisterService(s->registry_service_.get());
   builder.RegisterService(s->stream_service_.get());
+  // Without this a second server on the same port would share it silently.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(16 << 20);
   builder.SetMaxSendMessageSize(16 << 20);
   s->server_ = builder.BuildAndStart();

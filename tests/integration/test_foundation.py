@@ -91,7 +91,7 @@ class ServiceTest(unittest.TestCase):
         self.assertIn("not registered", r.stderr)
 
     def test_invalid_model_id(self):
-        for bad in ("Upper", "-lead", "a" * 129, "sp ace", "a/b"):
+        for bad in ("Upper", "_lead", "a" * 129, "sp ace", "a/b"):
             r = self.server.cli("validate", bad, "/etc/hostname")
             self.assertEqual(r.returncode, 2, bad)
             self.assertEqual(len(r.stderr.strip().splitlines()), 1, r.stderr)

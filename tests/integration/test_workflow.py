@@ -115,7 +115,7 @@ class WorkflowTest(unittest.TestCase):
             self.server.address, HERE)
         r = subprocess.run([TORCH_PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr)
-        self.assertEqual(int(r.stdout), 7)
+        self.assertEqual(int(r.stdout), 9)  # conv 2, bn 5, fc 2
 
     def test_upload_invalid_stores_nothing(self):
         self.register("tiny-invalid")
@@ -156,6 +156,7 @@ class WorkflowTest(unittest.TestCase):
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=10)
+            proc.stdout.close()
 
     def test_delete(self):
         self.register("tiny-delete")
@@ -200,6 +201,7 @@ class ReplicaAndCrashTest(unittest.TestCase):
             finally:
                 watcher.send_signal(signal.SIGINT)
                 watcher.wait(timeout=10)
+                watcher.stdout.close()
 
     def test_kill_during_upload_keeps_store_readable(self):
         store = os.path.join(self.tmp.name, "crash-store")
@@ -217,7 +219,7 @@ class ReplicaAndCrashTest(unittest.TestCase):
             time.sleep(0.3)
             server.proc.send_signal(signal.SIGKILL)
             server.proc.wait()
-            proc.wait(timeout=30)
+            proc.communicate(timeout=30)
             self.assertEqual(proc.returncode, 2)
         finally:
             server.stop()
@@ -241,6 +243,8 @@ class ReplicaAndCrashTest(unittest.TestCase):
             self.assertEqual(server.stop(), 0, server.log())
             self.assertLess(time.time() - start, 15)
             watcher.wait(timeout=10)
+            watcher.stdout.close()
+            watcher.stderr.close()
 
 
 if __name__ == "__main__":

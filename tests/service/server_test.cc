@@ -133,7 +133,8 @@ TEST_F(ServerTest, UploadOverLimitIsResourceExhausted) {
   writer->WritesDone();
   grpc::Status s = writer->Finish();
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-  // Nothing is left in staging.
+  // Nothing is left in staging once the call is over on the server too.
+  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   EXPECT_TRUE(std::filesystem::is_empty(root_ + "/store/tmp"));
 }
 

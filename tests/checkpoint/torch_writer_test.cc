@@ -236,6 +236,52 @@ TEST(TorchWriter, BigEndianByteorderRejectedByReader) {
       << big.status();
 }
 
+TEST(TorchWriter, TiedEntriesShareOneStorageInTorch) {
+  std::string path = TempPath("tied.pt");
+  std::vector<TorchZipEntry> entries = {{"embed.weight", DType::kF32, {10, 6}},
+                                        {"bias", DType::kF32, {4}},
+                                        {"head.weight", DType::kF32, {10, 6}, /*tied_to=*/0}};
+  std::string embed = TensorData(entries[0], 0);
+  std::string bias = TensorData(entries[1], 1);
+  {
+    absl::StatusOr<std::unique_ptr<TorchZipWriter>> w = TorchZipWriter::Create(path, entries);
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_EQ((*w)->remaining(), embed.size() + bias.size());
+    ASSERT_TRUE((*w)->Append(embed + bias).ok());
+    ASSERT_TRUE((*w)->Finish().ok());
+  }
+  std::string script = TempPath("tied.py");
+  std::ofstream(script) << R"PY(
+import sys, torch
+sd = torch.load(sys.argv[1], weights_only=True)
+e, h = sd["embed.weight"], sd["head.weight"]
+print(e.storage().data_ptr() == h.storage().data_ptr(), bool((e == h).all()),
+      sd["bias"].storage().data_ptr() != e.storage().data_ptr())
+)PY";
+  std::string out = TempPath("tied.out");
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + script + " " + path + " >" + out + " 2>&1").c_str()), 0)
+      << ReadFileBytes(out);
+  EXPECT_EQ(ReadFileBytes(out), "True True True\n");
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ(ckpt->storages.size(), 2u);
+  std::vector<NamedTensor> t = FlattenTensors(ckpt->root);
+  ASSERT_EQ(t.size(), 3u);
+  EXPECT_EQ(t[0].tensor->storage_index, t[2].tensor->storage_index);
+  EXPECT_EQ(GatherTensorBytes(*ckpt, *t[2].tensor), embed);
+  EXPECT_EQ(GatherTensorBytes(*ckpt, *t[1].tensor), bias);
+  for (const std::string& f : {path, script, out}) std::remove(f.c_str());
+}
+
+TEST(TorchWriter, BadTiesRejected) {
+  auto create = [](std::vector<TorchZipEntry> e) { return TorchZipWriter::Create(TempPath("tie.pt"), e).ok(); };
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}, 0}}));                               // itself
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}, 1}, {"b", DType::kF32, {2}}}));     // a later entry
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF16, {2}, 0}}));     // another dtype
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF32, {3}, 0}}));     // bigger
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF32, {2}, 0}, {"c", DType::kF32, {2}, 1}}));
+}
+
 TEST(TorchWriter, EmptyStateDict) {
   std::string path = TempPath("empty.pt");
   absl::StatusOr<std::unique_ptr<TorchZipWriter>> w = TorchZipWriter::Create(path, {});

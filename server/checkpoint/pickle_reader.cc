@@ -40,6 +40,7 @@ enum GlobalId : int64_t {
   kStorageClass,  // typed or untyped storage class; Value::dtype holds the element type
   kTorchSize,
   kOrderedDict,
+  kDefaultDict,
   kBuiltinSet,
   kBuiltinFrozenSet,
   kBuiltinBytearray,
@@ -78,6 +79,7 @@ constexpr AllowEntry kAllowList[] = {
     {"torch.nn.parameter", "Parameter", kParameterClass},
     {"torch", "Size", kTorchSize},
     {"collections", "OrderedDict", kOrderedDict},
+    {"collections", "defaultdict", kDefaultDict},
     {"builtins", "set", kBuiltinSet},
     {"builtins", "frozenset", kBuiltinFrozenSet},
     {"builtins", "bytearray", kBuiltinBytearray},
@@ -787,6 +789,13 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
           return Bad("bad OrderedDict");
         }
       }
+      return v;
+    }
+    case kDefaultDict: {
+      // defaultdict(factory): a dict whose items SETITEMS adds; the factory
+      // (a global, reported as such) is never called.
+      Value* v = New(Kind::kDict);
+      v->str = callee->str;
       return v;
     }
     case kBuiltinSet:

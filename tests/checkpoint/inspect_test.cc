@@ -98,6 +98,30 @@ TEST(Inspect, HostileZipIsUnsafe) {
   EXPECT_TRUE(Contains(in.unsafe_globals, "posix.system"));
 }
 
+TEST(Inspect, SafetensorsAndJsonSpec) {
+  std::string header = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"k":"v"}})";
+  std::string st;
+  for (int k = 0; k < 8; ++k) st.push_back(static_cast<char>((header.size() >> (8 * k)) & 0xFF));
+  st += header + std::string(8, '\0');
+  absl::StatusOr<Checkpoint> a = ReadCheckpoint(MappedFile::FromString(st));
+  ASSERT_TRUE(a.ok()) << a.status();
+  Inspection ia = Inspect(*a);
+  EXPECT_EQ(ia.format, Format::kSafetensors);
+  ASSERT_EQ(ia.tensors.size(), 1u);
+  EXPECT_EQ(ia.tensors[0].name, "w");
+  EXPECT_EQ(ia.tensors[0].nbytes, 8u);
+
+  absl::StatusOr<Checkpoint> b = ReadCheckpoint(
+      MappedFile::FromString(R"({"tensors": {"fc.weight": {"dtype": "F16", "shape": [3, 4]}}})"));
+  ASSERT_TRUE(b.ok()) << b.status();
+  Inspection ib = Inspect(*b);
+  EXPECT_EQ(ib.format, Format::kJsonSpec);
+  ASSERT_EQ(ib.tensors.size(), 1u);
+  EXPECT_EQ(ib.tensors[0].shape, (std::vector<int64_t>{3, 4}));
+  EXPECT_TRUE(ParseJson(RenderInspectionJson(ib)).ok());
+  EXPECT_NE(RenderInspectionText(ib).find("json_spec"), std::string::npos);
+}
+
 TEST(Inspect, JsonParsesAndCarriesTheFields) {
   Inspection in = InspectFixture("lightning.pt");
   std::string json = RenderInspectionJson(in);

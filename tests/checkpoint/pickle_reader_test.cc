@@ -262,6 +262,18 @@ TEST(PickleReader, DictSubclassBuiltByNewObjBecomesADict) {
   EXPECT_EQ((*p->root)->Get("a")->i, 1);
 }
 
+TEST(PickleReader, DefaultDictIsADict) {
+  // collections.defaultdict(list) with one item, as protocol 2 writes it.
+  std::string b = "\x80\x02" "ccollections\ndefaultdict\n" "c__builtin__\nlist\n" "\x85R"
+                  "X\x01\x00\x00\x00"s "k]K\x07" "as.";
+  auto p = Parse(b);
+  ASSERT_TRUE(p->root.ok()) << p->root.status();
+  EXPECT_EQ((*p->root)->kind, Kind::kDict);
+  EXPECT_EQ((*p->root)->str, "collections.defaultdict");
+  ASSERT_NE((*p->root)->Get("k"), nullptr);
+  EXPECT_EQ((*p->root)->Get("k")->items.size(), 1u);
+}
+
 TEST(PickleReader, UnsafeGlobalIsRecordedNotCalled) {
   std::string b = "\x80\x02" "cposix\nsystem\n" "X\x02\x00\x00\x00ls\x85R."s;
   auto p = Parse(b);

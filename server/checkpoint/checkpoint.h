@@ -53,14 +53,14 @@ struct Checkpoint {
 
 // Caps applied while reading; defaults suit checkpoints up to hundreds of GB.
 struct ReadOptions {
-  uint64_t max_pickle_bytes = uint64_t{1} << 30;   // one data.pkl / legacy pickle
+  uint64_t max_pickle_bytes = uint64_t{256} << 20;  // one data.pkl / legacy pickle
   uint32_t max_zip_entries = 1 << 20;
   uint32_t max_compression_ratio = 1000;
   uint64_t max_inflated_bytes = uint64_t{4} << 30;  // all deflated entries together
   uint32_t max_stack_depth = 1 << 20;               // pickle stack + metastack entries
   uint32_t max_nesting = 256;                       // container nesting
   uint64_t max_memo_entries = 1 << 24;
-  uint64_t max_values = uint64_t{1} << 26;          // arena nodes
+  uint64_t max_values = uint64_t{1} << 24;          // arena nodes (~176 bytes each)
   uint64_t max_safetensors_header = 100 << 20;
 };
 

@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
@@ -333,6 +334,17 @@ class Machine final {
 
   Value* New(Kind kind) { return ctx_.arena->New(kind); }
 
+  // None, True and False are immutable (no opcode mutates them), so a pickle
+  // repeating them costs a stack slot, not a node each.
+  Value* Singleton(Kind kind, bool b) {
+    Value*& slot = kind == Kind::kNone ? none_ : b ? true_ : false_;
+    if (slot == nullptr) {
+      slot = New(kind);
+      slot->b = b;
+    }
+    return slot;
+  }
+
   absl::Status Push(Value* v) {
     if (stack_.size() + marks_.size() >= ctx_.limits.max_stack_depth) {
       return Bad(Cat("stack deeper than ", ctx_.limits.max_stack_depth));
@@ -438,6 +450,10 @@ class Machine final {
   std::vector<size_t> marks_;
   absl::flat_hash_map<uint64_t, Value*> memo_;
   std::vector<Value*> scratch_;
+  Value* none_ = nullptr;
+  Value* true_ = nullptr;
+  Value* false_ = nullptr;
+  absl::flat_hash_set<std::string> recorded_;  // names already in the global lists
 };
 
 absl::StatusOr<Value*> Machine::ParseDecimalInt(std::string_view text, bool long_suffix) {
@@ -554,6 +570,9 @@ absl::StatusOr<Value*> Machine::ParsePy2String(std::string_view text) {
 
 void Machine::Record(std::vector<std::string>* list, const std::string& name) {
   if (list == nullptr || list->size() >= kMaxRecordedGlobals) return;
+  std::string key = Cat(list == ctx_.unsafe_globals ? "u:" : "o:", name);
+  if (!recorded_.insert(key).second) return;
+  // The lists may already hold names from an earlier pickle (legacy format).
   if (std::find(list->begin(), list->end(), name) == list->end()) list->push_back(name);
 }
 
@@ -953,22 +972,17 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
       }
       // --- scalars
       case kNone:
-        WG_RETURN_IF_ERROR(Push(New(Kind::kNone)));
+        WG_RETURN_IF_ERROR(Push(Singleton(Kind::kNone, false)));
         break;
       case kNewTrue:
-      case kNewFalse: {
-        Value* v = New(Kind::kBool);
-        v->b = op == kNewTrue;
-        WG_RETURN_IF_ERROR(Push(v));
+      case kNewFalse:
+        WG_RETURN_IF_ERROR(Push(Singleton(Kind::kBool, op == kNewTrue)));
         break;
-      }
       case kInt: {
         std::string_view line;
         WG_RETURN_IF_ERROR(TakeLine(&line));
         if (line == "01" || line == "00") {
-          Value* v = New(Kind::kBool);
-          v->b = line == "01";
-          WG_RETURN_IF_ERROR(Push(v));
+          WG_RETURN_IF_ERROR(Push(Singleton(Kind::kBool, line == "01")));
           break;
         }
         Value* v;

@@ -197,10 +197,16 @@ TEST(PickleReader, NestingCap) {
 TEST(PickleReader, ValueCountCap) {
   PickleLimits limits;
   limits.max_values = 50;
-  std::string b = "\x80\x02(" + std::string(100, 'N') + "l.";
+  std::string b = "\x80\x02(" + std::string(100, ']') + "l.";
   auto p = Parse(b, limits);
   ASSERT_FALSE(p->root.ok());
   EXPECT_NE(Message(p->root.status()).find("values"), std::string::npos);
+  // None, True and False are shared: repeating them does not grow the arena.
+  std::string nones = "\x80\x02(" + std::string(1000, 'N') + std::string(1000, '\x88') + "l.";
+  auto q = Parse(nones, limits);
+  ASSERT_TRUE(q->root.ok()) << q->root.status();
+  EXPECT_EQ((*q->root)->items.size(), 2000u);
+  EXPECT_EQ(q->arena.size(), 3u);
 }
 
 TEST(PickleReader, OutOfBandBuffersRejected) {

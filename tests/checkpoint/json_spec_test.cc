@@ -80,6 +80,14 @@ TEST(JsonSpecTest, SpecFromTorchStateDictMatches) {
   EXPECT_EQ(2 * i, cp->root->items.size());
 }
 
+TEST(JsonSpecTest, DetectedByReadCheckpoint) {
+  ASSERT_FALSE(FixtureDir().empty());
+  absl::StatusOr<Checkpoint> cp = ReadCheckpointFile(FixtureDir() + "/spec.json");
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  EXPECT_EQ(cp->format, Format::kJsonSpec);
+  EXPECT_EQ(cp->root->items.size(), 18u);
+}
+
 TEST(JsonSpecTest, DtypeNamesInEveryCommonSpelling) {
   struct Case {
     const char* name;

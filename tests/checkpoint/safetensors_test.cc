@@ -185,6 +185,18 @@ TEST(SafetensorsTest, PythonJsonAndStructReadOurFile) {
   ::unlink(path.c_str());
 }
 
+TEST(SafetensorsTest, DetectedByReadCheckpoint) {
+  ASSERT_FALSE(FixtureDir().empty());
+  std::string path = WriteReference(ReferenceTensors(), 1 << 16);
+  absl::StatusOr<Checkpoint> cp = ReadCheckpointFile(path);
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  EXPECT_EQ(cp->format, Format::kSafetensors);
+  ASSERT_EQ(cp->storages.size(), 15u);
+  EXPECT_EQ(cp->StorageBytes(1), cp->file->data().substr(cp->storages[1].file_offset,
+                                                         cp->storages[1].nbytes));
+  ::unlink(path.c_str());
+}
+
 TEST(SafetensorsTest, HeaderIsPaddedJsonWithLittleEndianLength) {
   std::vector<SafetensorsEntry> entries = {{"a", DType::kF16, {3}}, {"b", DType::kI64, {2, 1}}};
   std::string header = SafetensorsHeader(entries, {});

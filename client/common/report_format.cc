@@ -45,9 +45,12 @@ void ListRows(std::string* out, absl::string_view label, const Container& items,
   }
 }
 
+// "161 spec tensors matched, transform strip 'module.', container 'state_dict'"
 std::string CandidateText(const v1::Candidate& c) {
-  return absl::StrCat("container '", c.container(), "', ", c.transform(), " (", c.matched(),
-                      " matched)");
+  const std::string container =
+      c.container().empty() ? "(top level)" : absl::StrCat("'", c.container(), "'");
+  return absl::StrCat(c.matched(), " spec tensors matched, transform ", c.transform(),
+                      ", container ", container);
 }
 
 }  // namespace
@@ -70,7 +73,7 @@ std::string FormatReport(const v1::ValidationReport& r) {
   if (!r.format().empty()) Row(&out, "format", r.format());
   if (r.has_winner()) {
     Row(&out, "container", r.container_path().empty() ? "(top level)" : r.container_path());
-    Row(&out, "matched", absl::StrCat(r.winner().transform(), " (", r.winner().matched(), " of spec)"));
+    Row(&out, "match", CandidateText(r.winner()));
     if (r.has_runner_up()) Row(&out, "runner-up", CandidateText(r.runner_up()));
   }
   if (!r.device().empty()) Row(&out, "device", r.device());

@@ -5,7 +5,12 @@
 
 #include <cerrno>
 
+#include <algorithm>
+#include <condition_variable>
 #include <cstdio>
+#include <deque>
+#include <mutex>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -172,6 +177,98 @@ std::string ArchivePrefix(const std::string& path) {
   return base.empty() ? "archive" : base;
 }
 
+// Runs the writes of an inner writer on its own thread, so the disk works
+// while the next tensor is checked and converted. At most kMaxQueuedBytes
+// wait in the queue (a larger piece waits for an empty queue), which keeps
+// memory bounded; pieces are copied because callers release their memory
+// (or mapped pages) as soon as Append returns.
+class AsyncOutput final : public OutputWriter {
+ public:
+  explicit AsyncOutput(std::unique_ptr<OutputWriter> inner)
+      : inner_(std::move(inner)), thread_([this] { Run(); }) {}
+  ~AsyncOutput() override {
+    if (!finished_) Abort();
+  }
+
+  bool NeedsBytes(size_t k) const override { return inner_->NeedsBytes(k); }
+
+  absl::Status Append(std::string_view bytes) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      return !error_.ok() || queued_ == 0 || queued_ + bytes.size() <= kMaxQueuedBytes;
+    });
+    if (!error_.ok()) return error_;
+    queue_.emplace_back(bytes.data(), bytes.size());
+    queued_ += bytes.size();
+    cv_.notify_all();
+    return absl::OkStatus();
+  }
+
+  absl::Status Finish() override {
+    Stop(/*abort=*/false);
+    finished_ = true;
+    if (!error_.ok()) {
+      inner_->Abort();
+      return error_;
+    }
+    return inner_->Finish();
+  }
+
+  void Abort() override {
+    Stop(/*abort=*/true);
+    finished_ = true;
+    inner_->Abort();
+  }
+
+ private:
+  static constexpr size_t kMaxQueuedBytes = size_t{32} << 20;
+
+  void Stop(bool abort) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      closing_ = true;
+      if (abort) {
+        queue_.clear();
+        queued_ = 0;
+      }
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void Run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
+      if (queue_.empty()) return;  // closing, and everything is written
+      std::string piece = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      absl::Status s = inner_->Append(piece);
+      lock.lock();
+      queued_ -= std::min(queued_, piece.size());
+      if (!s.ok()) {
+        error_ = s;
+        queue_.clear();
+        queued_ = 0;
+        cv_.notify_all();
+        return;
+      }
+      cv_.notify_all();
+    }
+  }
+
+  std::unique_ptr<OutputWriter> inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::string> queue_;  // guarded by mu_
+  size_t queued_ = 0;              // guarded by mu_
+  bool closing_ = false;           // guarded by mu_
+  absl::Status error_;             // guarded by mu_ while the thread runs
+  bool finished_ = false;
+  std::thread thread_;             // last: starts after the members it uses
+};
+
 }  // namespace
 
 OutputWriter::Format OutputWriter::FormatForPath(const std::string& path) {
@@ -200,7 +297,7 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
         !s.ok()) {
       return s;  // out's destructor removes the temp file
     }
-    return std::unique_ptr<OutputWriter>(std::move(out));
+    return std::unique_ptr<OutputWriter>(new AsyncOutput(std::move(out)));
   }
   std::vector<checkpoint::TorchZipEntry> tensors;
   std::vector<bool> needs_bytes;
@@ -217,8 +314,8 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     std::remove(temp.c_str());
     return w.status();
   }
-  return std::unique_ptr<OutputWriter>(
-      new TorchZipOutput(path, temp, std::move(needs_bytes), std::move(*w)));
+  return std::unique_ptr<OutputWriter>(new AsyncOutput(std::unique_ptr<OutputWriter>(
+      new TorchZipOutput(path, temp, std::move(needs_bytes), std::move(*w)))));
 }
 
 }  // namespace weightgate::statedict

@@ -69,7 +69,10 @@ for target in $TARGETS; do
   mkdir -p "$corpus"
   log="$BUILD/logs/$target.log"
   status=0
-  "$BUILD/bin/$target" "$corpus" "$SEEDS/$(seed_dir "$target")" \
+  dict=()
+  dict_file="$ROOT/tests/fuzz/${target%_fuzzer}.dict"
+  [[ -f "$dict_file" ]] && dict=(-dict="$dict_file")
+  "$BUILD/bin/$target" "$corpus" "$SEEDS/$(seed_dir "$target")" "${dict[@]}" \
     -max_total_time="$SECONDS_PER_TARGET" -max_len="$(max_len "$target")" \
     -timeout=25 -rss_limit_mb=2560 -print_final_stats=1 \
     -artifact_prefix="$BUILD/artifacts/$target-" >"$log" 2>&1 || status=$?

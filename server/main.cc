@@ -5,8 +5,8 @@
 #include <iostream>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/reflection.h"
 #include "absl/flags/parse.h"
+#include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
@@ -24,26 +24,24 @@ ABSL_FLAG(uint64_t, cache_bytes, uint64_t{4} << 30, "bound of the in-memory cach
 ABSL_FLAG(uint64_t, max_upload_bytes, uint64_t{64} << 30, "largest accepted upload in bytes");
 ABSL_FLAG(std::string, tls_cert, "", "PEM server certificate (enables TLS with --tls_key)");
 ABSL_FLAG(std::string, tls_key, "", "PEM server private key");
-ABSL_FLAG(std::string, tls_client_ca, "", "PEM CA bundle; when set, clients must present certificates");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle; when set, clients must present certificates");
 ABSL_FLAG(std::string, tokens_file, "",
           "file of bearer tokens, one per line: TOKEN [reader|writer]; empty = no authentication");
-ABSL_FLAG(bool, insecure, false,
-          "allow a non-loopback --listen address without TLS or tokens");
+ABSL_FLAG(bool, insecure, false, "allow a non-loopback --listen address without TLS or tokens");
 ABSL_FLAG(int, worker_threads, 0, "threads for checkpoint validation (0 = number of cores)");
 ABSL_FLAG(int, drain_seconds, 20, "on SIGTERM, how long running streams may finish");
 
 namespace {
 
-bool OnlyOurFlags(absl::string_view file) {
-  return absl::StrContains(file, "server/main.cc");
-}
+bool OnlyOurFlags(absl::string_view file) { return absl::StrContains(file, "server/main.cc"); }
 
 // absl exits with 1 on an unknown flag; the contract says usage errors exit 2
 // with one line, so unknown flags are caught first.
 bool CheckFlagNames(int argc, char** argv) {
-  static const char* const kBuiltin[] = {"help", "helpfull", "helpshort", "helppackage",
-                                         "helpon", "helpmatch", "version", "only_check_args",
-                                         "flagfile", "fromenv", "tryfromenv", "undefok"};
+  static const char* const kBuiltin[] = {"help",     "helpfull",  "helpshort",  "helppackage",
+                                         "helpon",   "helpmatch", "version",    "only_check_args",
+                                         "flagfile", "fromenv",   "tryfromenv", "undefok"};
   for (int i = 1; i < argc; ++i) {
     absl::string_view arg = argv[i];
     if (arg == "--") break;
@@ -86,8 +84,7 @@ int main(int argc, char** argv) {
   if (!CheckFlagNames(argc, argv)) return 2;
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
   if (positional.size() > 1) {
-    std::cerr << "weightgate-server: unexpected argument '" << positional[1]
-              << "' (see --help)\n";
+    std::cerr << "weightgate-server: unexpected argument '" << positional[1] << "' (see --help)\n";
     return 2;
   }
 

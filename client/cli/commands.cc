@@ -16,10 +16,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/cli/file_convert.h"
 #include "client/cli/policy_args.h"
 #include "client/common/report_format.h"
 #include "google/protobuf/util/json_util.h"
-#include "client/cli/file_convert.h"
 #include "server/store/crc32c.h"
 #include "server/store/store.h"
 
@@ -47,7 +47,8 @@ std::string HumanBytes(double bytes) {
     bytes /= 1024;
     ++u;
   }
-  return u == 0 ? absl::StrFormat("%.0f %s", bytes, units[u]) : absl::StrFormat("%.1f %s", bytes, units[u]);
+  return u == 0 ? absl::StrFormat("%.0f %s", bytes, units[u])
+                : absl::StrFormat("%.1f %s", bytes, units[u]);
 }
 
 std::string FormatTime(int64_t unix_ms) {
@@ -109,7 +110,8 @@ absl::StatusOr<Parsed> ParseArgs(const Args& args, std::vector<std::string> valu
     }
     if (std::find(value_flags.begin(), value_flags.end(), name) != value_flags.end()) {
       if (!has_value) {
-        if (i + 1 >= args.size()) return absl::InvalidArgumentError(absl::StrCat(name, " needs a value"));
+        if (i + 1 >= args.size())
+          return absl::InvalidArgumentError(absl::StrCat(name, " needs a value"));
         value = args[++i];
       }
       parsed.flags[name].push_back(value);
@@ -185,7 +187,8 @@ bool WantsHelp(const Args& args) {
 
 int RunLs(const GlobalOptions& global, const Args& args) {
   if (WantsHelp(args)) {
-    std::cout << "usage: weightgate ls [MODEL]\n  Lists registered models, or the versions of MODEL.\n";
+    std::cout
+        << "usage: weightgate ls [MODEL]\n  Lists registered models, or the versions of MODEL.\n";
     return kExitOk;
   }
   absl::StatusOr<Parsed> p = ParseArgs(args, {}, {});
@@ -208,13 +211,15 @@ int RunLs(const GlobalOptions& global, const Args& args) {
       std::cout << "no models registered (weightgate register MODEL --from FILE)\n";
       return kExitOk;
     }
-    std::cout << absl::StrFormat("%-32s %8s %9s  %-28s %s\n", "MODEL", "TENSORS", "VERSIONS", "ALIASES", "UPDATED");
+    std::cout << absl::StrFormat("%-32s %8s %9s  %-28s %s\n", "MODEL", "TENSORS", "VERSIONS",
+                                 "ALIASES", "UPDATED");
     for (const Model& m : response.models()) {
       std::vector<std::string> aliases;
       for (const auto& [name, v] : m.aliases()) aliases.push_back(absl::StrCat(name, "=", v));
       std::sort(aliases.begin(), aliases.end());
-      std::cout << absl::StrFormat("%-32s %8d %9d  %-28s %s\n", m.model_id(), m.spec().tensors_size(),
-                                   m.version_count(), aliases.empty() ? "-" : absl::StrJoin(aliases, ","),
+      std::cout << absl::StrFormat("%-32s %8d %9d  %-28s %s\n", m.model_id(),
+                                   m.spec().tensors_size(), m.version_count(),
+                                   aliases.empty() ? "-" : absl::StrJoin(aliases, ","),
                                    FormatTime(std::max(m.updated_unix_ms(), m.created_unix_ms())));
     }
     return kExitOk;
@@ -232,10 +237,11 @@ int RunLs(const GlobalOptions& global, const Args& args) {
     std::cout << "model " << request.model_id() << " has no versions yet (weightgate upload)\n";
     return kExitOk;
   }
-  std::cout << absl::StrFormat("%-8s %10s  %-14s %-20s %s\n", "VERSION", "SIZE", "SHA256", "ALIASES", "CREATED");
+  std::cout << absl::StrFormat("%-8s %10s  %-14s %-20s %s\n", "VERSION", "SIZE", "SHA256",
+                               "ALIASES", "CREATED");
   for (const auto& v : response.versions()) {
-    std::cout << absl::StrFormat("%-8d %10s  %-14s %-20s %s\n", v.version(), HumanBytes(v.size_bytes()),
-                                 v.blob_sha256().substr(0, 12),
+    std::cout << absl::StrFormat("%-8d %10s  %-14s %-20s %s\n", v.version(),
+                                 HumanBytes(v.size_bytes()), v.blob_sha256().substr(0, 12),
                                  v.aliases().empty() ? "-" : absl::StrJoin(v.aliases(), ","),
                                  FormatTime(v.created_unix_ms()));
   }
@@ -244,7 +250,8 @@ int RunLs(const GlobalOptions& global, const Args& args) {
 
 int RunShow(const GlobalOptions& global, const Args& args) {
   if (WantsHelp(args)) {
-    std::cout << "usage: weightgate show MODEL\n  Prints the model's expected tensors, policy and aliases.\n";
+    std::cout << "usage: weightgate show MODEL\n  Prints the model's expected tensors, policy and "
+                 "aliases.\n";
     return kExitOk;
   }
   absl::StatusOr<Parsed> p = ParseArgs(args, {}, {});
@@ -263,25 +270,30 @@ int RunShow(const GlobalOptions& global, const Args& args) {
     return kExitOk;
   }
   std::cout << "model:    " << model.model_id() << "\n"
-            << "source:   " << model.spec().source_format() << " sha256:" << model.spec().source_sha256().substr(0, 16) << "\n"
+            << "source:   " << model.spec().source_format()
+            << " sha256:" << model.spec().source_sha256().substr(0, 16) << "\n"
             << "versions: " << model.version_count() << "\n";
-  for (const auto& [alias, v] : model.aliases()) std::cout << "alias:    " << alias << " -> " << v << "\n";
+  for (const auto& [alias, v] : model.aliases())
+    std::cout << "alias:    " << alias << " -> " << v << "\n";
   std::cout << "policy:   " << ToJson(model.policy());
   std::cout << absl::StrFormat("%-56s %-5s %s\n", "TENSOR", "DTYPE", "SHAPE");
   for (const auto& t : model.spec().tensors()) {
-    std::cout << absl::StrFormat("%-56s %-5s [%s]\n", t.name(), t.dtype(), absl::StrJoin(t.shape(), ", "));
+    std::cout << absl::StrFormat("%-56s %-5s [%s]\n", t.name(), t.dtype(),
+                                 absl::StrJoin(t.shape(), ", "));
   }
   return kExitOk;
 }
 
 int RunRegister(const GlobalOptions& global, const Args& raw) {
   if (WantsHelp(raw)) {
-    std::cout << "usage: weightgate register MODEL --from FILE [--example_input SHAPE[:DTYPE]]...\n"
-                 "                           [--description TEXT] [--replace] [policy flags]\n"
-                 "  FILE: a reference state_dict (torch.save, safetensors), a TorchScript archive\n"
-                 "  (torch.jit.script(model).save) or a JSON spec {\"tensors\": {name: {dtype, shape}}}.\n"
-                 "  --example_input 1x3x32x32 (TorchScript only) enables a forward-pass smoke test.\n"
-              << PolicyFlagsHelp();
+    std::cout
+        << "usage: weightgate register MODEL --from FILE [--example_input SHAPE[:DTYPE]]...\n"
+           "                           [--description TEXT] [--replace] [policy flags]\n"
+           "  FILE: a reference state_dict (torch.save, safetensors), a TorchScript archive\n"
+           "  (torch.jit.script(model).save) or a JSON spec {\"tensors\": {name: {dtype, "
+           "shape}}}.\n"
+           "  --example_input 1x3x32x32 (TorchScript only) enables a forward-pass smoke test.\n"
+        << PolicyFlagsHelp();
     return kExitOk;
   }
   Args args = raw;
@@ -289,7 +301,8 @@ int RunRegister(const GlobalOptions& global, const Args& raw) {
   if (absl::Status s = ParsePolicyArgs(args, header.mutable_policy(), nullptr); !s.ok()) {
     return UsageError("register", std::string(s.message()));
   }
-  absl::StatusOr<Parsed> p = ParseArgs(args, {"--from", "--example_input", "--description"}, {"--replace"});
+  absl::StatusOr<Parsed> p =
+      ParseArgs(args, {"--from", "--example_input", "--description"}, {"--replace"});
   if (!p.ok()) return UsageError("register", std::string(p.status().message()));
   if (p->positional.size() != 1) return UsageError("register", "expected MODEL (and --from FILE)");
   if (!p->has("--from")) return UsageError("register", "--from FILE is required");
@@ -308,7 +321,8 @@ int RunRegister(const GlobalOptions& global, const Args& raw) {
       for (absl::string_view dim : absl::StrSplit(parts[0], 'x')) {
         int64_t d = 0;
         if (!absl::SimpleAtoi(dim, &d) || d < 0) {
-          return UsageError("register", absl::StrCat("bad --example_input '", spec, "' (want e.g. 1x3x224x224[:F32])"));
+          return UsageError("register", absl::StrCat("bad --example_input '", spec,
+                                                     "' (want e.g. 1x3x224x224[:F32])"));
         }
         input->add_shape(d);
       }
@@ -352,18 +366,20 @@ static int ParseUploadArgs(const std::string& command, Args args, bool allow_ali
   if (size < 0) return UsageError(command, absl::StrCat("cannot read ", *file));
   header->set_model_id(p->positional[0]);
   header->set_total_bytes(size);
-  header->set_filename(file->substr(file->rfind('/') == std::string::npos ? 0 : file->rfind('/') + 1));
+  header->set_filename(
+      file->substr(file->rfind('/') == std::string::npos ? 0 : file->rfind('/') + 1));
   if (allow_alias) header->set_alias(p->get("--alias"));
   return kExitOk;
 }
 
 int RunValidate(const GlobalOptions& global, const Args& args) {
   if (WantsHelp(args)) {
-    std::cout << "usage: weightgate validate MODEL FILE [policy flags]\n"
-                 "  Dry run: reads, repairs and checks FILE against MODEL's spec; stores nothing.\n"
-                 "  Exit 0 when VALID or NORMALIZED, 1 when INVALID (also unreadable or unsafe files),\n"
-                 "  2 on usage or connection errors. Policy flags override the model's policy.\n"
-              << PolicyFlagsHelp();
+    std::cout
+        << "usage: weightgate validate MODEL FILE [policy flags]\n"
+           "  Dry run: reads, repairs and checks FILE against MODEL's spec; stores nothing.\n"
+           "  Exit 0 when VALID or NORMALIZED, 1 when INVALID (also unreadable or unsafe files),\n"
+           "  2 on usage or connection errors. Policy flags override the model's policy.\n"
+        << PolicyFlagsHelp();
     return kExitOk;
   }
   weightgate::v1::UploadHeader header;
@@ -433,7 +449,8 @@ int RunUpload(const GlobalOptions& global, const Args& args) {
 
 int RunAlias(const GlobalOptions& global, const Args& args) {
   if (WantsHelp(args)) {
-    std::cout << "usage: weightgate alias MODEL VERSION NAME\n  Points alias NAME (e.g. prod) at VERSION.\n";
+    std::cout << "usage: weightgate alias MODEL VERSION NAME\n  Points alias NAME (e.g. prod) at "
+                 "VERSION.\n";
     return kExitOk;
   }
   absl::StatusOr<Parsed> p = ParseArgs(args, {}, {});
@@ -442,7 +459,8 @@ int RunAlias(const GlobalOptions& global, const Args& args) {
   if (int rc = CheckModelId("alias", p->positional[0]); rc != kExitOk) return rc;
   int64_t version = 0;
   if (!absl::SimpleAtoi(p->positional[1], &version) || version <= 0) {
-    return UsageError("alias", absl::StrCat("VERSION must be a positive number, not '", p->positional[1], "'"));
+    return UsageError(
+        "alias", absl::StrCat("VERSION must be a positive number, not '", p->positional[1], "'"));
   }
   auto conn = Connection::Open(global);
   if (!conn) return kExitUsage;
@@ -457,7 +475,8 @@ int RunAlias(const GlobalOptions& global, const Args& args) {
     std::cout << ToJson(response) << "\n";
   } else {
     std::cout << request.model_id() << "@" << request.alias() << " -> " << version;
-    if (response.previous_version() > 0) std::cout << " (was " << response.previous_version() << ")";
+    if (response.previous_version() > 0)
+      std::cout << " (was " << response.previous_version() << ")";
     std::cout << "\n";
   }
   return kExitOk;
@@ -465,7 +484,8 @@ int RunAlias(const GlobalOptions& global, const Args& args) {
 
 int RunDelete(const GlobalOptions& global, const Args& args) {
   if (WantsHelp(args)) {
-    std::cout << "usage: weightgate delete MODEL[@VERSION]\n  Deletes a model (all versions) or one version.\n";
+    std::cout << "usage: weightgate delete MODEL[@VERSION]\n  Deletes a model (all versions) or "
+                 "one version.\n";
     return kExitOk;
   }
   absl::StatusOr<Parsed> p = ParseArgs(args, {}, {});
@@ -474,7 +494,8 @@ int RunDelete(const GlobalOptions& global, const Args& args) {
   absl::StatusOr<store::ParsedRef> ref = store::ParseRef(p->positional[0]);
   if (!ref.ok()) return UsageError("delete", std::string(ref.status().message()));
   bool whole = p->positional[0].find('@') == std::string::npos;
-  if (!whole && ref->version == 0) return UsageError("delete", "only MODEL or MODEL@VERSION (a number)");
+  if (!whole && ref->version == 0)
+    return UsageError("delete", "only MODEL or MODEL@VERSION (a number)");
   auto conn = Connection::Open(global);
   if (!conn) return kExitUsage;
   grpc::Status s;
@@ -497,11 +518,12 @@ int RunDelete(const GlobalOptions& global, const Args& args) {
 
 int RunFetch(const GlobalOptions& global, const Args& args) {
   if (WantsHelp(args)) {
-    std::cout << "usage: weightgate fetch REF -o OUT [--format safetensors|pt] [--tensor NAME]...\n"
-                 "  REF is MODEL, MODEL@VERSION or MODEL@ALIAS (MODEL = MODEL@latest).\n"
-                 "  Every chunk is CRC32C-checked and the whole file sha256-checked. An interrupted\n"
-                 "  fetch leaves OUT.part; running the same command again resumes it.\n"
-                 "  --format pt writes a torch.save archive: torch.load(OUT, weights_only=True).\n";
+    std::cout
+        << "usage: weightgate fetch REF -o OUT [--format safetensors|pt] [--tensor NAME]...\n"
+           "  REF is MODEL, MODEL@VERSION or MODEL@ALIAS (MODEL = MODEL@latest).\n"
+           "  Every chunk is CRC32C-checked and the whole file sha256-checked. An interrupted\n"
+           "  fetch leaves OUT.part; running the same command again resumes it.\n"
+           "  --format pt writes a torch.save archive: torch.load(OUT, weights_only=True).\n";
     return kExitOk;
   }
   absl::StatusOr<Parsed> p = ParseArgs(args, {"-o", "--output", "--format"}, {});
@@ -510,7 +532,8 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   std::string out = p->get("-o", p->get("--output"));
   if (out.empty()) return UsageError("fetch", "-o OUT is required");
   std::string format = p->get("--format", "safetensors");
-  if (format != "safetensors" && format != "pt") return UsageError("fetch", "--format must be safetensors or pt");
+  if (format != "safetensors" && format != "pt")
+    return UsageError("fetch", "--format must be safetensors or pt");
   absl::StatusOr<store::ParsedRef> ref = store::ParseRef(p->positional[0]);
   if (!ref.ok()) return UsageError("fetch", std::string(ref.status().message()));
   auto conn = Connection::Open(global);
@@ -542,7 +565,8 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
       error = "server sent data before the manifest";
     } else if (store::Crc32c(chunk.data()) != chunk.crc32c()) {
       error = absl::StrCat("checksum mismatch in chunk at offset ", chunk.offset());
-    } else if (::pwrite(fd, chunk.data().data(), chunk.data().size(), static_cast<off_t>(chunk.offset())) !=
+    } else if (::pwrite(fd, chunk.data().data(), chunk.data().size(),
+                        static_cast<off_t>(chunk.offset())) !=
                static_cast<ssize_t>(chunk.data().size())) {
       error = absl::StrCat("write ", part, ": ", std::strerror(errno));
     }
@@ -562,28 +586,33 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   if (*sha != manifest.blob_sha256()) {
     ::unlink(part.c_str());
     return UsageError("fetch", absl::StrCat("sha256 mismatch (got ", sha->substr(0, 16), ", want ",
-                                            manifest.blob_sha256().substr(0, 16), "); partial file removed, run again"));
+                                            manifest.blob_sha256().substr(0, 16),
+                                            "); partial file removed, run again"));
   }
   if (format == "pt") {
     absl::Status converted = SafetensorsToTorch(part, out);
     ::unlink(part.c_str());
     if (!converted.ok()) return UsageError("fetch", std::string(converted.message()));
   } else if (::rename(part.c_str(), out.c_str()) != 0) {
-    return UsageError("fetch", absl::StrCat("rename ", part, " -> ", out, ": ", std::strerror(errno)));
+    return UsageError("fetch",
+                      absl::StrCat("rename ", part, " -> ", out, ": ", std::strerror(errno)));
   }
   if (global.json) {
     std::cout << ToJson(manifest) << "\n";
   } else {
     std::cout << "fetched " << manifest.model_id() << "@" << manifest.version() << ": "
-              << manifest.tensors_size() << " tensors, " << HumanBytes(static_cast<double>(manifest.total_bytes()))
-              << (have > 0 ? absl::StrCat(" (resumed at ", have, ")") : std::string()) << " -> " << out << "\n";
+              << manifest.tensors_size() << " tensors, "
+              << HumanBytes(static_cast<double>(manifest.total_bytes()))
+              << (have > 0 ? absl::StrCat(" (resumed at ", have, ")") : std::string()) << " -> "
+              << out << "\n";
   }
   return kExitOk;
 }
 
 int RunWatch(const GlobalOptions& global, const Args& args) {
   if (WantsHelp(args)) {
-    std::cout << "usage: weightgate watch REF\n  Prints an event whenever the alias in REF moves.\n";
+    std::cout
+        << "usage: weightgate watch REF\n  Prints an event whenever the alias in REF moves.\n";
     return kExitOk;
   }
   absl::StatusOr<Parsed> p = ParseArgs(args, {}, {});

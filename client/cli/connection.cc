@@ -27,7 +27,8 @@ std::unique_ptr<Connection> Connection::Open(const GlobalOptions& options) {
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
   conn->channel_ = grpc::CreateCustomChannel(options.server, creds, args);
-  auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(options.connect_timeout_s);
+  auto deadline =
+      std::chrono::system_clock::now() + std::chrono::seconds(options.connect_timeout_s);
   if (!conn->channel_->WaitForConnected(deadline)) {
     std::cerr << "weightgate: cannot connect to " << options.server
               << ": no server answered within " << options.connect_timeout_s

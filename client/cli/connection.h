@@ -15,8 +15,8 @@ namespace weightgate::cli {
 struct GlobalOptions {
   std::string server = "127.0.0.1:50051";
   bool json = false;
-  std::string token;    // --token or $WEIGHTGATE_TOKEN
-  std::string tls_ca;   // --tls_ca: PEM roots; enables TLS
+  std::string token;   // --token or $WEIGHTGATE_TOKEN
+  std::string tls_ca;  // --tls_ca: PEM roots; enables TLS
   int connect_timeout_s = 5;
 };
 

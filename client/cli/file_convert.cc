@@ -44,7 +44,8 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
 }
 
 absl::Status SafetensorsToTorch(const std::string& in, const std::string& out) {
-  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file = checkpoint::MappedFile::Open(in);
+  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
+      checkpoint::MappedFile::Open(in);
   if (!file.ok()) return file.status();
   absl::StatusOr<checkpoint::Checkpoint> ckpt = checkpoint::ReadSafetensors(*file, {});
   if (!ckpt.ok()) return ckpt.status();

@@ -61,8 +61,7 @@ bool TakeGlobal(std::vector<std::string>& args, size_t& i, weightgate::cli::Glob
     args.erase(args.begin() + i);
     return true;
   }
-  return value("--server", &g.server) || value("--token", &g.token) ||
-         value("--tls_ca", &g.tls_ca);
+  return value("--server", &g.server) || value("--token", &g.token) || value("--tls_ca", &g.tls_ca);
 }
 
 }  // namespace
@@ -70,7 +69,8 @@ bool TakeGlobal(std::vector<std::string>& args, size_t& i, weightgate::cli::Glob
 int main(int argc, char** argv) {
   using namespace weightgate::cli;
   GlobalOptions global;
-  if (const char* env = std::getenv("WEIGHTGATE_SERVER"); env != nullptr && *env) global.server = env;
+  if (const char* env = std::getenv("WEIGHTGATE_SERVER"); env != nullptr && *env)
+    global.server = env;
   if (const char* env = std::getenv("WEIGHTGATE_TOKEN"); env != nullptr && *env) global.token = env;
 
   std::vector<std::string> args(argv + 1, argv + argc);
@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   if (command == "alias") return RunAlias(global, rest);
   if (command == "delete") return RunDelete(global, rest);
   if (command == "watch") return RunWatch(global, rest);
-  if (command.rfind("-", 0) == 0) return UsageError("usage", "unknown flag '" + command + "' (see --help)");
+  if (command.rfind("-", 0) == 0)
+    return UsageError("usage", "unknown flag '" + command + "' (see --help)");
   return UsageError("usage", "unknown command '" + command + "' (see --help)");
 }

@@ -40,11 +40,13 @@ grpc::Status Authorizer::Check(const grpc::CallbackServerContext* context, Role 
   const auto& metadata = context->client_metadata();
   auto it = metadata.find("authorization");
   if (it == metadata.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "missing 'authorization: Bearer <token>'");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing 'authorization: Bearer <token>'");
   }
   absl::string_view value(it->second.data(), it->second.size());
   if (!absl::ConsumePrefix(&value, "Bearer ")) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization must be 'Bearer <token>'");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "authorization must be 'Bearer <token>'");
   }
   auto token = tokens_.find(std::string(value));
   if (token == tokens_.end()) {

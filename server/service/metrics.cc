@@ -32,10 +32,11 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
                         .Name("weightgate_rejections_total")
                         .Help("INVALID verdicts by reason (one checkpoint may have several)")
                         .Register(reg);
-  m->validation_seconds_ = &prometheus::BuildHistogram()
-                                .Name("weightgate_validation_seconds")
-                                .Help("Server-side time to read, normalise and validate a checkpoint")
-                                .Register(reg);
+  m->validation_seconds_ =
+      &prometheus::BuildHistogram()
+           .Name("weightgate_validation_seconds")
+           .Help("Server-side time to read, normalise and validate a checkpoint")
+           .Register(reg);
   m->fetch_seconds_ = &prometheus::BuildHistogram()
                            .Name("weightgate_fetch_seconds")
                            .Help("FetchWeights stream duration")
@@ -93,7 +94,8 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
     try {
       m->exposer_ = std::make_unique<prometheus::Exposer>(listen, 2);
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
+      return absl::UnavailableError(
+          absl::StrCat("cannot serve metrics on ", listen, ": ", e.what()));
     }
     m->exposer_->RegisterCollectable(m->registry_);
   }
@@ -104,8 +106,7 @@ void Metrics::RecordRpc(const std::string& method, const std::string& code) {
   rpcs_->Add({{"method", method}, {"code", code}}).Increment();
 }
 
-void Metrics::RecordValidation(const std::string& rpc, const std::string& verdict,
-                               double seconds) {
+void Metrics::RecordValidation(const std::string& rpc, const std::string& verdict, double seconds) {
   validations_->Add({{"rpc", rpc}, {"verdict", verdict}}).Increment();
   validation_seconds_->Add({{"rpc", rpc}}, LatencyBuckets()).Observe(seconds);
 }

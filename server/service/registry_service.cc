@@ -49,22 +49,25 @@ grpc::ServerUnaryReactor* RegistryService::Unary(grpc::CallbackServerContext* co
   return reactor;
 }
 
+UploadSetup RegistryService::Upload(const char* method, grpc::CallbackServerContext* context) {
+  return UploadSetup{method,        context,           options_.store, options_.metrics,
+                     options_.auth, options_.executor, options_.heavy, options_.max_upload_bytes};
+}
+
 grpc::ServerReadReactor<RegisterModelRequest>* RegistryService::RegisterModel(
     grpc::CallbackServerContext* context, Model* response) {
   using Reactor = UploadReactor<RegisterModelRequest, RegisterModelHeader>;
-  Reactor::Setup setup{"RegisterModel",    context,           options_.store,
-                       options_.metrics,   options_.auth,     options_.executor,
-                       options_.heavy, options_.max_upload_bytes};
-  return new Reactor(setup, [this, response](const RegisterModelHeader& header,
-                                             store::StagedFile& staged) {
-    absl::StatusOr<Model> model = options_.registry->RegisterModel(header, staged.path());
-    if (!model.ok()) return ToGrpcStatus(model.status());
-    *response = *std::move(model);
-    if (absl::StatusOr<std::vector<Model>> all = options_.store->ListModels(); all.ok()) {
-      options_.metrics->SetModels(static_cast<double>(all->size()));
-    }
-    return grpc::Status::OK;
-  });
+  return new Reactor(
+      Upload("RegisterModel", context),
+      [this, response](const RegisterModelHeader& header, store::StagedFile& staged) {
+        absl::StatusOr<Model> model = options_.registry->RegisterModel(header, staged.path());
+        if (!model.ok()) return ToGrpcStatus(model.status());
+        *response = *std::move(model);
+        if (absl::StatusOr<std::vector<Model>> all = options_.store->ListModels(); all.ok()) {
+          options_.metrics->SetModels(static_cast<double>(all->size()));
+        }
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerUnaryReactor* RegistryService::GetModel(grpc::CallbackServerContext* context,
@@ -103,66 +106,63 @@ grpc::ServerUnaryReactor* RegistryService::DeleteModel(
 grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
     grpc::CallbackServerContext* context, ValidationReport* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
-  Reactor::Setup setup{"ValidateCheckpoint", context,          options_.store,
-                       options_.metrics,     options_.auth,    options_.executor,
-                       options_.heavy, options_.max_upload_bytes};
-  return new Reactor(setup, [this, response](const UploadHeader& header,
-                                             store::StagedFile& staged) {
-    auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<ValidationReport> report = options_.registry->Validate(header, staged.path());
-    if (!report.ok()) return ToGrpcStatus(report.status());
-    RecordReport(*options_.metrics, "ValidateCheckpoint", *report, SecondsSince(start));
-    *response = *std::move(report);
-    return grpc::Status::OK;
-  });
+  return new Reactor(Upload("ValidateCheckpoint", context),
+                     [this, response](const UploadHeader& header, store::StagedFile& staged) {
+                       auto start = std::chrono::steady_clock::now();
+                       absl::StatusOr<ValidationReport> report =
+                           options_.registry->Validate(header, staged.path());
+                       if (!report.ok()) return ToGrpcStatus(report.status());
+                       RecordReport(*options_.metrics, "ValidateCheckpoint", *report,
+                                    SecondsSince(start));
+                       *response = *std::move(report);
+                       return grpc::Status::OK;
+                     });
 }
 
 grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
     grpc::CallbackServerContext* context, weightgate::v1::UploadResponse* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
-  Reactor::Setup setup{"UploadCheckpoint", context,          options_.store,
-                       options_.metrics,   options_.auth,    options_.executor,
-                       options_.heavy, options_.max_upload_bytes};
-  return new Reactor(setup, [this, response](const UploadHeader& header,
-                                             store::StagedFile& staged) {
-    if (!header.alias().empty()) {
-      if (absl::Status s = store::ValidateModelId(header.alias()); !s.ok()) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            absl::StrCat("invalid alias '", header.alias(), "'"));
-      }
-    }
-    auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<std::unique_ptr<store::StagedFile>> output = options_.store->NewStagedFile();
-    if (!output.ok()) return ToGrpcStatus(output.status());
-    // The normaliser writes the output file itself; close our descriptor and
-    // let the store hash it when committing.
-    absl::StatusOr<ValidationReport> report =
-        options_.registry->NormalizeTo(header, staged.path(), (*output)->path());
-    if (!report.ok()) return ToGrpcStatus(report.status());
-    RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
-    *response->mutable_report() = *report;
-    if (report->verdict() == weightgate::v1::INVALID) {
-      // The report travels in the status details (a serialized ValidationReport).
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          absl::StrCat("checkpoint is INVALID for model '", header.model_id(),
-                                       "': ", absl::StrJoin(report->reasons(), ", ")),
-                          report->SerializeAsString());
-    }
-    if (absl::Status s = (*output)->AdoptContents(); !s.ok()) return ToGrpcStatus(s);
-    absl::StatusOr<std::string> sha = options_.store->CommitBlob(std::move(*output));
-    if (!sha.ok()) return ToGrpcStatus(sha.status());
-    weightgate::v1::Version version;
-    version.set_blob_sha256(*sha);
-    version.set_size_bytes(static_cast<int64_t>(options_.store->BlobSize(*sha)));
-    version.set_filename(header.filename());
-    *version.mutable_report() = *report;
-    absl::StatusOr<weightgate::v1::Version> added =
-        options_.store->AddVersion(header.model_id(), version, header.alias());
-    if (!added.ok()) return ToGrpcStatus(added.status());
-    *response->mutable_version() = *std::move(added);
-    options_.metrics->SetStoreBytes(static_cast<double>(options_.store->BlobBytes()));
-    return grpc::Status::OK;
-  });
+  return new Reactor(
+      Upload("UploadCheckpoint", context),
+      [this, response](const UploadHeader& header, store::StagedFile& staged) {
+        if (!header.alias().empty()) {
+          if (absl::Status s = store::ValidateModelId(header.alias()); !s.ok()) {
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                absl::StrCat("invalid alias '", header.alias(), "'"));
+          }
+        }
+        auto start = std::chrono::steady_clock::now();
+        absl::StatusOr<std::unique_ptr<store::StagedFile>> output = options_.store->NewStagedFile();
+        if (!output.ok()) return ToGrpcStatus(output.status());
+        // The normaliser writes the output file itself; close our descriptor and
+        // let the store hash it when committing.
+        absl::StatusOr<ValidationReport> report =
+            options_.registry->NormalizeTo(header, staged.path(), (*output)->path());
+        if (!report.ok()) return ToGrpcStatus(report.status());
+        RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
+        *response->mutable_report() = *report;
+        if (report->verdict() == weightgate::v1::INVALID) {
+          // The report travels in the status details (a serialized ValidationReport).
+          return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              absl::StrCat("checkpoint is INVALID for model '", header.model_id(),
+                                           "': ", absl::StrJoin(report->reasons(), ", ")),
+                              report->SerializeAsString());
+        }
+        if (absl::Status s = (*output)->AdoptContents(); !s.ok()) return ToGrpcStatus(s);
+        absl::StatusOr<std::string> sha = options_.store->CommitBlob(std::move(*output));
+        if (!sha.ok()) return ToGrpcStatus(sha.status());
+        weightgate::v1::Version version;
+        version.set_blob_sha256(*sha);
+        version.set_size_bytes(static_cast<int64_t>(options_.store->BlobSize(*sha)));
+        version.set_filename(header.filename());
+        *version.mutable_report() = *report;
+        absl::StatusOr<weightgate::v1::Version> added =
+            options_.store->AddVersion(header.model_id(), version, header.alias());
+        if (!added.ok()) return ToGrpcStatus(added.status());
+        *response->mutable_version() = *std::move(added);
+        options_.metrics->SetStoreBytes(static_cast<double>(options_.store->BlobBytes()));
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerUnaryReactor* RegistryService::ListVersions(
@@ -186,7 +186,8 @@ grpc::ServerUnaryReactor* RegistryService::SetAlias(grpc::CallbackServerContext*
     if (request->alias() == "latest") {
       return absl::InvalidArgumentError("'latest' moves by itself and cannot be set");
     }
-    auto previous = options_.store->SetAlias(request->model_id(), request->alias(), request->version());
+    auto previous =
+        options_.store->SetAlias(request->model_id(), request->alias(), request->version());
     if (!previous.ok()) return previous.status();
     response->set_previous_version(*previous);
     return absl::OkStatus();

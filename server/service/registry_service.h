@@ -13,6 +13,7 @@
 #include "server/service/auth.h"
 #include "server/service/executor.h"
 #include "server/service/metrics.h"
+#include "server/service/upload_reactor.h"
 #include "server/store/store.h"
 #include "weightgate/v1/registry.grpc.pb.h"
 
@@ -64,6 +65,9 @@ class RegistryService final : public weightgate::v1::ModelRegistry::CallbackServ
   // Runs `work` on the executor and finishes the unary RPC with its status.
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* method,
                                   Role role, std::function<absl::Status()> work);
+
+  // The parts of an upload stream that come from this service.
+  UploadSetup Upload(const char* method, grpc::CallbackServerContext* context);
 
   Options options_;
 };

@@ -27,7 +27,8 @@ bool IsLoopbackAddress(const std::string& address) {
   if (absl::StartsWith(address, "unix:")) return true;
   std::string host = address;
   if (absl::StartsWith(host, "[")) {
-    host = host.substr(1, host.find(']') == std::string::npos ? std::string::npos : host.find(']') - 1);
+    host = host.substr(
+        1, host.find(']') == std::string::npos ? std::string::npos : host.find(']') - 1);
   } else if (size_t colon = host.rfind(':'); colon != std::string::npos) {
     host = host.substr(0, colon);
   }
@@ -43,11 +44,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   }
   if (!IsLoopbackAddress(options.listen) && !tls && options.tokens_file.empty() &&
       !options.insecure) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "refusing to listen on non-loopback address ", options.listen,
-        " without TLS (--tls_cert/--tls_key) or tokens (--tokens_file); pass --insecure to override"));
+    return absl::InvalidArgumentError(absl::StrCat("refusing to listen on non-loopback address ",
+                                                   options.listen,
+                                                   " without TLS (--tls_cert/--tls_key) or tokens "
+                                                   "(--tokens_file); pass --insecure to override"));
   }
-  if (options.device != "auto" && options.device != "cpu" && !absl::StartsWith(options.device, "cuda")) {
+  if (options.device != "auto" && options.device != "cpu" &&
+      !absl::StartsWith(options.device, "cuda")) {
     return absl::InvalidArgumentError(
         absl::StrCat("--device must be auto, cpu or cuda[:N], not '", options.device, "'"));
   }
@@ -80,7 +83,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
 
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   s->io_ = std::make_unique<Executor>(4);
-  s->heavy_ = std::make_unique<Executor>(options.worker_threads > 0 ? options.worker_threads : cores);
+  s->heavy_ =
+      std::make_unique<Executor>(options.worker_threads > 0 ? options.worker_threads : cores);
 
   RegistryService::Options rs;
   rs.registry = s->registry_.get();
@@ -130,8 +134,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   builder.SetMaxSendMessageSize(16 << 20);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen,
-                                               " (address in use or invalid)"));
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.listen, " (address in use or invalid)"));
   }
   // SERVING only now: the store is open and both services are registered.
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();

@@ -110,7 +110,8 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
   }
 
   void NextChunk() {
-    while (range_index_ < ranges_.size() && ranges_[range_index_].first >= ranges_[range_index_].second) {
+    while (range_index_ < ranges_.size() &&
+           ranges_[range_index_].first >= ranges_[range_index_].second) {
       ++range_index_;
     }
     if (range_index_ >= ranges_.size()) {
@@ -221,10 +222,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   const std::string model_id_;
   const std::string alias_;
   std::mutex mu_;
-  WatchEvent event_;        // guarded by mu_
-  int64_t last_sent_ = 0;   // guarded by mu_
-  bool writing_ = false;    // guarded by mu_
-  bool finished_ = false;   // guarded by mu_
+  WatchEvent event_;       // guarded by mu_
+  int64_t last_sent_ = 0;  // guarded by mu_
+  bool writing_ = false;   // guarded by mu_
+  bool finished_ = false;  // guarded by mu_
   std::atomic<bool> done_{false};
 };
 

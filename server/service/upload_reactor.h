@@ -21,6 +21,18 @@
 
 namespace weightgate::service {
 
+// What every upload stream needs; none of the pointers is owned.
+struct UploadSetup {
+  const char* method;  // metric label
+  grpc::CallbackServerContext* context;
+  store::Store* store;
+  Metrics* metrics;
+  const Authorizer* auth;
+  Executor* executor;  // chunk writes
+  Executor* heavy;     // the completion (parsing, tensor checks)
+  uint64_t max_bytes;
+};
+
 // Request is RegisterModelRequest or UploadRequest (oneof header/chunk).
 template <typename Request, typename Header>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
@@ -28,18 +40,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   // Returns the RPC's final status; the response message is filled by it.
   using Complete = std::function<grpc::Status(const Header&, store::StagedFile&)>;
 
-  struct Setup {
-    const char* method;
-    grpc::CallbackServerContext* context;
-    store::Store* store;
-    Metrics* metrics;
-    const Authorizer* auth;
-    Executor* executor;  // chunk writes
-    Executor* heavy;     // the completion (parsing, tensor checks)
-    uint64_t max_bytes;
-  };
-
-  UploadReactor(const Setup& setup, Complete complete)
+  UploadReactor(const UploadSetup& setup, Complete complete)
       : setup_(setup), complete_(std::move(complete)) {
     setup_.metrics->StreamStarted();
     grpc::Status auth = setup_.auth->Check(setup_.context, Role::kWriter);
@@ -62,9 +63,10 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       }
       if (header_.total_bytes() > 0 &&
           staged_->size() != static_cast<uint64_t>(header_.total_bytes())) {
-        Fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                          absl::StrCat("upload incomplete: header announced ", header_.total_bytes(),
-                                       " bytes, received ", staged_->size())));
+        Fail(
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         absl::StrCat("upload incomplete: header announced ", header_.total_bytes(),
+                                      " bytes, received ", staged_->size())));
         return;
       }
       setup_.heavy->Schedule([this] {
@@ -126,8 +128,8 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
  private:
   grpc::Status TooLarge() const {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                        absl::StrCat("upload larger than the server's limit of ",
-                                     setup_.max_bytes, " bytes (--max_upload_bytes)"));
+                        absl::StrCat("upload larger than the server's limit of ", setup_.max_bytes,
+                                     " bytes (--max_upload_bytes)"));
   }
 
   void Fail(const grpc::Status& status) {
@@ -135,7 +137,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     this->Finish(status);
   }
 
-  Setup setup_;
+  UploadSetup setup_;
   Complete complete_;
   Request request_;
   Header header_;

@@ -29,7 +29,8 @@ absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
   }
   if (file->size() >= 8) {
     uint64_t header_len = 0;
-    for (int b = 7; b >= 0; --b) header_len = (header_len << 8) | static_cast<unsigned char>(file->data()[b]);
+    for (int b = 7; b >= 0; --b)
+      header_len = (header_len << 8) | static_cast<unsigned char>(file->data()[b]);
     manifest.set_header_bytes(8 + header_len);
   } else {
     manifest.set_header_bytes(first_data);
@@ -60,8 +61,8 @@ absl::StatusOr<std::shared_ptr<const OpenBlob>> BlobCache::Get(const std::string
   blob->file = *file;
   absl::StatusOr<weightgate::v1::Manifest> manifest = ManifestFromSafetensors(*file);
   if (!manifest.ok()) {
-    return absl::DataLossError(absl::StrCat("stored blob ", sha256, " is corrupt: ",
-                                            manifest.status().message()));
+    return absl::DataLossError(
+        absl::StrCat("stored blob ", sha256, " is corrupt: ", manifest.status().message()));
   }
   blob->manifest = *std::move(manifest);
   blob->manifest.set_blob_sha256(sha256);

@@ -45,9 +45,9 @@ class BlobCache final {
   const Store* store_;
   const uint64_t capacity_bytes_;
   mutable std::mutex mu_;
-  Lru lru_;                                    // guarded by mu_; front = most recent
-  std::map<std::string, Lru::iterator> index_; // guarded by mu_
-  uint64_t bytes_ = 0;                         // guarded by mu_
+  Lru lru_;                                     // guarded by mu_; front = most recent
+  std::map<std::string, Lru::iterator> index_;  // guarded by mu_
+  uint64_t bytes_ = 0;                          // guarded by mu_
 };
 
 // Parses a stored blob's safetensors header into a manifest.

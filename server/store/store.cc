@@ -144,8 +144,10 @@ std::vector<std::string> ListDir(const std::string& dir) {
 }
 
 bool IsHexSha256(const std::string& s) {
-  return s.size() == 64 &&
-         std::all_of(s.begin(), s.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) && !std::isupper(static_cast<unsigned char>(c)); });
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return std::isxdigit(static_cast<unsigned char>(c)) &&
+                  !std::isupper(static_cast<unsigned char>(c));
+         });
 }
 
 // Unreferenced blobs younger than this survive garbage collection.
@@ -262,8 +264,8 @@ absl::Status ValidateModelId(const std::string& model_id) {
   bool ok = !model_id.empty() && model_id.size() <= 128;
   for (size_t i = 0; ok && i < model_id.size(); ++i) ok = valid_char(model_id[i], i == 0);
   if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(
-      "invalid model id '", model_id.substr(0, 140), "': must match [a-z0-9][a-z0-9._-]{0,127}"));
+  return absl::InvalidArgumentError(absl::StrCat("invalid model id '", model_id.substr(0, 140),
+                                                 "': must match [a-z0-9][a-z0-9._-]{0,127}"));
 }
 
 absl::StatusOr<ParsedRef> ParseRef(const std::string& ref) {
@@ -276,11 +278,14 @@ absl::StatusOr<ParsedRef> ParseRef(const std::string& ref) {
     return parsed;
   }
   std::string tail = ref.substr(at + 1);
-  if (tail.empty()) return absl::InvalidArgumentError(absl::StrCat("invalid reference '", ref, "': empty after '@'"));
+  if (tail.empty())
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid reference '", ref, "': empty after '@'"));
   int64_t version = 0;
   auto [end, ec] = std::from_chars(tail.data(), tail.data() + tail.size(), version);
   if (ec == std::errc() && end == tail.data() + tail.size()) {
-    if (version <= 0) return absl::InvalidArgumentError(absl::StrCat("invalid version in '", ref, "'"));
+    if (version <= 0)
+      return absl::InvalidArgumentError(absl::StrCat("invalid version in '", ref, "'"));
     parsed.version = version;
     return parsed;
   }
@@ -441,7 +446,8 @@ absl::StatusOr<Version> Store::AddVersion(const std::string& model_id, Version v
   version.set_model_id(model_id);
   version.set_version(next);
   if (version.created_unix_ms() == 0) version.set_created_unix_ms(NowMs());
-  if (absl::Status s = WriteJson(root_ + "/tmp", VersionPath(root_, model_id, next), version); !s.ok()) {
+  if (absl::Status s = WriteJson(root_ + "/tmp", VersionPath(root_, model_id, next), version);
+      !s.ok()) {
     return s;
   }
   (*model->mutable_aliases())["latest"] = next;
@@ -473,7 +479,8 @@ absl::StatusOr<std::vector<Version>> Store::ListVersions(const std::string& mode
   if (!model.ok()) return model.status();
   std::vector<int64_t> numbers;
   for (const std::string& name : ListDir(ModelDir(root_, model_id) + "/versions")) {
-    if (name.size() > 5 && name.substr(name.size() - 5) == ".json") numbers.push_back(std::atoll(name.c_str()));
+    if (name.size() > 5 && name.substr(name.size() - 5) == ".json")
+      numbers.push_back(std::atoll(name.c_str()));
   }
   std::sort(numbers.begin(), numbers.end());
   std::vector<Version> versions;
@@ -545,8 +552,8 @@ absl::StatusOr<Version> Store::Resolve(const std::string& ref) const {
     if (!model.ok()) return model.status();
     auto it = model->aliases().find(parsed->alias);
     if (it == model->aliases().end()) {
-      return absl::NotFoundError(absl::StrCat("model '", parsed->model_id, "' has no alias '",
-                                              parsed->alias, "'"));
+      return absl::NotFoundError(
+          absl::StrCat("model '", parsed->model_id, "' has no alias '", parsed->alias, "'"));
     }
     version = it->second;
   }
@@ -566,7 +573,8 @@ absl::Status Store::CollectGarbage() {
       return model.status();  // never collect on a store we could not read completely
     }
     for (const std::string& name : ListDir(ModelDir(root_, id) + "/versions")) {
-      absl::StatusOr<Version> v = ReadJson<Version>(absl::StrCat(ModelDir(root_, id), "/versions/", name));
+      absl::StatusOr<Version> v =
+          ReadJson<Version>(absl::StrCat(ModelDir(root_, id), "/versions/", name));
       if (v.ok()) {
         live.insert(v->blob_sha256());
       } else if (!absl::IsNotFound(v.status())) {

@@ -1,3 +1,5 @@
+#include "server/service/server.h"
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -6,7 +8,6 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server/service/auth.h"
-#include "server/service/server.h"
 #include "weightgate/v1/registry.grpc.pb.h"
 
 namespace weightgate::service {

@@ -113,11 +113,13 @@ TEST_F(StoreTest, ModelRoundTripAndList) {
 }
 
 TEST_F(StoreTest, InvalidModelIdsRejected) {
-  for (std::string bad : std::vector<std::string>{"", "Upper", "-x", ".x", "a/b", "../etc", std::string(129, 'a'), "a b"}) {
+  for (std::string bad : std::vector<std::string>{"", "Upper", "-x", ".x", "a/b", "../etc",
+                                                  std::string(129, 'a'), "a b"}) {
     EXPECT_FALSE(ValidateModelId(bad).ok()) << bad;
     EXPECT_FALSE(store_->PutModel(MakeModel(bad)).ok()) << bad;
   }
-  for (std::string good : std::vector<std::string>{"a", "resnet50", "bert-base.v2_x", std::string(128, 'z')}) {
+  for (std::string good :
+       std::vector<std::string>{"a", "resnet50", "bert-base.v2_x", std::string(128, 'z')}) {
     EXPECT_TRUE(ValidateModelId(good).ok()) << good;
   }
 }

@@ -29,6 +29,8 @@ ABSL_FLAG(std::string, tls_client_ca, "",
 ABSL_FLAG(std::string, tokens_file, "",
           "file of bearer tokens, one per line: TOKEN [reader|writer]; empty = no authentication");
 ABSL_FLAG(bool, insecure, false, "allow a non-loopback --listen address without TLS or tokens");
+ABSL_FLAG(std::vector<std::string>, preload, {},
+          "comma-separated references (MODEL@ALIAS) to open into the cache at startup");
 ABSL_FLAG(int, worker_threads, 0, "threads for checkpoint validation (0 = number of cores)");
 ABSL_FLAG(int, drain_seconds, 20, "on SIGTERM, how long running streams may finish");
 
@@ -101,6 +103,7 @@ int main(int argc, char** argv) {
   options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
   options.insecure = absl::GetFlag(FLAGS_insecure);
   options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.preload = absl::GetFlag(FLAGS_preload);
 
   auto server = weightgate::service::Server::Start(options);
   if (!server.ok()) {

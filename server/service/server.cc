@@ -1,6 +1,7 @@
 #include "server/service/server.h"
 
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <thread>
 
@@ -97,6 +98,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   s->registry_service_ = std::make_unique<RegistryService>(rs);
 
   s->cache_ = std::make_unique<store::BlobCache>(s->store_.get(), options.cache_bytes);
+  for (const std::string& ref : options.preload) {
+    absl::StatusOr<weightgate::v1::Version> version = s->store_->Resolve(ref);
+    bool hit = false;
+    absl::Status status = version.status();
+    if (version.ok()) status = s->cache_->Get(version->blob_sha256(), &hit).status();
+    if (status.ok()) {
+      std::cerr << "weightgate-server: preloaded " << ref << " (version " << version->version() << ")\n";
+    } else {
+      std::cerr << "weightgate-server: cannot preload " << ref << ": " << status.message() << "\n";
+    }
+  }
   StreamService::Options ss;
   ss.store = s->store_.get();
   ss.cache = s->cache_.get();

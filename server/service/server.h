@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "grpcpp/server.h"
@@ -47,6 +48,9 @@ class Server final {
     std::string tokens_file;
     // Allow a non-loopback listen address without TLS or tokens.
     bool insecure = false;
+    // References (MODEL@ALIAS, ...) whose blobs are opened into the cache at
+    // startup, so the first workers do not pay for it. Missing ones are logged.
+    std::vector<std::string> preload;
     // Threads for checkpoint parsing and validation (0 = number of cores).
     int worker_threads = 0;
   };

@@ -1,6 +1,7 @@
 #include "server/service/stream_service.h"
 
 #include <algorithm>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "server/service/status_util.h"
@@ -166,8 +167,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   }
 
   // Called by the poller (never concurrently with itself).
-  void Poll() {
-    absl::StatusOr<weightgate::v1::Model> model = service_->options_.store->GetModel(model_id_);
+  const std::string& model_id() const { return model_id_; }
+
+  // `model` is the model as just read from the store.
+  void Poll(const absl::StatusOr<weightgate::v1::Model>& model) {
     std::lock_guard<std::mutex> lock(mu_);
     if (finished_) return;
     if (!model.ok()) {
@@ -265,7 +268,15 @@ void StreamService::PollLoop() {
       }
     }
     if (stopping_) return;
-    for (WatchReactor* w : watches_) w->Poll();
+    // Each watched model is read once per round, however many workers watch it.
+    std::map<std::string, absl::StatusOr<weightgate::v1::Model>> models;
+    for (WatchReactor* w : watches_) {
+      auto it = models.find(w->model_id());
+      if (it == models.end()) {
+        it = models.emplace(w->model_id(), options_.store->GetModel(w->model_id())).first;
+      }
+      w->Poll(it->second);
+    }
     cv_.wait_for(lock, options_.watch_poll, [this] { return stopping_; });
   }
 }

@@ -71,7 +71,8 @@ int RunInspectCommand(const std::vector<std::string>& args, bool json, std::ostr
   if (inspection.unsafe()) {
     std::string globals;
     for (size_t k = 0; k < inspection.unsafe_globals.size(); ++k) {
-      globals += (k > 0 ? ", " : "") + inspection.unsafe_globals[k];
+      if (k > 0) globals += ", ";
+      globals += inspection.unsafe_globals[k];
     }
     err << "weightgate: inspect: " << file << ": unsafe pickle: names " << OneLine(globals) << "\n";
     return kInspectInvalid;

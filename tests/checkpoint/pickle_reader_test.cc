@@ -33,7 +33,10 @@ std::string Canon(const Value* v) {
     for (size_t k = from; k < v->items.size(); k += step) {
       if (k > from) out += ",";
       out += Canon(v->items[k]);
-      if (step == 2) out += ":" + Canon(v->items[k + 1]);
+      if (step == 2) {
+        out += ":";
+        out += Canon(v->items[k + 1]);
+      }
     }
     out += close;
     return out;
@@ -41,15 +44,15 @@ std::string Canon(const Value* v) {
   switch (v->kind) {
     case Kind::kNone: return "N";
     case Kind::kBool: return v->b ? "T" : "F";
-    case Kind::kInt: return "i" + std::to_string(v->i);
-    case Kind::kBigInt: return "L" + Hex(v->str);
+    case Kind::kInt: return std::string("i") + std::to_string(v->i);
+    case Kind::kBigInt: return std::string("L") + Hex(v->str);
     case Kind::kFloat: {
       int64_t bits;
       std::memcpy(&bits, &v->f, sizeof(bits));
-      return "f" + std::to_string(bits);
+      return std::string("f") + std::to_string(bits);
     }
-    case Kind::kString: return "s" + Hex(v->str);
-    case Kind::kBytes: return "b" + Hex(v->str);
+    case Kind::kString: return std::string("s") + Hex(v->str);
+    case Kind::kBytes: return std::string("b") + Hex(v->str);
     case Kind::kTuple: return join(0, 1, "(", ")");
     case Kind::kList: return join(0, 1, "[", "]");
     case Kind::kDict: return join(0, 2, "{", "}");
@@ -59,10 +62,13 @@ std::string Canon(const Value* v) {
       for (const Value* item : v->items) parts.push_back(Canon(item));
       std::sort(parts.begin(), parts.end());
       out = v->kind == Kind::kSet ? "<" : "|<";
-      for (size_t k = 0; k < parts.size(); ++k) out += (k ? "," : "") + parts[k];
+      for (size_t k = 0; k < parts.size(); ++k) {
+        if (k > 0) out += ",";
+        out += parts[k];
+      }
       return out + ">";
     }
-    default: return "?" + std::string(KindName(v->kind));
+    default: return std::string("?") + std::string(KindName(v->kind));
   }
 }
 

@@ -117,7 +117,10 @@ print("strict ok", bool((m.weight == sd["fc.weight"]).all()))
 
 std::string Describe(const TorchZipEntry& t, const std::string& data) {
   std::string shape = "[";
-  for (size_t k = 0; k < t.shape.size(); ++k) shape += (k ? "," : "") + std::to_string(t.shape[k]);
+  for (size_t k = 0; k < t.shape.size(); ++k) {
+    if (k > 0) shape += ",";
+    shape += std::to_string(t.shape[k]);
+  }
   shape += "]";
   return std::string(DTypeName(t.dtype)) + shape + " " + Sha256Hex(data);
 }

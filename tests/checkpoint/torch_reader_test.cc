@@ -207,6 +207,31 @@ TEST(TorchReader, EdgeTensors) {
   EXPECT_EQ(t["empty_2d"]->nbytes(), 0u);
 }
 
+TEST(TorchReader, BigEndianLegacyRejected) {
+  std::string bytes = ReadFileBytes(FixtureDir() + "/small_legacy.pt");
+  size_t at = bytes.find("little_endian");
+  ASSERT_NE(at, std::string::npos);
+  size_t value = bytes.find('\x88', at);  // NEWTRUE
+  ASSERT_NE(value, std::string::npos);
+  ASSERT_LT(value - at, 20u);
+  bytes[value] = '\x89';  // NEWFALSE
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(MappedFile::FromString(bytes));
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_NE(std::string(ckpt.status().message()).find("big-endian"), std::string::npos) << ckpt.status();
+}
+
+TEST(TorchReader, LegacyStorageCountMustMatchItsTensors) {
+  std::string bytes = ReadFileBytes(FixtureDir() + "/small_legacy.pt");
+  // The last storage is 6 float32 (24 bytes) preceded by its count, 6.
+  ASSERT_GT(bytes.size(), 32u);
+  size_t count_at = bytes.size() - 24 - 8;
+  ASSERT_EQ(bytes[count_at], '\x06');
+  bytes[count_at] = '\x05';
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(MappedFile::FromString(bytes));
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_NE(std::string(ckpt.status().message()).find("has 5 elements"), std::string::npos) << ckpt.status();
+}
+
 TEST(TorchReader, NotACheckpoint) {
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(MappedFile::FromString("hello world"));
   ASSERT_FALSE(ckpt.ok());

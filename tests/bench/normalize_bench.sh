@@ -29,6 +29,9 @@ ls -l "$CKPT" >&2
 measure() {  # label cmd... -> appends "label wall_s maxrss_kib" to $WORK/results
   local label=$1; shift
   local t="$WORK/time.$label"
+  # Each run starts with no dirty pages left by the previous one's output,
+  # so nobody pays for another run's writeback.
+  sync
   /usr/bin/time -f '%e %M' -o "$t" "$@" > "$WORK/log.$label" 2>&1 || {
     echo "$label failed:" >&2; cat "$WORK/log.$label" >&2; exit 1; }
   echo "$label $(tail -1 "$t")" >> "$WORK/results"

@@ -26,6 +26,8 @@ constexpr uint16_t kUtf8Flag = 1 << 11;
 constexpr uint32_t kMax32 = 0xFFFFFFFFu;
 constexpr uint16_t kMax16 = 0xFFFF;
 constexpr size_t kLocalHeaderSize = 30;
+// Entry names carry the prefix and must fit the 16-bit name length.
+constexpr size_t kMaxPrefixLength = 1024;
 
 void Put16(std::string* out, uint16_t v) {
   out->push_back(static_cast<char>(v & 0xFF));
@@ -201,7 +203,8 @@ TorchZipWriter::~TorchZipWriter() {
 
 absl::StatusOr<std::unique_ptr<TorchZipWriter>> TorchZipWriter::Create(
     const std::string& path, std::vector<TorchZipEntry> tensors, const TorchZipWriterOptions& options) {
-  if (options.archive_prefix.empty() || options.archive_prefix.find('/') != std::string::npos) {
+  if (options.archive_prefix.empty() || options.archive_prefix.size() > kMaxPrefixLength ||
+      options.archive_prefix.find('/') != std::string::npos) {
     return absl::InvalidArgumentError("torch writer: bad archive prefix");
   }
   absl::StatusOr<std::string> pickle = StateDictPickle(tensors);

@@ -219,6 +219,7 @@ TEST(TorchWriter, NegativeOrOverflowingShapeRejected) {
   int64_t big = int64_t{1} << 40;
   EXPECT_FALSE(TorchZipWriter::Create(TempPath("big.pt"), {{"x", DType::kF64, {big, big}}}).ok());
   EXPECT_FALSE(TorchZipWriter::Create(TempPath("p.pt"), {}, {.archive_prefix = "a/b"}).ok());
+  EXPECT_FALSE(TorchZipWriter::Create(TempPath("p.pt"), {}, {.archive_prefix = std::string(70000, 'a')}).ok());
 }
 
 TEST(TorchWriter, BigEndianByteorderRejectedByReader) {

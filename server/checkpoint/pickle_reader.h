@@ -6,6 +6,11 @@
 // NEWOBJ / BUILD on it give kOpaque values that keep their arguments and
 // state; known-dangerous globals (os.system, builtins.eval, ...) are recorded
 // as unsafe and parsing continues, since nothing executes anyway.
+// builtins.getattr is judged by use: getattr(UnknownClass, "PUBLIC_NAME") is
+// how Python >= 3.11 pickles enum members and reads as an opaque value;
+// any other getattr, or calling what it returned, is recorded as unsafe.
+// Python 2 module names (__builtin__, copy_reg, commands, ...) are mapped to
+// their Python 3 names first, as the CPython unpickler does.
 //
 // Every length, memo index, stack and mark depth, nesting depth and value
 // count is checked against the caps before use. Errors are InvalidArgument
@@ -65,8 +70,8 @@ struct PickleContext {
 absl::StatusOr<Value*> Unpickle(std::string_view bytes, const PickleContext& ctx,
                                 size_t* consumed = nullptr);
 
-// Helpers for persistent_load callbacks and format readers.
-// The int of `v` when it is a kInt (or kBool), else nullopt-like failure.
+// For persistent_load callbacks and format readers: stores the value of a
+// kInt (or kBool, as 0/1) in *out; false for anything else.
 bool ValueToInt(const Value* v, int64_t* out);
 
 }  // namespace weightgate::checkpoint

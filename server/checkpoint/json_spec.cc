@@ -125,6 +125,7 @@ absl::StatusOr<Checkpoint> ReadJsonSpec(std::shared_ptr<const MappedFile> file,
     root->items.push_back(key);
     root->items.push_back(tensor);
   }
+  root->depth = root->items.empty() ? 0 : 1;  // as the pickle reader counts nesting
   checkpoint.root = root;
   checkpoint.file = std::move(file);
   return checkpoint;

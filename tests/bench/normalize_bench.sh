@@ -29,8 +29,10 @@ ls -l "$CKPT" >&2
 measure() {  # label cmd... -> appends "label wall_s maxrss_kib" to $WORK/results
   local label=$1; shift
   local t="$WORK/time.$label"
-  # Each run starts with no dirty pages left by the previous one's output,
-  # so nobody pays for another run's writeback.
+  # Each run writes a fresh output and starts with no dirty pages left by the
+  # previous run, so nobody pays for another run's writeback or for freeing
+  # (and, on a `discard` mount, trimming) the blocks of an old output.
+  rm -f "$WORK"/out.safetensors "$WORK"/out_py.pt "$WORK"/out_lean.pt "$WORK"/tiny.safetensors
   sync
   /usr/bin/time -f '%e %M' -o "$t" "$@" > "$WORK/log.$label" 2>&1 || {
     echo "$label failed:" >&2; cat "$WORK/log.$label" >&2; exit 1; }

@@ -38,8 +38,7 @@ absl::StatusOr<v1::NormalizationPolicy> PolicyFromJson(const std::string& json) 
   options.ignore_unknown_fields = false;
   auto status = google::protobuf::util::JsonStringToMessage(json, &policy, options);
   if (!status.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("policy JSON: ", std::string(status.message())));
+    return absl::InvalidArgumentError(absl::StrCat("policy JSON: ", std::string(status.message())));
   }
   return policy;
 }
@@ -57,11 +56,11 @@ absl::StatusOr<bool> ConsumePolicyFlag(const std::vector<std::string>& args, siz
     attached = std::string(arg.substr(eq + 1));
     has_attached = true;
   }
-  static constexpr absl::string_view kWithValue[] = {
-      "--policy", "--container", "--prefixes", "--rename",
-      "--dtype",  "--optional",  "--unexpected", "--non_finite"};
+  static constexpr absl::string_view kWithValue[] = {"--policy",     "--container", "--prefixes",
+                                                     "--rename",     "--dtype",     "--optional",
+                                                     "--unexpected", "--non_finite"};
   static constexpr absl::string_view kSwitches[] = {"--legacy_gamma_beta", "--positional_remap",
-                                                   "--no_optional"};
+                                                    "--no_optional"};
   bool takes_value = false;
   bool known = false;
   for (absl::string_view f : kWithValue) {
@@ -97,8 +96,8 @@ absl::StatusOr<bool> ConsumePolicyFlag(const std::vector<std::string>& args, siz
     if (!json.ok()) return json.status();
     absl::StatusOr<v1::NormalizationPolicy> from_file = PolicyFromJson(*json);
     if (!from_file.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("--policy ", value, ": ",
-                                                      from_file.status().message()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--policy ", value, ": ", from_file.status().message()));
     }
     // Merged, so flags given before --policy keep what the file leaves at
     // its defaults; rename rules are appended.
@@ -170,7 +169,8 @@ const char* PolicyFlagsHelp() {
          "  --policy FILE.json          NormalizationPolicy as proto JSON (merged)\n"
          "  --container auto|PATH       where the state_dict is (default auto)\n"
          "  --prefixes auto|none        strip/add wrapper prefixes (default auto)\n"
-         "  --rename REGEX=REPLACEMENT  rename keys; repeatable, in order; ECMAScript regex, $1..$9\n"
+         "  --rename REGEX=REPLACEMENT  rename keys; repeatable, in order; ECMAScript regex, "
+         "$1..$9\n"
          "  --legacy_gamma_beta         rename gamma/beta to weight/bias\n"
          "  --positional_remap          map leftover tensors by position when shapes agree\n"
          "  --dtype cast|keep|reject    dtype differences (default cast)\n"

@@ -36,8 +36,7 @@ namespace weightgate::client {
 // returns true. Returns false, leaving everything untouched, for any other
 // argument. InvalidArgument for a policy flag with a missing or bad value.
 absl::StatusOr<bool> ConsumePolicyFlag(const std::vector<std::string>& args, size_t& i,
-                                       weightgate::v1::NormalizationPolicy* policy,
-                                       bool* any_set);
+                                       weightgate::v1::NormalizationPolicy* policy, bool* any_set);
 
 // Reads a NormalizationPolicy from proto JSON text.
 absl::StatusOr<weightgate::v1::NormalizationPolicy> PolicyFromJson(const std::string& json);

@@ -57,10 +57,14 @@ std::string CandidateText(const v1::Candidate& c) {
 
 std::string VerdictName(v1::Verdict verdict) {
   switch (verdict) {
-    case v1::VALID: return "VALID";
-    case v1::NORMALIZED: return "NORMALIZED";
-    case v1::INVALID: return "INVALID";
-    default: return "UNSPECIFIED";
+    case v1::VALID:
+      return "VALID";
+    case v1::NORMALIZED:
+      return "NORMALIZED";
+    case v1::INVALID:
+      return "INVALID";
+    default:
+      return "UNSPECIFIED";
   }
 }
 
@@ -81,9 +85,8 @@ std::string FormatReport(const v1::ValidationReport& r) {
     Row(&out, "tensors", absl::StrCat(r.tensor_count(), " (", Bytes(r.total_bytes()), ")"));
   }
   if (!r.input_sha256().empty()) Row(&out, "sha256", r.input_sha256());
-  ListRows(&out, "fixes", r.fixes(), [](const v1::Fix& f) {
-    return absl::StrFormat("%-16s %s", f.kind(), f.detail());
-  });
+  ListRows(&out, "fixes", r.fixes(),
+           [](const v1::Fix& f) { return absl::StrFormat("%-16s %s", f.kind(), f.detail()); });
   ListRows(&out, "missing", r.missing_keys(), [](const std::string& s) { return s; });
   ListRows(&out, "unexpected", r.unexpected_keys(), [](const std::string& s) { return s; });
   ListRows(&out, "shape", r.shape_mismatches(), [](const v1::Mismatch& m) {
@@ -96,9 +99,8 @@ std::string FormatReport(const v1::ValidationReport& r) {
   ListRows(&out, "non-finite", r.non_finite(), [](const v1::NonFiniteCount& n) {
     return absl::StrCat(n.name(), ": ", n.nan(), " NaN, ", n.inf(), " Inf");
   });
-  ListRows(&out, "shared", r.shared_storages(), [](const v1::SharedStorage& s) {
-    return absl::StrJoin(s.names(), " = ");
-  });
+  ListRows(&out, "shared", r.shared_storages(),
+           [](const v1::SharedStorage& s) { return absl::StrJoin(s.names(), " = "); });
   ListRows(&out, "unsafe", r.unsafe_globals(), [](const std::string& s) { return s; });
   ListRows(&out, "opaque", r.opaque_globals(), [](const std::string& s) { return s; });
   if (r.smoke_test().ran()) {

@@ -103,7 +103,8 @@ struct Transform {
   std::string Describe() const {
     std::vector<std::string> parts;
     for (size_t w = 0; w < kWrapperComponents.size(); ++w) {
-      if (wrapper_mask & (1u << w)) parts.push_back(absl::StrCat("strip '", kWrapperComponents[w], ".'"));
+      if (wrapper_mask & (1u << w))
+        parts.push_back(absl::StrCat("strip '", kWrapperComponents[w], ".'"));
     }
     if (!strip.empty()) parts.push_back(absl::StrCat("strip '", strip, ".'"));
     if (!add.empty()) parts.push_back(absl::StrCat("add '", add, ".'"));
@@ -151,7 +152,8 @@ class Renamer final {
     r.legacy_gamma_beta_ = policy.legacy_gamma_beta();
     for (const v1::RenameRule& rule : policy.rename_rules()) {
       try {
-        r.rules_.emplace_back(std::regex(rule.pattern(), std::regex::ECMAScript), rule.replacement());
+        r.rules_.emplace_back(std::regex(rule.pattern(), std::regex::ECMAScript),
+                              rule.replacement());
       } catch (const std::regex_error& e) {
         return absl::InvalidArgumentError(
             absl::StrCat("rename rule '", rule.pattern(), "': invalid regex: ", e.what()));
@@ -556,8 +558,8 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
         m.source_dtype = *s.dtype;
         m.shape = s.shape;
         result.tensors.push_back(std::move(m));
-        AddFix(report, "fill_optional",
-               absl::StrCat("filled optional '", s.name, "' with zeros"), 1, "", s.name);
+        AddFix(report, "fill_optional", absl::StrCat("filled optional '", s.name, "' with zeros"),
+               1, "", s.name);
       } else {
         report->add_missing_keys(s.name);
       }
@@ -585,8 +587,7 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
       bool castable = !(IsComplex(rec.dtype) && !IsComplex(*s.dtype));
       if (policy.dtype() == v1::NormalizationPolicy::DTYPE_CAST && castable) {
         m.out_dtype = *s.dtype;
-        ++casts[{DN(rec.dtype),
-                 DN(*s.dtype)}];
+        ++casts[{DN(rec.dtype), DN(*s.dtype)}];
       } else {
         v1::Mismatch* mm = report->add_dtype_mismatches();
         mm->set_name(s.name);

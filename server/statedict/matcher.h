@@ -34,7 +34,7 @@ namespace weightgate::statedict {
 // Keys under which training scripts keep the state_dict, in the order tried
 // (after the top level). One level of nesting is tried too ("model.state_dict").
 inline constexpr std::array<absl::string_view, 8> kContainerKeys = {
-    "state_dict", "model_state_dict", "model", "module",
+    "state_dict", "model_state_dict", "model",     "module",
     "net",        "state_dict_ema",   "model_ema", "ema"};
 
 // Key components that wrappers insert: DataParallel/DDP, torch.compile, FSDP,
@@ -48,8 +48,8 @@ inline constexpr absl::string_view kDefaultOptionalGlob = "*.num_batches_tracked
 
 // One output tensor: a spec tensor and where its values come from.
 struct MatchedTensor {
-  std::string name;          // spec name: the key written to the output
-  std::string source_name;   // key in the checkpoint, relative to the container
+  std::string name;         // spec name: the key written to the output
+  std::string source_name;  // key in the checkpoint, relative to the container
   // Source view; nullptr for an optional spec tensor filled with zeros.
   const checkpoint::TensorRecord* source = nullptr;
   checkpoint::DType source_dtype = checkpoint::DType::kF32;

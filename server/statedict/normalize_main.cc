@@ -28,15 +28,16 @@ constexpr int kExitInvalid = 1;
 constexpr int kExitUsage = 2;
 
 void Usage(FILE* out) {
-  std::fprintf(out,
-               "usage: weightgate-normalize FILE --spec REF [-o OUT.safetensors|OUT.pt] [--json]\n"
-               "           [policy flags] [--device auto|cpu|cuda] [--example_input SHAPE[:DTYPE]]...\n"
-               "           [--model ID] [--sha256]\n"
-               "REF: reference state_dict (any readable format), TorchScript archive or JSON spec.\n"
-               "--example_input 1x3x32x32[:F32]: with a TorchScript REF, run one forward pass\n"
-               "  with the normalised weights (repeat for each forward() argument).\n"
-               "exit status: 0 VALID or NORMALIZED, 1 INVALID, 2 usage or environment error.\n%s",
-               weightgate::client::PolicyFlagsHelp());
+  std::fprintf(
+      out,
+      "usage: weightgate-normalize FILE --spec REF [-o OUT.safetensors|OUT.pt] [--json]\n"
+      "           [policy flags] [--device auto|cpu|cuda] [--example_input SHAPE[:DTYPE]]...\n"
+      "           [--model ID] [--sha256]\n"
+      "REF: reference state_dict (any readable format), TorchScript archive or JSON spec.\n"
+      "--example_input 1x3x32x32[:F32]: with a TorchScript REF, run one forward pass\n"
+      "  with the normalised weights (repeat for each forward() argument).\n"
+      "exit status: 0 VALID or NORMALIZED, 1 INVALID, 2 usage or environment error.\n%s",
+      weightgate::client::PolicyFlagsHelp());
 }
 
 int Fail(const std::string& message) {
@@ -56,7 +57,8 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     bool any_set = false;
-    absl::StatusOr<bool> consumed = weightgate::client::ConsumePolicyFlag(args, i, &policy, &any_set);
+    absl::StatusOr<bool> consumed =
+        weightgate::client::ConsumePolicyFlag(args, i, &policy, &any_set);
     if (!consumed.ok()) return Fail(std::string(consumed.status().message()));
     if (*consumed) continue;
     auto value = [&](std::string* out) -> bool {

@@ -58,7 +58,9 @@ bool LooksLikeCheckpoint(std::string_view data) {
     if (data[8] == '{' && n > 1 && n <= data.size() - 8) return true;
   }
   size_t i = 0;
-  while (i < data.size() && (data[i] == ' ' || data[i] == '\n' || data[i] == '\t' || data[i] == '\r')) ++i;
+  while (i < data.size() &&
+         (data[i] == ' ' || data[i] == '\n' || data[i] == '\t' || data[i] == '\r'))
+    ++i;
   return i < data.size() && data[i] == '{' && data.find("\"tensors\"") != std::string_view::npos;
 }
 
@@ -138,18 +140,30 @@ std::string_view TensorBytes(const at::Tensor& t) {
 
 at::ScalarType ToScalarType(DType dtype) {
   switch (dtype) {
-    case DType::kF64: return at::kDouble;
-    case DType::kF32: return at::kFloat;
-    case DType::kF16: return at::kHalf;
-    case DType::kBF16: return at::kBFloat16;
-    case DType::kI64: return at::kLong;
-    case DType::kI32: return at::kInt;
-    case DType::kI16: return at::kShort;
-    case DType::kI8: return at::kChar;
-    case DType::kU8: return at::kByte;
-    case DType::kBool: return at::kBool;
-    case DType::kC64: return at::kComplexFloat;
-    case DType::kC128: return at::kComplexDouble;
+    case DType::kF64:
+      return at::kDouble;
+    case DType::kF32:
+      return at::kFloat;
+    case DType::kF16:
+      return at::kHalf;
+    case DType::kBF16:
+      return at::kBFloat16;
+    case DType::kI64:
+      return at::kLong;
+    case DType::kI32:
+      return at::kInt;
+    case DType::kI16:
+      return at::kShort;
+    case DType::kI8:
+      return at::kChar;
+    case DType::kU8:
+      return at::kByte;
+    case DType::kBool:
+      return at::kBool;
+    case DType::kC64:
+      return at::kComplexFloat;
+    case DType::kC128:
+      return at::kComplexDouble;
   }
   return at::kFloat;
 }
@@ -273,10 +287,11 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
       format = OutputWriter::Format::kTorchZip;
     }
     std::vector<OutputWriter::Entry> entries;
-    for (const MatchedTensor& m : tensors) entries.push_back({m.name, m.out_dtype, m.shape, m.tied_to});
-    absl::StatusOr<std::unique_ptr<OutputWriter>> w = OutputWriter::Create(
-        options.output_path, format, std::move(entries),
-        {{"format", "pt"}, {"producer", "weightgate"}}, options.sync_output);
+    for (const MatchedTensor& m : tensors)
+      entries.push_back({m.name, m.out_dtype, m.shape, m.tied_to});
+    absl::StatusOr<std::unique_ptr<OutputWriter>> w =
+        OutputWriter::Create(options.output_path, format, std::move(entries),
+                             {{"format", "pt"}, {"producer", "weightgate"}}, options.sync_output);
     if (!w.ok()) return w.status();
     writer = std::move(*w);
   }
@@ -306,8 +321,8 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
       absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
       if (!extent.ok() || !view.ok()) {
         AddReason(&report, "unreadable");
-        report.set_error(absl::StrCat("tensor '", m.source_name,
-                                      "': ", (extent.ok() ? view.status() : extent.status()).message()));
+        report.set_error(absl::StrCat("tensor '", m.source_name, "': ",
+                                      (extent.ok() ? view.status() : extent.status()).message()));
         invalid = true;
         continue;
       }
@@ -343,7 +358,8 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
           at::Tensor piece = flat.slice(0, begin, std::min(numel, begin + kChunkElements));
           failure = process(piece);
           if (options.release_pages) {
-            ReleaseBytes(ckpt, *m.source, static_cast<const char*>(piece.data_ptr()), piece.nbytes());
+            ReleaseBytes(ckpt, *m.source, static_cast<const char*>(piece.data_ptr()),
+                         piece.nbytes());
           }
         }
       } else {

@@ -3,9 +3,8 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cerrno>
-
 #include <algorithm>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
@@ -25,9 +24,7 @@ bool EndsWith(const std::string& s, const char* suffix) {
   return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
 }
 
-std::string TempPath(const std::string& path) {
-  return absl::StrCat(path, ".tmp.", ::getpid());
-}
+std::string TempPath(const std::string& path) { return absl::StrCat(path, ".tmp.", ::getpid()); }
 
 absl::Status RenameInto(const std::string& from, const std::string& to) {
   if (std::rename(from.c_str(), to.c_str()) != 0) {
@@ -57,7 +54,10 @@ absl::Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
 class SafetensorsOutput final : public OutputWriter {
  public:
   SafetensorsOutput(std::string path, std::string temp, int fd, uint64_t data_size, bool sync)
-      : path_(std::move(path)), temp_(std::move(temp)), fd_(fd), data_size_(data_size),
+      : path_(std::move(path)),
+        temp_(std::move(temp)),
+        fd_(fd),
+        data_size_(data_size),
         sync_(sync) {}
   ~SafetensorsOutput() override {
     if (fd_ >= 0) Abort();
@@ -85,7 +85,8 @@ class SafetensorsOutput final : public OutputWriter {
     if (fd_ < 0) return absl::FailedPreconditionError("output already finished");
     absl::Status s = Flush();
     if (s.ok() && written_ != data_size_) {
-      s = absl::InternalError(absl::StrCat("wrote ", written_, " of ", data_size_, " tensor bytes"));
+      s = absl::InternalError(
+          absl::StrCat("wrote ", written_, " of ", data_size_, " tensor bytes"));
     }
     if (s.ok() && sync_ && ::fsync(fd_) != 0) s = absl::ErrnoToStatus(errno, "fsync " + temp_);
     if (::close(fd_) != 0 && s.ok()) s = absl::ErrnoToStatus(errno, "close " + temp_);
@@ -129,7 +130,9 @@ class TorchZipOutput final : public OutputWriter {
  public:
   TorchZipOutput(std::string path, std::string temp, std::vector<bool> needs_bytes,
                  std::unique_ptr<checkpoint::TorchZipWriter> writer)
-      : path_(std::move(path)), temp_(std::move(temp)), needs_bytes_(std::move(needs_bytes)),
+      : path_(std::move(path)),
+        temp_(std::move(temp)),
+        needs_bytes_(std::move(needs_bytes)),
         writer_(std::move(writer)) {}
   ~TorchZipOutput() override {
     if (writer_ != nullptr) Abort();
@@ -266,7 +269,7 @@ class AsyncOutput final : public OutputWriter {
   bool closing_ = false;           // guarded by mu_
   absl::Status error_;             // guarded by mu_ while the thread runs
   bool finished_ = false;
-  std::thread thread_;             // last: starts after the members it uses
+  std::thread thread_;  // last: starts after the members it uses
 };
 
 }  // namespace
@@ -291,8 +294,8 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     }
     int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", temp));
-    auto out = std::make_unique<SafetensorsOutput>(
-        path, temp, fd, checkpoint::SafetensorsDataSize(tensors), sync);
+    auto out = std::make_unique<SafetensorsOutput>(path, temp, fd,
+                                                   checkpoint::SafetensorsDataSize(tensors), sync);
     if (absl::Status s = WriteAll(fd, checkpoint::SafetensorsHeader(tensors, metadata), temp);
         !s.ok()) {
       return s;  // out's destructor removes the temp file

@@ -17,8 +17,8 @@ namespace v1 = weightgate::v1;
 
 absl::StatusOr<v1::ModelSpec> SpecFromCheckpoint(const checkpoint::Checkpoint& ckpt) {
   if (ckpt.unsafe()) {
-    return absl::InvalidArgumentError(absl::StrCat("reference names unsafe globals: ",
-                                                   absl::StrJoin(ckpt.unsafe_globals, ", ")));
+    return absl::InvalidArgumentError(
+        absl::StrCat("reference names unsafe globals: ", absl::StrJoin(ckpt.unsafe_globals, ", ")));
   }
   std::string container;
   std::vector<checkpoint::NamedTensor> tensors = ReferenceTensors(ckpt.root, &container);

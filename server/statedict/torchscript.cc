@@ -25,19 +25,32 @@ constexpr uint64_t kSmokeSeed = 20240607;
 std::optional<checkpoint::DType> FromScalarType(at::ScalarType t) {
   using checkpoint::DType;
   switch (t) {
-    case at::kDouble: return DType::kF64;
-    case at::kFloat: return DType::kF32;
-    case at::kHalf: return DType::kF16;
-    case at::kBFloat16: return DType::kBF16;
-    case at::kLong: return DType::kI64;
-    case at::kInt: return DType::kI32;
-    case at::kShort: return DType::kI16;
-    case at::kChar: return DType::kI8;
-    case at::kByte: return DType::kU8;
-    case at::kBool: return DType::kBool;
-    case at::kComplexFloat: return DType::kC64;
-    case at::kComplexDouble: return DType::kC128;
-    default: return std::nullopt;
+    case at::kDouble:
+      return DType::kF64;
+    case at::kFloat:
+      return DType::kF32;
+    case at::kHalf:
+      return DType::kF16;
+    case at::kBFloat16:
+      return DType::kBF16;
+    case at::kLong:
+      return DType::kI64;
+    case at::kInt:
+      return DType::kI32;
+    case at::kShort:
+      return DType::kI16;
+    case at::kChar:
+      return DType::kI8;
+    case at::kByte:
+      return DType::kU8;
+    case at::kBool:
+      return DType::kBool;
+    case at::kComplexFloat:
+      return DType::kC64;
+    case at::kComplexDouble:
+      return DType::kC128;
+    default:
+      return std::nullopt;
   }
 }
 
@@ -110,7 +123,8 @@ absl::StatusOr<v1::ModelSpec> SpecFromTorchScript(const std::string& path) {
     return absl::InvalidArgumentError(
         absl::StrCat("not a loadable TorchScript archive: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("not a loadable TorchScript archive: ", e.what()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a loadable TorchScript archive: ", e.what()));
   }
 }
 
@@ -132,7 +146,8 @@ v1::SmokeTestResult RunSmokeTest(
       if (!module_names.contains(t.name())) unexpected.push_back(t.name());
     }
     if (!unexpected.empty()) {
-      result.set_error(absl::StrCat("strict load: module has no ", absl::StrJoin(unexpected, ", ")));
+      result.set_error(
+          absl::StrCat("strict load: module has no ", absl::StrJoin(unexpected, ", ")));
       return result;
     }
     for (auto& [name, slot] : slots) {
@@ -142,9 +157,8 @@ v1::SmokeTestResult RunSmokeTest(
         return result;
       }
       if (w->sizes() != slot.sizes()) {
-        result.set_error(absl::StrCat("strict load: '", name, "' has shape ",
-                                      c10::str(w->sizes()), ", module expects ",
-                                      c10::str(slot.sizes())));
+        result.set_error(absl::StrCat("strict load: '", name, "' has shape ", c10::str(w->sizes()),
+                                      ", module expects ", c10::str(slot.sizes())));
         return result;
       }
       slot.copy_(*w);

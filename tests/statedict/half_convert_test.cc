@@ -17,8 +17,21 @@ namespace weightgate::statedict {
 namespace {
 
 std::vector<float> Inputs() {
-  std::vector<float> v = {0.0f, -0.0f, 1.0f, -1.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f,
-                          1e6f, -1e30f, 6.1e-5f, 5.96e-8f, 2.98e-8f, 2.99e-8f, 1e-10f,
+  std::vector<float> v = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          65504.0f,
+                          65519.99f,
+                          65520.0f,
+                          -65520.0f,
+                          1e6f,
+                          -1e30f,
+                          6.1e-5f,
+                          5.96e-8f,
+                          2.98e-8f,
+                          2.99e-8f,
+                          1e-10f,
                           std::numeric_limits<float>::infinity(),
                           -std::numeric_limits<float>::infinity(),
                           std::numeric_limits<float>::denorm_min()};
@@ -42,8 +55,8 @@ TEST(HalfConvertTest, MatchesLibtorchBitForBit) {
   std::vector<float> in = Inputs();
   std::vector<uint16_t> out(in.size());
   FloatToHalf(in.data(), out.data(), in.size());
-  at::Tensor ref = at::from_blob(in.data(), {static_cast<int64_t>(in.size())}, at::kFloat)
-                       .to(at::kHalf);
+  at::Tensor ref =
+      at::from_blob(in.data(), {static_cast<int64_t>(in.size())}, at::kFloat).to(at::kHalf);
   const uint16_t* ref_bits = static_cast<const uint16_t*>(ref.data_ptr());
   size_t mismatches = 0;
   for (size_t i = 0; i < in.size(); ++i) {

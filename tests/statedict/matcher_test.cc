@@ -98,7 +98,8 @@ struct Outcome {
   v1::ValidationReport report;
 };
 
-Outcome Match(const Value* root, const v1::ModelSpec& spec, const v1::NormalizationPolicy& policy = {}) {
+Outcome Match(const Value* root, const v1::ModelSpec& spec,
+              const v1::NormalizationPolicy& policy = {}) {
   Outcome o;
   absl::StatusOr<MatchResult> m = MatchStateDict(root, spec, policy, &o.report);
   EXPECT_TRUE(m.ok()) << m.status();
@@ -154,7 +155,8 @@ TEST(MatcherTest, DataParallelPrefixStripped) {
 
 TEST(MatcherTest, TrainingScriptDictPicksStateDict) {
   Tree t;
-  const Value* optimizer = t.Dict({{"state", t.Dict({{"0", t.Dict({{"momentum_buffer", t.T({8, 3, 3, 3})}})}})}});
+  const Value* optimizer =
+      t.Dict({{"state", t.Dict({{"0", t.Dict({{"momentum_buffer", t.T({8, 3, 3, 3})}})}})}});
   const Value* root = t.Dict({{"epoch", t.Int(3)},
                               {"step", t.Int(1200)},
                               {"state_dict", t.Dict(SmallStateDict(t, "module."))},
@@ -268,8 +270,9 @@ TEST(MatcherTest, RenamedKeysWithoutRuleAreMissingAndUnexpected) {
   items.back().first = "classifier.bias";
   Outcome o = Match(t.Dict(items), SmallSpec());
   EXPECT_EQ(o.report.verdict(), v1::INVALID);
-  EXPECT_EQ(std::vector<std::string>(o.report.missing_keys().begin(), o.report.missing_keys().end()),
-            std::vector<std::string>{"fc.bias"});
+  EXPECT_EQ(
+      std::vector<std::string>(o.report.missing_keys().begin(), o.report.missing_keys().end()),
+      std::vector<std::string>{"fc.bias"});
   EXPECT_EQ(std::vector<std::string>(o.report.unexpected_keys().begin(),
                                      o.report.unexpected_keys().end()),
             std::vector<std::string>{"classifier.bias"});
@@ -429,7 +432,8 @@ TEST(MatcherTest, UnexpectedDropOrReject) {
 
 TEST(MatcherTest, ExplicitContainerPath) {
   Tree t;
-  const Value* root = t.Dict({{"checkpoint", t.Dict({{"weights", t.Dict(SmallStateDict(t, ""))}})}});
+  const Value* root =
+      t.Dict({{"checkpoint", t.Dict({{"weights", t.Dict(SmallStateDict(t, ""))}})}});
   v1::NormalizationPolicy policy;
   policy.set_container("checkpoint.weights");
   Outcome o = Match(root, SmallSpec(), policy);

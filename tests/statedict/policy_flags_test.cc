@@ -32,12 +32,27 @@ absl::StatusOr<v1::NormalizationPolicy> Parse(const std::vector<std::string>& ar
 
 TEST(PolicyFlagsTest, EveryFlag) {
   std::vector<std::string> rest;
-  absl::StatusOr<v1::NormalizationPolicy> p = Parse(
-      {"model-x", "--container", "checkpoint.weights", "--prefixes", "none", "--rename",
-       "^classifier\\.(.*)=head.$1", "--rename=gamma$=weight", "--legacy_gamma_beta",
-       "--positional_remap", "--dtype", "keep", "--optional", "*.running_*", "--optional=aux.*",
-       "--unexpected", "reject", "--non_finite=allow", "-o", "out.safetensors"},
-      &rest);
+  absl::StatusOr<v1::NormalizationPolicy> p = Parse({"model-x",
+                                                     "--container",
+                                                     "checkpoint.weights",
+                                                     "--prefixes",
+                                                     "none",
+                                                     "--rename",
+                                                     "^classifier\\.(.*)=head.$1",
+                                                     "--rename=gamma$=weight",
+                                                     "--legacy_gamma_beta",
+                                                     "--positional_remap",
+                                                     "--dtype",
+                                                     "keep",
+                                                     "--optional",
+                                                     "*.running_*",
+                                                     "--optional=aux.*",
+                                                     "--unexpected",
+                                                     "reject",
+                                                     "--non_finite=allow",
+                                                     "-o",
+                                                     "out.safetensors"},
+                                                    &rest);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(rest, (std::vector<std::string>{"model-x", "-o", "out.safetensors"}));
   EXPECT_EQ(p->container(), "checkpoint.weights");
@@ -80,7 +95,8 @@ TEST(PolicyFlagsTest, OneLineErrors) {
            {{"--non_finite", "ignore"}, "--non_finite: 'ignore' is not one of reject, allow"},
            {{"--rename", "no-equals-sign"}, "--rename: 'no-equals-sign' is not REGEX=REPLACEMENT"},
            {{"--legacy_gamma_beta=yes"}, "--legacy_gamma_beta takes no value"},
-           {{"--policy", "/nonexistent/policy.json"}, "--policy: cannot open /nonexistent/policy.json"},
+           {{"--policy", "/nonexistent/policy.json"},
+            "--policy: cannot open /nonexistent/policy.json"},
        }) {
     absl::StatusOr<v1::NormalizationPolicy> p = Parse(b.args);
     ASSERT_FALSE(p.ok()) << b.args[0];

@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -388,6 +389,34 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
     failure = absl::InternalError(absl::StrCat("libtorch: ", e.what_without_backtrace()));
   }
   report.mutable_timings()->set_check_ms(MsSince(phase) - write_ms);
+
+  // ---- smoke test ----
+  // Before the output is committed: a failing forward pass makes the
+  // checkpoint INVALID, and INVALID never leaves an output behind. The writer
+  // thread drains meanwhile.
+  if (failure.ok() && !invalid && !options.torchscript_path.empty() &&
+      spec.example_inputs_size() > 0) {
+    phase = Clock::now();
+    absl::flat_hash_map<std::string, const MatchedTensor*> by_name;
+    for (const MatchedTensor& m : tensors) by_name.emplace(m.name, &m);
+    auto weight = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
+      auto it = by_name.find(name);
+      if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("missing '", name, "'"));
+      const MatchedTensor& m = *it->second;
+      at::TensorOptions opts = at::TensorOptions().dtype(ToScalarType(m.out_dtype));
+      if (m.source == nullptr) return at::zeros(m.shape, opts);
+      absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
+      if (!view.ok()) return view.status();
+      return view->to(ToScalarType(m.out_dtype));
+    };
+    *report.mutable_smoke_test() = RunSmokeTest(options.torchscript_path, spec, weight);
+    if (!report.smoke_test().ok()) {
+      AddReason(&report, "smoke_test_failed");
+      invalid = true;
+    }
+    report.mutable_timings()->set_smoke_ms(MsSince(phase));
+  }
+
   if (writer != nullptr) {
     Clock::time_point t0 = Clock::now();
     if (failure.ok() && !invalid) {
@@ -399,25 +428,6 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
     report.mutable_timings()->set_write_ms(write_ms);
   }
   if (!failure.ok()) return failure;
-
-  // ---- smoke test ----
-  if (!invalid && !options.torchscript_path.empty() && spec.example_inputs_size() > 0) {
-    phase = Clock::now();
-    auto weight = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
-      for (const MatchedTensor& m : tensors) {
-        if (m.name != name) continue;
-        at::TensorOptions opts = at::TensorOptions().dtype(ToScalarType(m.out_dtype));
-        if (m.source == nullptr) return at::zeros(m.shape, opts);
-        absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
-        if (!view.ok()) return view.status();
-        return view->to(ToScalarType(m.out_dtype));
-      }
-      return absl::NotFoundError(absl::StrCat("missing '", name, "'"));
-    };
-    *report.mutable_smoke_test() = RunSmokeTest(options.torchscript_path, spec, weight);
-    if (!report.smoke_test().ok()) AddReason(&report, "smoke_test_failed");
-    report.mutable_timings()->set_smoke_ms(MsSince(phase));
-  }
   return finish();
 }
 

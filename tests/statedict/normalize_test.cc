@@ -295,6 +295,7 @@ TEST_F(NormalizeDetailTest, SmokeTestFailsOnNonFiniteOutput) {
   policy.set_non_finite(v1::NormalizationPolicy::NONFINITE_ALLOW);
   NormalizeOptions options;
   options.torchscript_path = Fx("reference_ts.pt");
+  options.output_path = scratch_ + "/smoke_failed.safetensors";
   absl::StatusOr<v1::ValidationReport> report = Normalize(Fx("nan.pt"), *spec, policy, options);
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_EQ(report->verdict(), v1::INVALID);
@@ -307,6 +308,7 @@ TEST_F(NormalizeDetailTest, SmokeTestFailsOnNonFiniteOutput) {
   EXPECT_FALSE(report->smoke_test().outputs_finite());
   EXPECT_EQ(std::vector<std::string>(report->reasons().begin(), report->reasons().end()),
             std::vector<std::string>{"smoke_test_failed"});
+  EXPECT_NE(::access(options.output_path.c_str(), F_OK), 0) << "INVALID must write nothing";
 }
 
 TEST_F(NormalizeDetailTest, NarrowingCastOverflowIsCaught) {

@@ -316,17 +316,25 @@ const Value* ResolveContainer(const Value* root, absl::string_view path) {
 std::vector<NamedTensor> ReferenceTensors(const Value* root, std::string* container_path) {
   std::vector<absl::string_view> keys(kContainerKeys.begin(), kContainerKeys.end());
   keys.push_back("tensors");
-  for (absl::string_view key : keys) {
-    const Value* v = DictGet(root, key);
-    if (v == nullptr || v->kind != Value::Kind::kDict) continue;
-    std::vector<NamedTensor> tensors = checkpoint::FlattenTensors(v);
-    if (!tensors.empty()) {
-      *container_path = std::string(key);
-      return tensors;
-    }
-  }
   container_path->clear();
-  return checkpoint::FlattenTensors(root);
+  // Descend through known container keys (at most two levels, like the
+  // matcher): {'model': {'state_dict': {...}}} gives "model.state_dict".
+  const Value* current = root;
+  for (int level = 0; level < 2; ++level) {
+    const Value* next = nullptr;
+    for (absl::string_view key : keys) {
+      const Value* v = DictGet(current, key);
+      if (v == nullptr || v->kind != Value::Kind::kDict) continue;
+      if (checkpoint::FlattenTensors(v).empty()) continue;
+      next = v;
+      if (!container_path->empty()) container_path->push_back('.');
+      container_path->append(key.data(), key.size());
+      break;
+    }
+    if (next == nullptr) break;
+    current = next;
+  }
+  return checkpoint::FlattenTensors(current);
 }
 
 absl::StatusOr<std::string> ApplyRenameRules(const v1::NormalizationPolicy& policy,

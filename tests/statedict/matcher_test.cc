@@ -531,6 +531,24 @@ TEST(MatcherTest, LargeFsdpStateDict) {
   EXPECT_EQ(o.match.tensors.size(), 4000u);
 }
 
+TEST(MatcherTest, ReferenceTensorsFindTheStateDict) {
+  Tree t;
+  std::string path;
+  EXPECT_EQ(ReferenceTensors(t.Dict(SmallStateDict(t, "module.")), &path).size(), 9u);
+  EXPECT_EQ(path, "");
+  const Value* nested = t.Dict({{"epoch", t.Int(1)},
+                                {"model", t.Dict({{"state_dict", t.Dict(SmallStateDict(t, ""))}})},
+                                {"optimizer", t.Dict({{"x", t.T({2})}})}});
+  std::vector<checkpoint::NamedTensor> tensors = ReferenceTensors(nested, &path);
+  EXPECT_EQ(path, "model.state_dict");
+  ASSERT_EQ(tensors.size(), 9u);
+  EXPECT_EQ(tensors[0].name, "conv.weight");  // names kept, no prefix games
+  const Value* lightning = t.Dict({{"state_dict", t.Dict(SmallStateDict(t, "model."))}});
+  tensors = ReferenceTensors(lightning, &path);
+  EXPECT_EQ(path, "state_dict");
+  EXPECT_EQ(tensors[0].name, "model.conv.weight");
+}
+
 TEST(MatcherTest, ApplyRenameRulesUsesEcmaScriptGroups) {
   v1::NormalizationPolicy policy;
   v1::RenameRule* r = policy.add_rename_rules();

@@ -165,6 +165,9 @@ class TorchZipOutput final : public OutputWriter {
   std::unique_ptr<checkpoint::TorchZipWriter> writer_;
 };
 
+// Longer file stems fall back to "archive" (zip entry names stay short).
+constexpr size_t kMaxArchivePrefix = 128;
+
 // torch.save names the archive's top folder after the file ("model" for
 // model.pt); anything odd falls back to torch's "archive".
 std::string ArchivePrefix(const std::string& path) {
@@ -177,7 +180,7 @@ std::string ArchivePrefix(const std::string& path) {
               c == '_' || c == '-';
     if (!ok) return "archive";
   }
-  return base.empty() ? "archive" : base;
+  return base.empty() || base.size() > kMaxArchivePrefix ? "archive" : base;
 }
 
 // Runs the writes of an inner writer on its own thread, so the disk works

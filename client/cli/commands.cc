@@ -17,6 +17,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/cli/file_convert.h"
+#include "server/checkpoint/sha256.h"
 #include "client/cli/policy_args.h"
 #include "client/common/report_format.h"
 #include "google/protobuf/util/json_util.h"
@@ -581,7 +582,7 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   if (!error.empty()) return UsageError("fetch", error + " (run again to resume)");
   if (!s.ok()) return ReportRpcError("fetch", s);
   // Whole-file check: the blob is named by its sha256.
-  absl::StatusOr<std::string> sha = Sha256File(part);
+  absl::StatusOr<std::string> sha = checkpoint::Sha256File(part);
   if (!sha.ok()) return UsageError("fetch", std::string(sha.status().message()));
   if (*sha != manifest.blob_sha256()) {
     ::unlink(part.c_str());

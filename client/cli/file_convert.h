@@ -1,4 +1,4 @@
-// File-level helpers of the CLI: hashing, and turning a fetched safetensors
+// File-level helpers of the CLI: turning a fetched safetensors
 // blob into a torch.save archive without libtorch.
 #ifndef WEIGHTGATE_CLIENT_CLI_FILE_CONVERT_H_
 #define WEIGHTGATE_CLIENT_CLI_FILE_CONVERT_H_
@@ -9,9 +9,6 @@
 #include "absl/status/statusor.h"
 
 namespace weightgate::cli {
-
-// Hex sha256 of a file's bytes.
-absl::StatusOr<std::string> Sha256File(const std::string& path);
 
 // Writes the tensors of safetensors file `in` as a torch.save zip archive
 // `out` (loads with torch.load(out, weights_only=True)).

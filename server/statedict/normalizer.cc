@@ -21,7 +21,7 @@
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
-#include "server/statedict/sha256.h"
+#include "server/checkpoint/sha256.h"
 #include "server/statedict/torch_views.h"
 
 namespace weightgate::statedict {
@@ -241,7 +241,7 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
     return finish();
   }
   if (options.compute_input_sha256) {
-    absl::StatusOr<std::string> sha = Sha256File(checkpoint_path);
+    absl::StatusOr<std::string> sha = checkpoint::Sha256File(checkpoint_path);
     if (sha.ok()) report.set_input_sha256(*sha);
   }
   absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(*file, options.read_options);

@@ -2,7 +2,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -185,18 +184,13 @@ class FileLock final {
 
 StagedFile::~StagedFile() {
   if (fd_ >= 0) ::close(fd_);
-  if (sha_ctx_ != nullptr) EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(sha_ctx_));
   if (!keep_) ::unlink(path_.c_str());
 }
 
 absl::Status StagedFile::Append(std::string_view bytes) {
   if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
-  if (sha_ctx_ == nullptr) {
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-    sha_ctx_ = ctx;
-  }
-  EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(sha_ctx_), bytes.data(), bytes.size());
+  if (sha_ == nullptr) sha_ = std::make_unique<checkpoint::Sha256>();
+  sha_->Update(bytes);
   while (!bytes.empty()) {
     ssize_t n = ::write(fd_, bytes.data(), bytes.size());
     if (n < 0 && errno == EINTR) continue;
@@ -209,20 +203,8 @@ absl::Status StagedFile::Append(std::string_view bytes) {
 
 absl::Status StagedFile::Finish() {
   if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
-  if (sha_ctx_ == nullptr) {
-    EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-    sha_ctx_ = ctx;
-  }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(sha_ctx_), digest, &len);
-  static constexpr char kHex[] = "0123456789abcdef";
-  sha256_.clear();
-  for (unsigned int i = 0; i < len; ++i) {
-    sha256_.push_back(kHex[digest[i] >> 4]);
-    sha256_.push_back(kHex[digest[i] & 15]);
-  }
+  sha256_ = sha_ != nullptr ? sha_->HexDigest() : checkpoint::Sha256Hex("");
+  sha_.reset();
   int rc = ::fsync(fd_);
   ::close(fd_);
   fd_ = -1;
@@ -230,28 +212,22 @@ absl::Status StagedFile::Finish() {
 }
 
 absl::Status StagedFile::AdoptContents() {
-  if (fd_ >= 0) {
-    ::close(fd_);
-    fd_ = -1;
-  }
-  if (sha_ctx_ != nullptr) EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(sha_ctx_));
-  sha_ctx_ = nullptr;
-  size_ = 0;
+  if (fd_ >= 0) ::close(fd_);
+  sha_.reset();
+  // Nothing appended through us: hash what the other writer left at path_.
+  absl::StatusOr<std::string> sha = checkpoint::Sha256File(path_);
+  if (!sha.ok()) return sha.status();
+  struct stat st;
+  if (::stat(path_.c_str(), &st) != 0) return ErrnoStatus(absl::StrCat("stat ", path_));
+  size_ = static_cast<uint64_t>(st.st_size);
+  sha256_ = *sha;
+  // Make the other writer's bytes durable before the blob is named.
   fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) return ErrnoStatus(absl::StrCat("open ", path_));
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  sha_ctx_ = ctx;
-  std::string buffer(1 << 20, '\0');
-  for (;;) {
-    ssize_t n = ::read(fd_, buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return ErrnoStatus(absl::StrCat("read ", path_));
-    if (n == 0) break;
-    EVP_DigestUpdate(ctx, buffer.data(), static_cast<size_t>(n));
-    size_ += static_cast<uint64_t>(n);
-  }
-  return Finish();
+  int rc = ::fsync(fd_);
+  ::close(fd_);
+  fd_ = -1;
+  return rc == 0 ? absl::OkStatus() : ErrnoStatus(absl::StrCat("fsync ", path_));
 }
 
 // ---------------------------------------------------------------- helpers

@@ -24,6 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "server/checkpoint/sha256.h"
 #include "weightgate/v1/registry.pb.h"
 
 namespace weightgate::store {
@@ -57,7 +58,7 @@ class StagedFile final {
   int fd_ = -1;
   uint64_t size_ = 0;
   std::string sha256_;
-  void* sha_ctx_ = nullptr;  // EVP_MD_CTX*
+  std::unique_ptr<checkpoint::Sha256> sha_;
   bool keep_ = false;
 };
 

@@ -7,8 +7,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
-size_mib=${2:-512}
-reps=${REPS:-5}
+size_mib=${2:-256}
+reps=${REPS:-3}
 "$root/scripts/install-deps.sh" bench >/dev/null
 work=$(mktemp -d /tmp/wg-fetch-bench.XXXXXX)
 cleanup() {
@@ -40,9 +40,10 @@ wg upload bench "$work/ckpt.pt" >/dev/null
 blob=$(ls "$work/store/blobs" | head -1)
 
 mkdir -p "$work/www"
-ln -s "$work/store/blobs/$blob" "$work/www/weights.safetensors"
+ln "$work/store/blobs/$blob" "$work/www/weights.safetensors"
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 2;
+user root;
 pid $work/nginx.pid;
 error_log $work/nginx-error.log;
 events { worker_connections 1024; }
@@ -64,7 +65,8 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 one_wg() { rm -f "$work/out.$1"*; wg fetch bench -o "$work/out.$1" >/dev/null; }
 one_curl() { curl -sf -o "$work/curl.$1" "http://127.0.0.1:$nginx_port/weights.safetensors"; sha256sum "$work/curl.$1" >/dev/null; }
 timed() { local t0; t0=$(now); "$@"; echo "$(now) - $t0" | bc -l; }
-parallel() { local f=$1; for i in $(seq 8); do $f "$i" & done; wait; }
+# Waits for its own clients only (a bare `wait` would also wait for the server).
+parallel() { local f=$1 pids=(); for i in $(seq 8); do $f "$i" & pids+=($!); done; wait "${pids[@]}"; }
 
 : > "$work/wg1"; : > "$work/curl1"; : > "$work/wg8"; : > "$work/curl8"
 for r in $(seq "$reps"); do

@@ -5,7 +5,6 @@
 #ifndef WEIGHTGATE_TESTS_CHECKPOINT_CHECKPOINT_TEST_UTIL_H_
 #define WEIGHTGATE_TESTS_CHECKPOINT_CHECKPOINT_TEST_UTIL_H_
 
-#include <openssl/sha.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,6 +19,7 @@
 
 #include "gtest/gtest.h"
 #include "server/checkpoint/checkpoint.h"
+#include "server/checkpoint/sha256.h"
 
 namespace weightgate::checkpoint::testing {
 
@@ -85,17 +85,7 @@ inline std::string ReadFileBytes(const std::string& path) {
   return ss.str();
 }
 
-inline std::string Sha256Hex(std::string_view bytes) {
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), md);
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : md) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
-  }
-  return out;
-}
+using checkpoint::Sha256Hex;
 
 // The tensor's elements in row-major order, gathered through its strides.
 inline std::string GatherTensorBytes(const Checkpoint& ckpt, const TensorRecord& t) {

@@ -1,4 +1,4 @@
-#include "server/statedict/sha256.h"
+#include "server/checkpoint/sha256.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -6,13 +6,12 @@
 
 #include <cerrno>
 #include <cstring>
-#include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
-#include "absl/strings/str_cat.h"
+#include "server/checkpoint/str_util.h"
 
-namespace weightgate::statedict {
+namespace weightgate::checkpoint {
 namespace {
 
 constexpr size_t kChunkBytes = size_t{4} << 20;
@@ -27,25 +26,42 @@ std::string Hex(const unsigned char* digest, unsigned int n) {
   return out;
 }
 
-struct CtxDeleter {
-  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
-};
-
 }  // namespace
 
-std::string Sha256Hex(std::string_view bytes) {
+struct Sha256::Ctx {
+  EVP_MD_CTX* md = EVP_MD_CTX_new();
+  ~Ctx() { EVP_MD_CTX_free(md); }
+};
+
+Sha256::Sha256() : ctx_(std::make_unique<Ctx>()) {
+  EVP_DigestInit_ex(ctx_->md, EVP_sha256(), nullptr);
+}
+
+Sha256::~Sha256() = default;
+
+void Sha256::Update(std::string_view bytes) {
+  EVP_DigestUpdate(ctx_->md, bytes.data(), bytes.size());
+}
+
+std::string Sha256::HexDigest() {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &n, EVP_sha256(), nullptr);
+  EVP_DigestFinal_ex(ctx_->md, digest, &n);
   return Hex(digest, n);
+}
+
+std::string Sha256Hex(std::string_view bytes) {
+  Sha256 sha;
+  sha.Update(bytes);
+  return sha.HexDigest();
 }
 
 absl::StatusOr<std::string> Sha256File(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return absl::NotFoundError(absl::StrCat("cannot open ", path, ": ", std::strerror(errno)));
-  std::unique_ptr<EVP_MD_CTX, CtxDeleter> ctx(EVP_MD_CTX_new());
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  if (fd < 0) {
+    return absl::NotFoundError(Cat("cannot open ", path, ": ", std::strerror(errno)));
+  }
+  Sha256 sha;
   std::vector<char> buf(kChunkBytes);
   for (;;) {
     ssize_t got = ::read(fd, buf.data(), buf.size());
@@ -53,16 +69,13 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
     if (got < 0) {
       int err = errno;
       ::close(fd);
-      return absl::InternalError(absl::StrCat("read ", path, ": ", std::strerror(err)));
+      return absl::InternalError(Cat("read ", path, ": ", std::strerror(err)));
     }
     if (got == 0) break;
-    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(got));
+    sha.Update(std::string_view(buf.data(), static_cast<size_t>(got)));
   }
   ::close(fd);
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  EVP_DigestFinal_ex(ctx.get(), digest, &n);
-  return Hex(digest, n);
+  return sha.HexDigest();
 }
 
-}  // namespace weightgate::statedict
+}  // namespace weightgate::checkpoint

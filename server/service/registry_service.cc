@@ -1,8 +1,10 @@
 #include "server/service/registry_service.h"
 
 #include <chrono>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "server/service/status_util.h"
 #include "server/service/upload_reactor.h"
@@ -26,6 +28,12 @@ void RecordReport(Metrics& metrics, const char* rpc, const ValidationReport& rep
                   double seconds) {
   metrics.RecordValidation(rpc, Verdict_Name(report.verdict()), seconds);
   for (const std::string& reason : report.reasons()) metrics.RecordRejection(reason);
+  // One line per checkpoint for operators reading the server's log.
+  std::cerr << absl::StrFormat(
+      "weightgate-server: %s %s: %s%s%s, %d tensors, %.1f MiB, %.2f s on %s\n", rpc,
+      report.model_id(), Verdict_Name(report.verdict()), report.reasons().empty() ? "" : " ",
+      absl::StrJoin(report.reasons(), ","), report.tensor_count(),
+      static_cast<double>(report.total_bytes()) / (1 << 20), seconds, report.device());
 }
 
 }  // namespace

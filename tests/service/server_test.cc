@@ -53,6 +53,10 @@ class ServerTest : public ::testing::Test {
     o.store = root_ + "/store";
     return o;
   }
+  static std::unique_ptr<weightgate::v1::ModelRegistry::Stub> RegistryStub(const Server& server) {
+    return weightgate::v1::ModelRegistry::NewStub(grpc::CreateChannel(
+        "127.0.0.1:" + std::to_string(server.port()), grpc::InsecureChannelCredentials()));
+  }
   std::string root_;
 };
 
@@ -79,9 +83,7 @@ TEST_F(ServerTest, BadDeviceRejected) {
 TEST_F(ServerTest, UploadWithoutHeaderIsInvalidArgument) {
   auto server = Server::Start(Options());
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string((*server)->port()),
-                                     grpc::InsecureChannelCredentials());
-  auto stub = weightgate::v1::ModelRegistry::NewStub(channel);
+  auto stub = RegistryStub(**server);
   {
     grpc::ClientContext ctx;
     weightgate::v1::ValidationReport report;
@@ -119,9 +121,7 @@ TEST_F(ServerTest, UploadOverLimitIsResourceExhausted) {
   o.max_upload_bytes = 1024;
   auto server = Server::Start(o);
   ASSERT_TRUE(server.ok()) << server.status();
-  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string((*server)->port()),
-                                     grpc::InsecureChannelCredentials());
-  auto stub = weightgate::v1::ModelRegistry::NewStub(channel);
+  auto stub = RegistryStub(**server);
   grpc::ClientContext ctx;
   weightgate::v1::ValidationReport report;
   auto writer = stub->ValidateCheckpoint(&ctx, &report);

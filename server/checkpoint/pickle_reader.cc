@@ -441,6 +441,10 @@ class Machine final {
   absl::StatusOr<Value*> RebuildTensor(GlobalId id, const Value* args);
   absl::Status AddToDict(Value* dict, const std::vector<Value*>& kv);
   absl::Status AddToList(Value* list, const std::vector<Value*>& items);
+  // Appends to a `kind` container (turning an empty opaque subclass instance
+  // into one); `misuse` starts the error for any other target.
+  absl::Status AddToContainer(Value* container, const std::vector<Value*>& items, Kind kind,
+                              const char* misuse);
 
   std::string_view data_;
   const PickleContext& ctx_;
@@ -701,28 +705,25 @@ absl::StatusOr<Value*> Machine::RebuildTensor(GlobalId id, const Value* args) {
 
 absl::Status Machine::AddToDict(Value* dict, const std::vector<Value*>& kv) {
   if (kv.size() % 2 != 0) return Bad("odd number of dict items");
-  if (dict->kind == Kind::kOpaque && dict->items.empty() && dict->state == nullptr) {
-    // A dict subclass (AttributeDict, defaultdict, ...) built by NEWOBJ.
-    dict->kind = Kind::kDict;
-  }
-  if (dict->kind != Kind::kDict && dict->kind != Kind::kOpaque) {
-    return Bad(Cat("SETITEM on a ", KindName(dict->kind)));
-  }
-  for (Value* v : kv) {
-    if (absl::Status s = AddItem(dict, v); !s.ok()) return s;
-  }
-  return absl::OkStatus();
+  return AddToContainer(dict, kv, Kind::kDict, "SETITEM on a ");
 }
 
 absl::Status Machine::AddToList(Value* list, const std::vector<Value*>& items) {
-  if (list->kind == Kind::kOpaque && list->items.empty() && list->state == nullptr) {
-    list->kind = Kind::kList;
+  return AddToContainer(list, items, Kind::kList, "APPEND to a ");
+}
+
+absl::Status Machine::AddToContainer(Value* container, const std::vector<Value*>& items, Kind kind,
+                                     const char* misuse) {
+  if (container->kind == Kind::kOpaque && container->items.empty() &&
+      container->state == nullptr) {
+    // A dict or list subclass (AttributeDict, defaultdict, ...) built by NEWOBJ.
+    container->kind = kind;
   }
-  if (list->kind != Kind::kList && list->kind != Kind::kOpaque) {
-    return Bad(Cat("APPEND to a ", KindName(list->kind)));
+  if (container->kind != kind && container->kind != Kind::kOpaque) {
+    return Bad(Cat(misuse, KindName(container->kind)));
   }
   for (Value* v : items) {
-    if (absl::Status s = AddItem(list, v); !s.ok()) return s;
+    if (absl::Status s = AddItem(container, v); !s.ok()) return s;
   }
   return absl::OkStatus();
 }

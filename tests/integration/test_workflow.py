@@ -23,6 +23,18 @@ def torch_py(*args):
     return r.stdout
 
 
+def staged_bytes(staging_dir):
+    """Largest staging file's size (files may vanish while we look)."""
+    largest = 0
+    for name in os.listdir(staging_dir):
+        if name.startswith("stage."):
+            try:
+                largest = max(largest, os.path.getsize(os.path.join(staging_dir, name)))
+            except FileNotFoundError:
+                pass
+    return largest
+
+
 class WorkflowTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -210,13 +222,21 @@ class ReplicaAndCrashTest(unittest.TestCase):
         try:
             self.assertEqual(server.cli("register", "crash", "--from", ref).returncode, 0)
             self.assertEqual(server.cli("upload", "crash", ref).returncode, 0)
-            # A slow client: start an upload of a big file and SIGKILL the server mid-stream.
+            # Start an upload of a big file and SIGKILL the server while bytes are
+            # still arriving (a staging file exists and is growing).
             big = os.path.join(self.tmp.name, "big.bin")
             with open(big, "wb") as f:
-                f.write(os.urandom(64 << 20))
+                f.truncate(2 << 30)  # sparse: quick to make, slow enough to send
             proc = subprocess.Popen([os.path.join(BINARY_DIR, "bin", "weightgate"), "--server", server.address,
                                      "upload", "crash", big], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            time.sleep(0.3)
+            staging = os.path.join(store, "tmp")
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                if staged_bytes(staging) > (1 << 20):
+                    break
+                time.sleep(0.01)
+            else:
+                self.fail("upload never started")
             server.proc.send_signal(signal.SIGKILL)
             server.proc.wait()
             proc.communicate(timeout=30)

@@ -3,6 +3,7 @@ list, alias, fetch (safetensors, pt, Python client), watch, delete; two
 replicas on one store; crash safety."""
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -21,6 +22,14 @@ def torch_py(*args):
     if r.returncode != 0:
         raise AssertionError(r.stderr)
     return r.stdout
+
+
+def readline(proc, timeout=30):
+    """Next stdout line of `proc`, or fail after `timeout` s instead of hanging."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no output within {timeout}s")
+    return proc.stdout.readline()
 
 
 def staged_bytes(staging_dir):
@@ -163,7 +172,7 @@ class WorkflowTest(unittest.TestCase):
         try:
             time.sleep(0.5)
             self.cli_ok("alias", "tiny-watch", "1", "prod")
-            line = proc.stdout.readline()
+            line = readline(proc)
             self.assertIn("tiny-watch@prod -> 1", line)
         finally:
             proc.send_signal(signal.SIGINT)
@@ -209,7 +218,7 @@ class ReplicaAndCrashTest(unittest.TestCase):
             try:
                 time.sleep(0.5)
                 self.assertEqual(a.cli("alias", "shared", "2", "prod").returncode, 0)
-                self.assertIn("shared@prod -> 2", watcher.stdout.readline())
+                self.assertIn("shared@prod -> 2", readline(watcher))
             finally:
                 watcher.send_signal(signal.SIGINT)
                 watcher.wait(timeout=10)

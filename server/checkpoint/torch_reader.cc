@@ -1,5 +1,6 @@
 #include "server/checkpoint/torch_reader.h"
 
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -75,6 +76,52 @@ absl::StatusOr<uint64_t> StorageBytesFor(const StorageId& id, std::string_view f
   return nbytes;
 }
 
+// The storages a pickle names by key. The first mention creates the record
+// (`locate` says where its bytes are); later mentions must agree on dtype and
+// size, so tied weights and views share one record.
+class StorageTable final {
+ public:
+  StorageTable(Checkpoint& ckpt, std::string_view format) : ckpt_(ckpt), format_(format) {}
+
+  absl::StatusOr<Value*> Resolve(const StorageId& id,
+                                 const std::function<absl::Status(StorageRecord&)>& locate) {
+    absl::StatusOr<uint64_t> nbytes = StorageBytesFor(id, format_);
+    if (!nbytes.ok()) return nbytes.status();
+    auto it = by_key_.find(AbslView(id.key));
+    int index;
+    if (it != by_key_.end()) {
+      index = it->second;
+      const StorageRecord& r = ckpt_.storages[static_cast<size_t>(index)];
+      if (r.dtype != id.dtype || r.nbytes != *nbytes) {
+        return Invalid(Cat(format_, ": storage '", id.key, "' named with two types or sizes"));
+      }
+    } else {
+      StorageRecord r;
+      r.dtype = id.dtype;
+      r.key = std::string(id.key);
+      r.nbytes = *nbytes;
+      if (absl::Status s = locate(r); !s.ok()) return s;
+      index = static_cast<int>(ckpt_.storages.size());
+      ckpt_.storages.push_back(std::move(r));
+      by_key_.emplace(std::string(id.key), index);
+    }
+    Value* v = ckpt_.arena->New(Kind::kStorage);
+    v->storage_index = index;
+    return v;
+  }
+
+  // Index of the storage named `key`, or -1.
+  int Find(std::string_view key) const {
+    auto it = by_key_.find(AbslView(key));
+    return it == by_key_.end() ? -1 : it->second;
+  }
+
+ private:
+  Checkpoint& ckpt_;
+  const std::string_view format_;
+  absl::flat_hash_map<std::string, int> by_key_;
+};
+
 }  // namespace
 
 PickleLimits PickleLimitsFrom(const ReadOptions& options) {
@@ -148,7 +195,7 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const MappedFile> file,
   absl::StatusOr<std::string_view> pickle = zip.Read(*pkl, &pkl_scratch);
   if (!pickle.ok()) return pickle.status();
 
-  absl::flat_hash_map<std::string, int> by_key;
+  StorageTable storages(ckpt, fmt);
   PickleContext ctx;
   ctx.arena = ckpt.arena.get();
   ctx.limits = PickleLimitsFrom(options);
@@ -158,27 +205,13 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const MappedFile> file,
   ctx.persistent_load = [&](const Value& pid) -> absl::StatusOr<Value*> {
     absl::StatusOr<StorageId> id = ParseStorageId(pid, fmt);
     if (!id.ok()) return id.status();
-    absl::StatusOr<uint64_t> nbytes = StorageBytesFor(*id, fmt);
-    if (!nbytes.ok()) return nbytes.status();
-    auto it = by_key.find(AbslView(id->key));
-    int index;
-    if (it != by_key.end()) {
-      index = it->second;
-      const StorageRecord& r = ckpt.storages[static_cast<size_t>(index)];
-      if (r.dtype != id->dtype || r.nbytes != *nbytes) {
-        return Invalid(Cat(fmt, ": storage '", id->key, "' named with two types or sizes"));
-      }
-    } else {
+    return storages.Resolve(*id, [&](StorageRecord& r) -> absl::Status {
       const ZipEntry* e = zip.Find(Cat(prefix, "/data/", id->key));
       if (e == nullptr) return Invalid(Cat(fmt, ": missing storage data/", id->key));
-      if (*nbytes > e->size) {
-        return Invalid(Cat(fmt, ": storage '", id->key, "' needs ", *nbytes,
-                                    " bytes, entry has ", e->size));
+      if (r.nbytes > e->size) {
+        return Invalid(Cat(fmt, ": storage '", id->key, "' needs ", r.nbytes, " bytes, entry has ",
+                           e->size));
       }
-      StorageRecord r;
-      r.dtype = id->dtype;
-      r.key = std::string(id->key);
-      r.nbytes = *nbytes;
       if (e->method == 0) {
         std::string unused;
         absl::StatusOr<std::string_view> bytes = zip.Read(*e, &unused);
@@ -192,13 +225,8 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const MappedFile> file,
         r.inflated_index = static_cast<int>(ckpt.inflated.size());
         ckpt.inflated.push_back(std::move(inflated));
       }
-      index = static_cast<int>(ckpt.storages.size());
-      ckpt.storages.push_back(std::move(r));
-      by_key.emplace(std::string(id->key), index);
-    }
-    Value* v = ckpt.arena->New(Kind::kStorage);
-    v->storage_index = index;
-    return v;
+      return absl::OkStatus();
+    });
   };
   absl::StatusOr<Value*> root = Unpickle(*pickle, ctx);
   if (!root.ok()) return root.status();
@@ -269,7 +297,7 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> fil
     return Invalid("torch legacy: big-endian checkpoints are not supported");
   }
 
-  absl::flat_hash_map<std::string, int> by_key;
+  StorageTable storages(ckpt, "torch legacy");
   ctx.persistent_load = [&](const Value& pid) -> absl::StatusOr<Value*> {
     if (pid.kind == Kind::kTuple && !pid.items.empty() && pid.items[0]->kind == Kind::kString &&
         pid.items[0]->str == "module") {
@@ -280,33 +308,13 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> fil
     if (id->view_metadata != nullptr && id->view_metadata->kind != Kind::kNone) {
       return Invalid("torch legacy: storage views are not supported");
     }
-    absl::StatusOr<uint64_t> nbytes = StorageBytesFor(*id, "torch legacy");
-    if (!nbytes.ok()) return nbytes.status();
-    auto it = by_key.find(AbslView(id->key));
-    int index;
-    if (it != by_key.end()) {
-      index = it->second;
-      const StorageRecord& r = ckpt.storages[static_cast<size_t>(index)];
-      if (r.dtype != id->dtype || r.nbytes != *nbytes) {
-        return Invalid(Cat("torch legacy: storage '", id->key,
-                                    "' named with two types or sizes"));
-      }
-    } else {
+    return storages.Resolve(*id, [&](StorageRecord& r) -> absl::Status {
       // The bytes follow the pickles; the extent is checked once they are found.
-      if (*nbytes > data.size()) {
+      if (r.nbytes > data.size()) {
         return Invalid(Cat("torch legacy: storage '", id->key, "' larger than the file"));
       }
-      StorageRecord r;
-      r.dtype = id->dtype;
-      r.key = std::string(id->key);
-      r.nbytes = *nbytes;
-      index = static_cast<int>(ckpt.storages.size());
-      ckpt.storages.push_back(std::move(r));
-      by_key.emplace(std::string(id->key), index);
-    }
-    Value* s = ckpt.arena->New(Kind::kStorage);
-    s->storage_index = index;
-    return s;
+      return absl::OkStatus();
+    });
   };
   absl::StatusOr<Value*> root = next("object");
   if (!root.ok()) return root.status();
@@ -319,11 +327,11 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> fil
   std::vector<bool> placed(ckpt.storages.size(), false);
   for (const Value* key : (*keys)->items) {
     if (key->kind != Kind::kString) return Invalid("torch legacy: storage key is not a string");
-    auto it = by_key.find(key->str);
-    if (it == by_key.end()) {
+    int found = storages.Find(key->str);
+    if (found < 0) {
       return Invalid(Cat("torch legacy: storage '", key->str.substr(0, 64), "' never used"));
     }
-    size_t index = static_cast<size_t>(it->second);
+    size_t index = static_cast<size_t>(found);
     if (placed[index]) return Invalid(Cat("torch legacy: storage '", key->str, "' twice"));
     StorageRecord& r = ckpt.storages[index];
     if (8 > data.size() - off) {

@@ -434,20 +434,27 @@ absl::StatusOr<Version> Store::AddVersion(const std::string& model_id, Version v
   return version;
 }
 
-absl::StatusOr<Version> Store::GetVersion(const std::string& model_id, int64_t version) const {
-  absl::StatusOr<Model> model = GetModel(model_id);
-  if (!model.ok()) return model.status();
-  absl::StatusOr<Version> v = ReadJson<Version>(VersionPath(root_, model_id, version));
+// Reads version `version` of `model` (already read), with its aliases.
+static absl::StatusOr<Version> ReadVersionOf(const std::string& root, const Model& model,
+                                             int64_t version) {
+  absl::StatusOr<Version> v = ReadJson<Version>(VersionPath(root, model.model_id(), version));
   if (absl::IsNotFound(v.status())) {
-    return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no version ", version));
+    return absl::NotFoundError(
+        absl::StrCat("model '", model.model_id(), "' has no version ", version));
   }
   if (!v.ok()) return v.status();
   v->clear_aliases();
-  for (const auto& [name, target] : model->aliases()) {
+  for (const auto& [name, target] : model.aliases()) {
     if (target == version) v->add_aliases(name);
   }
   std::sort(v->mutable_aliases()->begin(), v->mutable_aliases()->end());
   return v;
+}
+
+absl::StatusOr<Version> Store::GetVersion(const std::string& model_id, int64_t version) const {
+  absl::StatusOr<Model> model = GetModel(model_id);
+  if (!model.ok()) return model.status();
+  return ReadVersionOf(root_, *model, version);
 }
 
 absl::StatusOr<std::vector<Version>> Store::ListVersions(const std::string& model_id) const {
@@ -461,7 +468,7 @@ absl::StatusOr<std::vector<Version>> Store::ListVersions(const std::string& mode
   std::sort(numbers.begin(), numbers.end());
   std::vector<Version> versions;
   for (int64_t n : numbers) {
-    absl::StatusOr<Version> v = GetVersion(model_id, n);
+    absl::StatusOr<Version> v = ReadVersionOf(root_, *model, n);
     if (absl::IsNotFound(v.status())) continue;
     if (!v.ok()) return v.status();
     versions.push_back(*std::move(v));
@@ -522,18 +529,18 @@ absl::StatusOr<int64_t> Store::SetAlias(const std::string& model_id, const std::
 absl::StatusOr<Version> Store::Resolve(const std::string& ref) const {
   absl::StatusOr<ParsedRef> parsed = ParseRef(ref);
   if (!parsed.ok()) return parsed.status();
+  absl::StatusOr<Model> model = GetModel(parsed->model_id);
+  if (!model.ok()) return model.status();
   int64_t version = parsed->version;
   if (version == 0) {
-    absl::StatusOr<Model> model = GetModel(parsed->model_id);
-    if (!model.ok()) return model.status();
     auto it = model->aliases().find(parsed->alias);
     if (it == model->aliases().end()) {
-      return absl::NotFoundError(
-          absl::StrCat("model '", parsed->model_id, "' has no alias '", parsed->alias, "'"));
+      return absl::NotFoundError(absl::StrCat("model '", parsed->model_id, "' has no alias '",
+                                              parsed->alias, "'"));
     }
     version = it->second;
   }
-  return GetVersion(parsed->model_id, version);
+  return ReadVersionOf(root_, *model, version);
 }
 
 absl::Status Store::CollectGarbage() {

@@ -12,7 +12,6 @@ absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
   if (!ckpt.ok()) return ckpt.status();
   weightgate::v1::Manifest manifest;
   manifest.set_total_bytes(file->size());
-  uint64_t first_data = file->size();
   const checkpoint::Value* root = ckpt->root;
   for (size_t i = 0; root != nullptr && i + 1 < root->items.size(); i += 2) {
     const checkpoint::Value* value = root->items[i + 1];
@@ -25,16 +24,13 @@ absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
     for (int64_t d : t.shape) entry->add_shape(d);
     entry->set_offset(s.file_offset);
     entry->set_length(s.nbytes);
-    first_data = std::min<uint64_t>(first_data, s.file_offset);
   }
-  if (file->size() >= 8) {
-    uint64_t header_len = 0;
-    for (int b = 7; b >= 0; --b)
-      header_len = (header_len << 8) | static_cast<unsigned char>(file->data()[b]);
-    manifest.set_header_bytes(8 + header_len);
-  } else {
-    manifest.set_header_bytes(first_data);
+  // The reader accepted the file, so its 8-byte little-endian header length is there.
+  uint64_t header_len = 0;
+  for (int b = 7; b >= 0; --b) {
+    header_len = (header_len << 8) | static_cast<unsigned char>(file->data()[b]);
   }
+  manifest.set_header_bytes(8 + header_len);
   return manifest;
 }
 

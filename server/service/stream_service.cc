@@ -268,14 +268,18 @@ void StreamService::PollLoop() {
       }
     }
     if (stopping_) return;
-    // Each watched model is read once per round, however many workers watch it.
+    // Each watched model is read once per round, however many workers watch
+    // it, and without mu_: WatchModel (a gRPC thread) must not wait on disk.
+    // Only this thread deletes reactors, so the pointers stay valid meanwhile.
+    std::set<std::string> ids;
+    for (WatchReactor* w : watches_) ids.insert(w->model_id());
+    lock.unlock();
     std::map<std::string, absl::StatusOr<weightgate::v1::Model>> models;
+    for (const std::string& id : ids) models.emplace(id, options_.store->GetModel(id));
+    lock.lock();
     for (WatchReactor* w : watches_) {
       auto it = models.find(w->model_id());
-      if (it == models.end()) {
-        it = models.emplace(w->model_id(), options_.store->GetModel(w->model_id())).first;
-      }
-      w->Poll(it->second);
+      if (it != models.end()) w->Poll(it->second);  // watches added meanwhile: next round
     }
     cv_.wait_for(lock, options_.watch_poll, [this] { return stopping_; });
   }

@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 SERVER_FLAGS ?=
 
-.PHONY: all deps test-deps build run test bench fuzz clean
+.PHONY: all deps test-deps build run test bench fuzz lint clean
 
 all: build
 
@@ -34,6 +34,11 @@ bench: build
 fuzz:
 	scripts/install-deps.sh build fuzz
 	tests/fuzz/run.sh $(FUZZ_SECONDS)
+
+# clang-format over every tracked C++ file (tables are fenced with clang-format off/on).
+lint:
+	scripts/install-deps.sh lint
+	scripts/lint.sh
 
 clean:
 	rm -rf $(BUILD_DIR)

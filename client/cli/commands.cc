@@ -17,10 +17,10 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "client/cli/file_convert.h"
-#include "server/checkpoint/sha256.h"
 #include "client/cli/policy_args.h"
 #include "client/common/report_format.h"
 #include "google/protobuf/util/json_util.h"
+#include "server/checkpoint/sha256.h"
 #include "server/store/crc32c.h"
 #include "server/store/store.h"
 

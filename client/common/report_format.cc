@@ -57,14 +57,10 @@ std::string CandidateText(const v1::Candidate& c) {
 
 std::string VerdictName(v1::Verdict verdict) {
   switch (verdict) {
-    case v1::VALID:
-      return "VALID";
-    case v1::NORMALIZED:
-      return "NORMALIZED";
-    case v1::INVALID:
-      return "INVALID";
-    default:
-      return "UNSPECIFIED";
+    case v1::VALID: return "VALID";
+    case v1::NORMALIZED: return "NORMALIZED";
+    case v1::INVALID: return "INVALID";
+    default: return "UNSPECIFIED";
   }
 }
 

@@ -3,9 +3,9 @@
 #include <utility>
 
 #include "absl/status/status.h"
-#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/json_spec.h"
 #include "server/checkpoint/safetensors.h"
+#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
@@ -62,7 +62,8 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file
   if (LooksLikeSafetensors(data)) return ReadSafetensors(std::move(file), options);
   if (LooksLikeJsonSpec(data)) return ReadJsonSpec(std::move(file), options);
   return absl::InvalidArgumentError(
-      "not a checkpoint: neither a zip archive, a legacy torch.save file, safetensors nor a JSON spec");
+      "not a checkpoint: neither a zip archive, a legacy torch.save file, safetensors nor a JSON "
+      "spec");
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {

@@ -35,7 +35,7 @@ struct Checkpoint {
   std::unique_ptr<ValueArena> arena = std::make_unique<ValueArena>();
   const Value* root = nullptr;
   std::vector<StorageRecord> storages;
-  std::vector<std::string> inflated;  // bytes of deflated storages (rare)
+  std::vector<std::string> inflated;        // bytes of deflated storages (rare)
   std::vector<std::string> opaque_globals;  // unknown globals, deduplicated, in first-seen order
   std::vector<std::string> unsafe_globals;  // known-dangerous globals
   std::vector<std::string> metadata;  // safetensors __metadata__ as key=value, zip "version", ...
@@ -60,7 +60,7 @@ struct ReadOptions {
   uint32_t max_stack_depth = 1 << 20;               // pickle stack + metastack entries
   uint32_t max_nesting = 256;                       // container nesting
   uint64_t max_memo_entries = 1 << 24;
-  uint64_t max_values = uint64_t{1} << 24;          // arena nodes (~176 bytes each)
+  uint64_t max_values = uint64_t{1} << 24;  // arena nodes (~176 bytes each)
   uint64_t max_safetensors_header = 100 << 20;
 };
 

@@ -68,8 +68,8 @@ std::optional<DType> DTypeFromTorchName(std::string_view name) {
     DType dtype;
   };
   static constexpr Alias kAliases[] = {
-      {"double", DType::kF64}, {"float", DType::kF32},     {"half", DType::kF16},
-      {"long", DType::kI64},   {"int", DType::kI32},       {"short", DType::kI16},
+      {"double", DType::kF64}, {"float", DType::kF32},    {"half", DType::kF16},
+      {"long", DType::kI64},   {"int", DType::kI32},      {"short", DType::kI16},
       {"cfloat", DType::kC64}, {"cdouble", DType::kC128},
   };
   for (const DTypeInfo& info : kDTypes) {

@@ -49,7 +49,8 @@ std::vector<std::string> DetectWrappers(const std::vector<InspectedTensor>& tens
     }
   }
   // FSDP / activation checkpointing / torch.compile wrappers also nest inside names.
-  for (std::string_view inner : {"_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."}) {
+  for (std::string_view inner :
+       {"_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod."}) {
     if (std::find(found.begin(), found.end(), inner) != found.end()) continue;
     std::string dotted = Cat(".", inner);
     for (const InspectedTensor& t : tensors) {
@@ -272,7 +273,8 @@ std::string RenderInspectionText(const Inspection& in) {
   };
   if (!in.file.empty()) row("file", Cat(Printable(in.file), " (", HumanBytes(in.file_size), ")"));
   std::string format(FormatName(in.format));
-  if (!in.archive_prefix.empty()) format += Cat(", archive prefix '", Printable(in.archive_prefix), "'");
+  if (!in.archive_prefix.empty())
+    format += Cat(", archive prefix '", Printable(in.archive_prefix), "'");
   row("format", format);
   if (!in.top_level_keys.empty()) {
     std::vector<std::string> keys;
@@ -282,10 +284,11 @@ std::string RenderInspectionText(const Inspection& in) {
   if (!in.state_dict_found) {
     row("state_dict", "not found (no tensors)");
   } else {
-    row("state_dict", Cat(in.state_dict_path.empty() ? "top level" : Cat("'", Printable(in.state_dict_path), "'"),
-                          ": ", in.tensors.size(), in.tensors.size() == 1 ? " tensor, " : " tensors, ",
-                          HumanBytes(in.total_tensor_bytes),
-                          in.other_tensors > 0 ? Cat(" (", in.other_tensors, " more elsewhere)") : ""));
+    row("state_dict",
+        Cat(in.state_dict_path.empty() ? "top level" : Cat("'", Printable(in.state_dict_path), "'"),
+            ": ", in.tensors.size(), in.tensors.size() == 1 ? " tensor, " : " tensors, ",
+            HumanBytes(in.total_tensor_bytes),
+            in.other_tensors > 0 ? Cat(" (", in.other_tensors, " more elsewhere)") : ""));
   }
   row("wrappers", in.wrappers.empty() ? "none" : JoinNames(in.wrappers, kMaxListedNames));
   for (const SharedStorage& s : in.shared_storages) {
@@ -302,7 +305,8 @@ std::string RenderInspectionText(const Inspection& in) {
   for (const std::string& g : in.opaque_globals) opaque.push_back(Printable(g));
   for (const std::string& g : in.unsafe_globals) unsafe.push_back(Printable(g));
   row("opaque globals", opaque.empty() ? "none" : JoinNames(opaque, kMaxListedNames));
-  row("unsafe globals", unsafe.empty() ? "none" : JoinNames(unsafe, kMaxListedNames) + "  <- UNSAFE");
+  row("unsafe globals",
+      unsafe.empty() ? "none" : JoinNames(unsafe, kMaxListedNames) + "  <- UNSAFE");
   if (in.tensors.empty()) return out;
 
   size_t name_width = 4;
@@ -318,11 +322,13 @@ std::string RenderInspectionText(const Inspection& in) {
     return s.size() >= w ? s : s + std::string(w - s.size(), ' ');
   };
   out += "\n";
-  out += Cat(pad("NAME", name_width), "  ", pad("DTYPE", 5), "  ", pad("SHAPE", shape_width), "  BYTES\n");
+  out += Cat(pad("NAME", name_width), "  ", pad("DTYPE", 5), "  ", pad("SHAPE", shape_width),
+             "  BYTES\n");
   for (size_t k = 0; k < in.tensors.size(); ++k) {
     const InspectedTensor& t = in.tensors[k];
     out += Cat(pad(names[k], name_width), "  ", pad(std::string(DTypeName(t.dtype)), 5), "  ",
-               pad(shapes[k], shape_width), "  ", t.nbytes, t.contiguous ? "" : "  (non-contiguous)", "\n");
+               pad(shapes[k], shape_width), "  ", t.nbytes,
+               t.contiguous ? "" : "  (non-contiguous)", "\n");
   }
   return out;
 }
@@ -334,21 +340,24 @@ std::string RenderInspectionJson(const Inspection& in) {
   o += Cat(",\"archive_prefix\":", QuoteJson(in.archive_prefix));
   o += ",\"top_level_keys\":";
   JsonStrings(&o, in.top_level_keys);
-  o += Cat(",\"state_dict\":{\"found\":", in.state_dict_found ? "true" : "false",
-           ",\"path\":", QuoteJson(in.state_dict_path), ",\"tensor_count\":", in.tensors.size(),
-           ",\"total_bytes\":", in.total_tensor_bytes, ",\"other_tensors\":", in.other_tensors, "}");
+  o +=
+      Cat(",\"state_dict\":{\"found\":", in.state_dict_found ? "true" : "false",
+          ",\"path\":", QuoteJson(in.state_dict_path), ",\"tensor_count\":", in.tensors.size(),
+          ",\"total_bytes\":", in.total_tensor_bytes, ",\"other_tensors\":", in.other_tensors, "}");
   o += ",\"wrappers\":";
   JsonStrings(&o, in.wrappers);
   o += ",\"tensors\":[";
   for (size_t k = 0; k < in.tensors.size(); ++k) {
     const InspectedTensor& t = in.tensors[k];
     if (k > 0) o += ",";
-    o += Cat("{\"name\":", QuoteJson(t.name), ",\"dtype\":", QuoteJson(DTypeName(t.dtype)), ",\"shape\":");
+    o += Cat("{\"name\":", QuoteJson(t.name), ",\"dtype\":", QuoteJson(DTypeName(t.dtype)),
+             ",\"shape\":");
     JsonInts(&o, t.shape);
     o += ",\"strides\":";
     JsonInts(&o, t.strides);
-    o += Cat(",\"storage_offset\":", t.storage_offset, ",\"bytes\":", t.nbytes, ",\"storage\":",
-             t.storage_index, ",\"contiguous\":", t.contiguous ? "true" : "false", "}");
+    o += Cat(",\"storage_offset\":", t.storage_offset, ",\"bytes\":", t.nbytes,
+             ",\"storage\":", t.storage_index, ",\"contiguous\":", t.contiguous ? "true" : "false",
+             "}");
   }
   o += "],\"shared_storages\":[";
   for (size_t k = 0; k < in.shared_storages.size(); ++k) {

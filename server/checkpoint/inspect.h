@@ -44,7 +44,7 @@ struct Inspection {
   std::string archive_prefix;
   std::vector<std::string> top_level_keys;  // root dict keys, rendered
   bool state_dict_found = false;
-  std::string state_dict_path;  // "" = top level; else the key, e.g. "state_dict"
+  std::string state_dict_path;        // "" = top level; else the key, e.g. "state_dict"
   std::vector<std::string> wrappers;  // "module.", "_orig_mod.", "model.", ...
   std::vector<InspectedTensor> tensors;
   uint64_t total_tensor_bytes = 0;
@@ -60,7 +60,8 @@ struct Inspection {
 
 // The state_dict keys probed after the top level, in order.
 inline constexpr std::string_view kStateDictKeys[] = {
-    "state_dict", "model_state_dict", "model", "module", "net", "state_dict_ema", "model_ema", "ema",
+    "state_dict", "model_state_dict", "model",     "module",
+    "net",        "state_dict_ema",   "model_ema", "ema",
 };
 
 // The wrapper prefixes detected in state_dict key names.

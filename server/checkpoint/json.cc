@@ -113,13 +113,9 @@ class Parser final {
     if (absl::Status s = CountValue(); !s.ok()) return s;
     if (AtEnd()) return Error("unexpected end of input");
     switch (Peek()) {
-      case '{':
-        return ParseObject(out, depth);
-      case '[':
-        return ParseArray(out, depth);
-      case '"':
-        out->kind = JsonValue::Kind::kString;
-        return ParseString(&out->text);
+      case '{': return ParseObject(out, depth);
+      case '[': return ParseArray(out, depth);
+      case '"': out->kind = JsonValue::Kind::kString; return ParseString(&out->text);
       case 't':
         if (!Consume("true")) return Error("invalid literal");
         out->kind = JsonValue::Kind::kBool;
@@ -269,8 +265,7 @@ class Parser final {
           AppendUtf8(*cp, out);
           break;
         }
-        default:
-          return Error("bad escape");
+        default: return Error("bad escape");
       }
     }
   }

@@ -29,8 +29,8 @@ struct JsonValue {
 
   Kind kind = Kind::kNull;
   bool boolean = false;
-  std::string text;  // kString: decoded UTF-8; kNumber: the literal as written
-  std::vector<JsonValue> items;                              // kArray
+  std::string text;                 // kString: decoded UTF-8; kNumber: the literal as written
+  std::vector<JsonValue> items;     // kArray
   std::vector<JsonMember> members;  // kObject, document order
 
   bool is_object() const { return kind == Kind::kObject; }

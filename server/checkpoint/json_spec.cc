@@ -114,7 +114,8 @@ absl::StatusOr<Checkpoint> ReadJsonSpec(std::shared_ptr<const MappedFile> file,
     for (size_t i = record.shape.size(); i-- > 0;) {
       record.strides[i] = stride;
       int64_t d = std::max<int64_t>(record.shape[i], 1);
-      if (stride > std::numeric_limits<int64_t>::max() / d) return Error("shape overflows: " + name);
+      if (stride > std::numeric_limits<int64_t>::max() / d)
+        return Error("shape overflows: " + name);
       stride *= d;
     }
 

@@ -11,8 +11,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
-#include "server/checkpoint/str_util.h"
 #include "absl/strings/string_view.h"
+#include "server/checkpoint/str_util.h"
 
 namespace weightgate::checkpoint {
 namespace {
@@ -51,8 +51,8 @@ enum GlobalId : int64_t {
   kBuiltinComplex,
   kBuiltinObject,
   kReconstructor,
-  kFirstArg,  // torch.jit._pickle.build_*list / restore_type_tag: returns args[0]
-  kGetattr,   // builtins.getattr: benign on (unknown class, public name), see Call
+  kFirstArg,       // torch.jit._pickle.build_*list / restore_type_tag: returns args[0]
+  kGetattr,        // builtins.getattr: benign on (unknown class, public name), see Call
   kGetattrResult,  // marks the kOpaque a benign getattr returned (an enum member)
   kUnsupportedQuantized,
   kUnsupportedSparse,
@@ -111,6 +111,7 @@ constexpr AllowEntry kAllowList[] = {
 };
 
 // Whole modules whose every attribute is dangerous (submodules included).
+// clang-format off
 constexpr std::string_view kUnsafeModules[] = {
     "os",        "posix",      "nt",      "subprocess", "sys",       "runpy",
     "importlib", "pickle",     "_pickle", "cPickle",    "marshal",   "socket",
@@ -119,8 +120,10 @@ constexpr std::string_view kUnsafeModules[] = {
     "asyncio",   "signal",     "_thread", "threading",  "types",     "imp",
     "zipimport", "dill",       "cloudpickle",
 };
+// clang-format on
 
 // Single dangerous attributes of otherwise harmless modules.
+// clang-format off
 constexpr std::pair<std::string_view, std::string_view> kUnsafeNames[] = {
     {"builtins", "eval"},       {"builtins", "exec"},       {"builtins", "compile"},
     {"builtins", "open"},       {"builtins", "__import__"},
@@ -136,9 +139,11 @@ constexpr std::pair<std::string_view, std::string_view> kUnsafeNames[] = {
     {"numpy", "load"},          {"numpy.lib.npyio", "load"},
     {"numpy.testing._private.utils", "runstring"},
 };
+// clang-format on
 
 // Python 2 module names that Python 3's unpickler maps (fix_imports,
 // _compat_pickle.IMPORT_MAPPING); protocols < 3 write them for py2 readers.
+// clang-format off
 constexpr std::pair<std::string_view, std::string_view> kPy2Modules[] = {
     {"__builtin__", "builtins"}, {"exceptions", "builtins"}, {"copy_reg", "copyreg"},
     {"cPickle", "pickle"},       {"commands", "subprocess"}, {"thread", "_thread"},
@@ -147,6 +152,7 @@ constexpr std::pair<std::string_view, std::string_view> kPy2Modules[] = {
     {"Queue", "queue"},          {"SocketServer", "socketserver"}, {"urlparse", "urllib.parse"},
     {"httplib", "http.client"},  {"urllib2", "urllib.request"},   {"cookielib", "http.cookiejar"},
 };
+// clang-format on
 
 std::string_view CanonicalModule(std::string_view module) {
   for (const auto& [py2, py3] : kPy2Modules) {
@@ -156,9 +162,8 @@ std::string_view CanonicalModule(std::string_view module) {
 }
 
 bool ModuleIn(std::string_view module, std::string_view root) {
-  return module == root ||
-         (module.size() > root.size() && module.substr(0, root.size()) == root &&
-          module[root.size()] == '.');
+  return module == root || (module.size() > root.size() && module.substr(0, root.size()) == root &&
+                            module[root.size()] == '.');
 }
 
 GlobalId LookupAllowed(std::string_view module, std::string_view name) {
@@ -247,7 +252,8 @@ std::string DecimalToTwosComplement(std::string_view digits, bool negative) {
       }
       b = static_cast<char>(v & 0xFF);
     }
-    if (!(static_cast<unsigned char>(bytes.back()) & 0x80)) bytes.push_back(static_cast<char>(0xFF));
+    if (!(static_cast<unsigned char>(bytes.back()) & 0x80))
+      bytes.push_back(static_cast<char>(0xFF));
     // Minimal form: drop 0xFF bytes whose removal keeps the sign.
     while (bytes.size() > 1 && static_cast<unsigned char>(bytes.back()) == 0xFF &&
            (static_cast<unsigned char>(bytes[bytes.size() - 2]) & 0x80)) {
@@ -299,9 +305,7 @@ class Machine final {
   absl::StatusOr<Value*> Run(size_t* consumed);
 
  private:
-  absl::Status Truncated() const {
-    return Invalid(Cat("truncated at offset ", off_));
-  }
+  absl::Status Truncated() const { return Invalid(Cat("truncated at offset ", off_)); }
   absl::Status Bad(std::string_view what) const {
     return Invalid(Cat(what, " at offset ", op_off_));
   }
@@ -656,7 +660,8 @@ absl::StatusOr<Value*> Machine::RebuildTensor(GlobalId id, const Value* args) {
   const Value* stride = a[3];
   auto is_seq = [](const Value* v) { return v->kind == Kind::kTuple || v->kind == Kind::kList; };
   if (!is_seq(size) || !is_seq(stride)) return Bad("tensor size or stride is not a tuple");
-  if (size->items.size() != stride->items.size()) return Bad("tensor size and stride differ in rank");
+  if (size->items.size() != stride->items.size())
+    return Bad("tensor size and stride differ in rank");
   if (size->items.size() > ctx_.limits.max_tensor_dims) return Bad("tensor rank over the cap");
   t.shape.resize(size->items.size());
   t.strides.resize(size->items.size());
@@ -690,8 +695,8 @@ absl::StatusOr<Value*> Machine::RebuildTensor(GlobalId id, const Value* args) {
       return Bad("tensor size overflows");
     }
     if (static_cast<uint64_t>(end_bytes) > record.nbytes) {
-      return Bad(Cat("tensor needs ", end_bytes, " bytes of storage '", record.key,
-                              "' which has ", record.nbytes));
+      return Bad(Cat("tensor needs ", end_bytes, " bytes of storage '", record.key, "' which has ",
+                     record.nbytes));
     }
   }
   if (id != kRebuildTensor) {
@@ -714,8 +719,7 @@ absl::Status Machine::AddToList(Value* list, const std::vector<Value*>& items) {
 
 absl::Status Machine::AddToContainer(Value* container, const std::vector<Value*>& items, Kind kind,
                                      const char* misuse) {
-  if (container->kind == Kind::kOpaque && container->items.empty() &&
-      container->state == nullptr) {
+  if (container->kind == Kind::kOpaque && container->items.empty() && container->state == nullptr) {
     // A dict or list subclass (AttributeDict, defaultdict, ...) built by NEWOBJ.
     container->kind = kind;
   }
@@ -759,8 +763,7 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
     }
     case kRebuildTensor:
     case kRebuildTensorV2:
-    case kRebuildTensorV3:
-      return RebuildTensor(static_cast<GlobalId>(callee->i), args);
+    case kRebuildTensorV3: return RebuildTensor(static_cast<GlobalId>(callee->i), args);
     case kRebuildParameter:
     case kRebuildParameterWithState:
     case kParameterClass: {
@@ -799,7 +802,8 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
           v->depth = src->depth;
         } else if (src->kind == Kind::kList || src->kind == Kind::kTuple) {
           for (const Value* pair : src->items) {
-            if (pair->kind != Kind::kTuple && pair->kind != Kind::kList) return Bad("bad OrderedDict");
+            if (pair->kind != Kind::kTuple && pair->kind != Kind::kList)
+              return Bad("bad OrderedDict");
             if (pair->items.size() != 2) return Bad("bad OrderedDict");
             for (const Value* kv : pair->items) {
               if (absl::Status s = AddItem(v, kv); !s.ok()) return s;
@@ -861,61 +865,107 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
       if (!a.empty() && a[0]->kind == Kind::kGlobal) return Opaque(a[0], nullptr);
       return Opaque(callee, args);
     }
-    case kGetattrResult:
-      break;
+    case kGetattrResult: break;
     case kFirstArg:
       if (a.empty()) return Bad("missing argument");
       return const_cast<Value*>(a[0]);
-    case kUnsupportedQuantized:
-      return Invalid("quantized tensors are not supported");
-    case kUnsupportedSparse:
-      return Invalid("sparse tensors are not supported");
-    case kUnsupportedSubclass:
-      return Invalid("tensor subclasses are not supported");
-    case kUnsupportedMeta:
-      return Invalid("meta tensors are not supported");
-    case kUnsupportedNumpy:
-      return Invalid("numpy-backed tensors are not supported");
-    case kUnsupportedNested:
-      return Invalid("nested tensors are not supported");
-    case kUnsupportedDevice:
-      return Invalid("device-specific tensors are not supported");
+    case kUnsupportedQuantized: return Invalid("quantized tensors are not supported");
+    case kUnsupportedSparse: return Invalid("sparse tensors are not supported");
+    case kUnsupportedSubclass: return Invalid("tensor subclasses are not supported");
+    case kUnsupportedMeta: return Invalid("meta tensors are not supported");
+    case kUnsupportedNumpy: return Invalid("numpy-backed tensors are not supported");
+    case kUnsupportedNested: return Invalid("nested tensors are not supported");
+    case kUnsupportedDevice: return Invalid("device-specific tensors are not supported");
     case kStorageClass:
     case kBuiltinSlice:
     case kBuiltinComplex:
     case kBuiltinObject:
-    case kNotAllowed:
-      break;
+    case kNotAllowed: break;
   }
   return Opaque(callee, args);
 }
 
 // Opcodes (pickletools names).
 enum : unsigned char {
-  kMark = '(', kStop = '.', kPop = '0', kPopMark = '1', kDup = '2', kFloat = 'F', kInt = 'I',
-  kBinInt = 'J', kBinInt1 = 'K', kLong = 'L', kBinInt2 = 'M', kNone = 'N', kPersId = 'P',
-  kBinPersId = 'Q', kReduce = 'R', kString = 'S', kBinString = 'T', kShortBinString = 'U',
-  kUnicode = 'V', kBinUnicode = 'X', kAppend = 'a', kBuild = 'b', kGlobalOp = 'c', kDict = 'd',
-  kEmptyDict = '}', kAppends = 'e', kGet = 'g', kBinGet = 'h', kInst = 'i', kLongBinGet = 'j',
-  kList = 'l', kEmptyList = ']', kObj = 'o', kPut = 'p', kBinPut = 'q', kLongBinPut = 'r',
-  kSetItem = 's', kTuple = 't', kEmptyTuple = ')', kSetItems = 'u', kBinFloat = 'G',
-  kProto = 0x80, kNewObj = 0x81, kExt1 = 0x82, kExt2 = 0x83, kExt4 = 0x84, kTuple1 = 0x85,
-  kTuple2 = 0x86, kTuple3 = 0x87, kNewTrue = 0x88, kNewFalse = 0x89, kLong1 = 0x8a,
-  kLong4 = 0x8b, kBinBytes = 'B', kShortBinBytes = 'C', kShortBinUnicode = 0x8c,
-  kBinUnicode8 = 0x8d, kBinBytes8 = 0x8e, kEmptySet = 0x8f, kAddItems = 0x90,
-  kFrozenSetOp = 0x91, kNewObjEx = 0x92, kStackGlobal = 0x93, kMemoize = 0x94, kFrame = 0x95,
-  kByteArray8 = 0x96, kNextBuffer = 0x97, kReadonlyBuffer = 0x98,
+  kMark = '(',
+  kStop = '.',
+  kPop = '0',
+  kPopMark = '1',
+  kDup = '2',
+  kFloat = 'F',
+  kInt = 'I',
+  kBinInt = 'J',
+  kBinInt1 = 'K',
+  kLong = 'L',
+  kBinInt2 = 'M',
+  kNone = 'N',
+  kPersId = 'P',
+  kBinPersId = 'Q',
+  kReduce = 'R',
+  kString = 'S',
+  kBinString = 'T',
+  kShortBinString = 'U',
+  kUnicode = 'V',
+  kBinUnicode = 'X',
+  kAppend = 'a',
+  kBuild = 'b',
+  kGlobalOp = 'c',
+  kDict = 'd',
+  kEmptyDict = '}',
+  kAppends = 'e',
+  kGet = 'g',
+  kBinGet = 'h',
+  kInst = 'i',
+  kLongBinGet = 'j',
+  kList = 'l',
+  kEmptyList = ']',
+  kObj = 'o',
+  kPut = 'p',
+  kBinPut = 'q',
+  kLongBinPut = 'r',
+  kSetItem = 's',
+  kTuple = 't',
+  kEmptyTuple = ')',
+  kSetItems = 'u',
+  kBinFloat = 'G',
+  kProto = 0x80,
+  kNewObj = 0x81,
+  kExt1 = 0x82,
+  kExt2 = 0x83,
+  kExt4 = 0x84,
+  kTuple1 = 0x85,
+  kTuple2 = 0x86,
+  kTuple3 = 0x87,
+  kNewTrue = 0x88,
+  kNewFalse = 0x89,
+  kLong1 = 0x8a,
+  kLong4 = 0x8b,
+  kBinBytes = 'B',
+  kShortBinBytes = 'C',
+  kShortBinUnicode = 0x8c,
+  kBinUnicode8 = 0x8d,
+  kBinBytes8 = 0x8e,
+  kEmptySet = 0x8f,
+  kAddItems = 0x90,
+  kFrozenSetOp = 0x91,
+  kNewObjEx = 0x92,
+  kStackGlobal = 0x93,
+  kMemoize = 0x94,
+  kFrame = 0x95,
+  kByteArray8 = 0x96,
+  kNextBuffer = 0x97,
+  kReadonlyBuffer = 0x98,
 };
 
-#define WG_RETURN_IF_ERROR(expr)               \
-  do {                                         \
-    if (absl::Status s_ = (expr); !s_.ok()) {  \
-      return s_;                               \
-    }                                          \
+#define WG_RETURN_IF_ERROR(expr)              \
+  do {                                        \
+    if (absl::Status s_ = (expr); !s_.ok()) { \
+      return s_;                              \
+    }                                         \
   } while (0)
 
-#define WG_ASSIGN_OR_RETURN(lhs, expr) \
-  auto lhs##_or = (expr);              \
+#define WG_ASSIGN_OR_RETURN(lhs, expr)          \
+  auto lhs##_or = (expr);                       \
   if (!lhs##_or.ok()) return lhs##_or.status(); \
   lhs = *lhs##_or
 
@@ -962,9 +1012,7 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         }
         break;
       }
-      case kPopMark:
-        WG_RETURN_IF_ERROR(PopMark(&items));
-        break;
+      case kPopMark: WG_RETURN_IF_ERROR(PopMark(&items)); break;
       case kDup: {
         Value* top;
         WG_RETURN_IF_ERROR(Top(&top));
@@ -972,13 +1020,9 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         break;
       }
       // --- scalars
-      case kNone:
-        WG_RETURN_IF_ERROR(Push(Singleton(Kind::kNone, false)));
-        break;
+      case kNone: WG_RETURN_IF_ERROR(Push(Singleton(Kind::kNone, false))); break;
       case kNewTrue:
-      case kNewFalse:
-        WG_RETURN_IF_ERROR(Push(Singleton(Kind::kBool, op == kNewTrue)));
-        break;
+      case kNewFalse: WG_RETURN_IF_ERROR(Push(Singleton(Kind::kBool, op == kNewTrue))); break;
       case kInt: {
         std::string_view line;
         WG_RETURN_IF_ERROR(TakeLine(&line));
@@ -1082,9 +1126,10 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         }
         std::string_view b;
         WG_RETURN_IF_ERROR(Take(n, &b));
-        Kind kind = (op == kShortBinBytes || op == kBinBytes || op == kBinBytes8 || op == kByteArray8)
-                        ? Kind::kBytes
-                        : Kind::kString;
+        Kind kind =
+            (op == kShortBinBytes || op == kBinBytes || op == kBinBytes8 || op == kByteArray8)
+                ? Kind::kBytes
+                : Kind::kString;
         WG_RETURN_IF_ERROR(Push(MakeStr(kind, b)));
         break;
       }
@@ -1105,16 +1150,12 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         break;
       }
       case kNextBuffer:
-      case kReadonlyBuffer:
-        return Bad("out-of-band buffers are not supported");
+      case kReadonlyBuffer: return Bad("out-of-band buffers are not supported");
       case kExt1:
       case kExt2:
-      case kExt4:
-        return Bad("extension codes are not supported");
+      case kExt4: return Bad("extension codes are not supported");
       // --- containers
-      case kEmptyTuple:
-        WG_RETURN_IF_ERROR(Push(New(Kind::kTuple)));
-        break;
+      case kEmptyTuple: WG_RETURN_IF_ERROR(Push(New(Kind::kTuple))); break;
       case kTuple1:
       case kTuple2:
       case kTuple3: {
@@ -1145,15 +1186,9 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         WG_RETURN_IF_ERROR(Push(v));
         break;
       }
-      case kEmptyList:
-        WG_RETURN_IF_ERROR(Push(New(Kind::kList)));
-        break;
-      case kEmptyDict:
-        WG_RETURN_IF_ERROR(Push(New(Kind::kDict)));
-        break;
-      case kEmptySet:
-        WG_RETURN_IF_ERROR(Push(New(Kind::kSet)));
-        break;
+      case kEmptyList: WG_RETURN_IF_ERROR(Push(New(Kind::kList))); break;
+      case kEmptyDict: WG_RETURN_IF_ERROR(Push(New(Kind::kDict))); break;
+      case kEmptySet: WG_RETURN_IF_ERROR(Push(New(Kind::kSet))); break;
       case kAppend: {
         Value* v;
         Value* list;
@@ -1355,8 +1390,7 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         WG_RETURN_IF_ERROR(Push(*v));
         break;
       }
-      default:
-        return Bad(Cat("unknown opcode ", static_cast<int>(op)));
+      default: return Bad(Cat("unknown opcode ", static_cast<int>(op)));
     }
   }
 }

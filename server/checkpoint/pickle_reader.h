@@ -31,9 +31,9 @@ namespace weightgate::checkpoint {
 
 // Caps for one pickle; ReadOptions carries the same numbers for whole files.
 struct PickleLimits {
-  uint32_t max_stack_depth = 1 << 20;  // stack entries plus open MARKs
-  uint32_t max_nesting = 256;          // container nesting of the built values
-  uint64_t max_memo_entries = 1 << 24; // also bounds memo indices
+  uint32_t max_stack_depth = 1 << 20;       // stack entries plus open MARKs
+  uint32_t max_nesting = 256;               // container nesting of the built values
+  uint64_t max_memo_entries = 1 << 24;      // also bounds memo indices
   uint64_t max_values = uint64_t{1} << 24;  // arena nodes (counted over the whole arena)
   uint32_t max_tensor_dims = 64;
 };

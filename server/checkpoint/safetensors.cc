@@ -31,7 +31,8 @@ absl::Status Error(std::string_view reason) {
 
 uint64_t LoadLe64(const char* p) {
   uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    v |= static_cast<uint64_t>(static_cast<unsigned char>(p[i])) << (8 * i);
   return v;
 }
 
@@ -344,8 +345,7 @@ absl::Status SafetensorsWriter::Finish() {
   if (status.ok()) status = Flush();
   if (status.ok() && written_ != data_size_) {
     status = absl::FailedPreconditionError("safetensors: " + std::to_string(written_) + " of " +
-                                           std::to_string(data_size_) +
-                                           " tensor bytes written");
+                                           std::to_string(data_size_) + " tensor bytes written");
   }
   if (status.ok() && ::fsync(fd_) != 0) {
     status = absl::ErrnoToStatus(errno, "safetensors: fsync " + path_);

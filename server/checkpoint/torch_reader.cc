@@ -24,7 +24,9 @@ constexpr uint64_t kMaxRecordBytes = 64;
 // Storage keys are short decimal or hex strings.
 constexpr size_t kMaxStorageKeyLength = 256;
 
-absl::Status Invalid(std::string_view reason) { return absl::InvalidArgumentError(AbslView(reason)); }
+absl::Status Invalid(std::string_view reason) {
+  return absl::InvalidArgumentError(AbslView(reason));
+}
 
 // ('storage', StorageClass, key, location, numel[, view_metadata]) -> parts.
 struct StorageId {
@@ -45,7 +47,8 @@ absl::StatusOr<StorageId> ParseStorageId(const Value& pid, std::string_view form
     return Invalid(Cat(format, ": storage type is not a class"));
   }
   std::string_view cls_name = std::string_view(cls->str).substr(cls->str.rfind('.') + 1);
-  std::string_view cls_module = std::string_view(cls->str).substr(0, cls->str.size() - cls_name.size());
+  std::string_view cls_module =
+      std::string_view(cls->str).substr(0, cls->str.size() - cls_name.size());
   if ((cls_module != "torch." && cls_module != "torch.cuda.") ||
       (!DTypeFromTorchStorage(cls_name).has_value() && cls_name != "UntypedStorage")) {
     if (absl::StrContains(cls->str, "QInt") || absl::StrContains(cls->str, "QUInt")) {
@@ -209,8 +212,8 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const MappedFile> file,
       const ZipEntry* e = zip.Find(Cat(prefix, "/data/", id->key));
       if (e == nullptr) return Invalid(Cat(fmt, ": missing storage data/", id->key));
       if (r.nbytes > e->size) {
-        return Invalid(Cat(fmt, ": storage '", id->key, "' needs ", r.nbytes, " bytes, entry has ",
-                           e->size));
+        return Invalid(
+            Cat(fmt, ": storage '", id->key, "' needs ", r.nbytes, " bytes, entry has ", e->size));
       }
       if (e->method == 0) {
         std::string unused;
@@ -247,7 +250,8 @@ bool LooksLikeTorchLegacy(std::string_view data) {
     return false;
   }
   // Protocols 0 and 1: LONG "119547037146038801333356L\n".
-  return data.size() > 1 && data[0] == 'L' && data.substr(1, kLegacyMagicDecimal.size()) == kLegacyMagicDecimal;
+  return data.size() > 1 && data[0] == 'L' &&
+         data.substr(1, kLegacyMagicDecimal.size()) == kLegacyMagicDecimal;
 }
 
 absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> file,
@@ -345,7 +349,7 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> fil
     uint64_t nbytes;
     if (__builtin_mul_overflow(count, ItemSize(r.dtype), &nbytes) || nbytes != r.nbytes) {
       return Invalid(Cat("torch legacy: storage '", key->str, "' has ", count,
-                                  " elements, its tensors declared ", r.nbytes / ItemSize(r.dtype)));
+                         " elements, its tensors declared ", r.nbytes / ItemSize(r.dtype)));
     }
     if (nbytes > data.size() - off) {
       return Invalid(Cat("torch legacy: storage '", key->str, "' truncated"));

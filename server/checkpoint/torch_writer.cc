@@ -92,7 +92,8 @@ void PickleGlobal(std::string* out, std::string_view module, std::string_view na
 absl::StatusOr<uint64_t> TensorBytes(const TorchZipEntry& t, int64_t* numel_out) {
   int64_t numel = 1;
   for (int64_t d : t.shape) {
-    if (d < 0) return absl::InvalidArgumentError(Cat("tensor '", t.name, "' has a negative dimension"));
+    if (d < 0)
+      return absl::InvalidArgumentError(Cat("tensor '", t.name, "' has a negative dimension"));
   }
   bool empty = false;
   for (int64_t d : t.shape) empty = empty || d == 0;
@@ -202,7 +203,8 @@ TorchZipWriter::~TorchZipWriter() {
 }
 
 absl::StatusOr<std::unique_ptr<TorchZipWriter>> TorchZipWriter::Create(
-    const std::string& path, std::vector<TorchZipEntry> tensors, const TorchZipWriterOptions& options) {
+    const std::string& path, std::vector<TorchZipEntry> tensors,
+    const TorchZipWriterOptions& options) {
   if (options.archive_prefix.empty() || options.archive_prefix.size() > kMaxPrefixLength ||
       options.archive_prefix.find('/') != std::string::npos) {
     return absl::InvalidArgumentError("torch writer: bad archive prefix");
@@ -328,8 +330,8 @@ absl::Status TorchZipWriter::EndEntry() {
 
 absl::Status TorchZipWriter::WholeEntry(const std::string& name, std::string_view bytes) {
   if (absl::Status s = BeginEntry(name, bytes.size()); !s.ok()) return s;
-  crc_ = static_cast<uint32_t>(crc32(crc_, reinterpret_cast<const Bytef*>(bytes.data()),
-                                     static_cast<uInt>(bytes.size())));
+  crc_ = static_cast<uint32_t>(
+      crc32(crc_, reinterpret_cast<const Bytef*>(bytes.data()), static_cast<uInt>(bytes.size())));
   if (absl::Status s = Write(bytes); !s.ok()) return s;
   remaining_entry_ = 0;
   return EndEntry();
@@ -418,8 +420,8 @@ absl::Status TorchZipWriter::WriteCentralDirectory() {
   }
   const uint64_t cd_size = offset_ - cd_offset;
   const uint64_t count = written_.size();
-  const bool zip64 = options_.force_zip64 || count >= kMax16 || cd_offset >= kMax32 ||
-                     cd_size >= kMax32;
+  const bool zip64 =
+      options_.force_zip64 || count >= kMax16 || cd_offset >= kMax32 || cd_size >= kMax32;
   std::string tail;
   if (zip64) {
     const uint64_t eocd64 = offset_;

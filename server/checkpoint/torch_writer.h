@@ -113,12 +113,12 @@ class TorchZipWriter final {
   std::vector<uint64_t> tensor_bytes_;
   TorchZipWriterOptions options_;
   std::vector<Written> written_;
-  size_t current_ = 0;           // tensor whose bytes Append is receiving
+  size_t current_ = 0;            // tensor whose bytes Append is receiving
   uint64_t remaining_entry_ = 0;  // bytes left in the open entry
   uint64_t remaining_total_ = 0;
   bool entry_open_ = false;
   uint32_t crc_ = 0;
-  uint64_t offset_ = 0;          // file position after the buffer
+  uint64_t offset_ = 0;  // file position after the buffer
   std::string buffer_;
 };
 

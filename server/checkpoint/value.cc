@@ -2,9 +2,9 @@
 
 #include <cmath>
 
-#include "server/checkpoint/str_util.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "server/checkpoint/str_util.h"
 
 namespace weightgate::checkpoint {
 
@@ -32,9 +32,7 @@ bool TensorRecord::is_contiguous() const {
   return true;
 }
 
-uint64_t TensorRecord::nbytes() const {
-  return static_cast<uint64_t>(numel()) * ItemSize(dtype);
-}
+uint64_t TensorRecord::nbytes() const { return static_cast<uint64_t>(numel()) * ItemSize(dtype); }
 
 const Value* Value::Get(std::string_view key) const {
   if (kind != Kind::kDict) return nullptr;
@@ -72,17 +70,10 @@ namespace {
 // Dict keys as path components: strings as they are, ints in decimal.
 bool KeyName(const Value* key, std::string* out) {
   switch (key->kind) {
-    case Value::Kind::kString:
-      *out = key->str;
-      return true;
-    case Value::Kind::kInt:
-      *out = Cat(key->i);
-      return true;
-    case Value::Kind::kBool:
-      *out = key->b ? "True" : "False";
-      return true;
-    default:
-      return false;
+    case Value::Kind::kString: *out = key->str; return true;
+    case Value::Kind::kInt: *out = Cat(key->i); return true;
+    case Value::Kind::kBool: *out = key->b ? "True" : "False"; return true;
+    default: return false;
   }
 }
 
@@ -130,8 +121,7 @@ void Flatten(const Value* v, std::string& prefix, int depth, int max_depth,
         prefix.resize(old);
       }
       break;
-    default:
-      break;
+    default: break;
   }
   path.pop_back();
 }

@@ -25,10 +25,10 @@ namespace weightgate::checkpoint {
 // deflated zip entry) bytes inflated into memory owned by the Checkpoint.
 struct StorageRecord {
   DType dtype = DType::kF32;
-  std::string key;            // torch.save storage key ("0", "1", ...) or safetensors name
-  uint64_t file_offset = 0;   // offset of the first byte in the file
-  uint64_t nbytes = 0;        // bytes present for this storage
-  int inflated_index = -1;    // >= 0: index into Checkpoint::inflated instead of the file
+  std::string key;           // torch.save storage key ("0", "1", ...) or safetensors name
+  uint64_t file_offset = 0;  // offset of the first byte in the file
+  uint64_t nbytes = 0;       // bytes present for this storage
+  int inflated_index = -1;   // >= 0: index into Checkpoint::inflated instead of the file
 };
 
 // One tensor as torch would rebuild it: a strided view of a storage.
@@ -39,38 +39,38 @@ struct TensorRecord {
   int64_t storage_offset = 0;    // in elements
   int storage_index = -1;        // into Checkpoint::storages; -1 = schema only (JSON spec)
   bool requires_grad = false;
-  bool is_parameter = false;     // rebuilt through torch._utils._rebuild_parameter
+  bool is_parameter = false;  // rebuilt through torch._utils._rebuild_parameter
 
   int64_t numel() const;
-  bool is_contiguous() const;    // row-major contiguous (torch's definition)
-  uint64_t nbytes() const;       // numel * item size (checked at parse time)
+  bool is_contiguous() const;  // row-major contiguous (torch's definition)
+  uint64_t nbytes() const;     // numel * item size (checked at parse time)
 };
 
 struct Value {
   enum class Kind {
     kNone,
     kBool,
-    kInt,       // fits int64: `i`
-    kBigInt,    // does not: `str` holds the two's-complement little-endian bytes
+    kInt,     // fits int64: `i`
+    kBigInt,  // does not: `str` holds the two's-complement little-endian bytes
     kFloat,
-    kString,    // `str` (UTF-8)
-    kBytes,     // `str` (raw)
-    kTuple,     // `items`
-    kList,      // `items`
-    kDict,      // `items` as key, value, key, value ... (insertion order); `str` is
-                // empty, or the global of a dict subclass (OrderedDict, AttributeDict);
-                // `state` = BUILD state (OrderedDict `_metadata`)
-    kSet,       // `items`
-    kFrozenSet, // `items`
-    kTensor,    // `tensor`
-    kStorage,   // `storage_index`; a bare storage (e.g. untyped storage in a list)
-    kGlobal,    // `str` = "module.qualname"; a class or function reference, never
-                // resolved; `i` = the reader's allow-list entry (internal)
-    kOpaque,    // instance of an unknown global: `str` = its global; `items` =
-                // constructor args (REDUCE/NEWOBJ); `state` = BUILD state. An
-                // enum member (getattr(EnumClass, "NAME")) has `str` =
-                // "module.EnumClass.NAME" and no items.
-    kDtype,     // torch dtype object: `dtype`
+    kString,     // `str` (UTF-8)
+    kBytes,      // `str` (raw)
+    kTuple,      // `items`
+    kList,       // `items`
+    kDict,       // `items` as key, value, key, value ... (insertion order); `str` is
+                 // empty, or the global of a dict subclass (OrderedDict, AttributeDict);
+                 // `state` = BUILD state (OrderedDict `_metadata`)
+    kSet,        // `items`
+    kFrozenSet,  // `items`
+    kTensor,     // `tensor`
+    kStorage,    // `storage_index`; a bare storage (e.g. untyped storage in a list)
+    kGlobal,     // `str` = "module.qualname"; a class or function reference, never
+                 // resolved; `i` = the reader's allow-list entry (internal)
+    kOpaque,     // instance of an unknown global: `str` = its global; `items` =
+                 // constructor args (REDUCE/NEWOBJ); `state` = BUILD state. An
+                 // enum member (getattr(EnumClass, "NAME")) has `str` =
+                 // "module.EnumClass.NAME" and no items.
+    kDtype,      // torch dtype object: `dtype`
   };
 
   Kind kind = Kind::kNone;

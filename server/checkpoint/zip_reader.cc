@@ -108,9 +108,9 @@ absl::StatusOr<uint64_t> FindEocd(std::string_view data, bool exact = false) {
   uint64_t first = last > kMaxCommentLength ? last - kMaxCommentLength : 0;
   for (uint64_t off = last + 1; off-- > first;) {
     if (Load32(data.data() + off) != kEocdSignature) continue;
-    uint16_t comment_length = static_cast<uint16_t>(
-        static_cast<unsigned char>(data[off + 20]) |
-        (static_cast<unsigned char>(data[off + 21]) << 8));
+    uint16_t comment_length =
+        static_cast<uint16_t>(static_cast<unsigned char>(data[off + 20]) |
+                              (static_cast<unsigned char>(data[off + 21]) << 8));
     uint64_t room = data.size() - off - kEocdSize;
     // Like miniz (torch's zip library), Open tolerates bytes after the comment.
     if (exact ? comment_length == room : comment_length <= room) return off;
@@ -164,7 +164,8 @@ absl::StatusOr<Directory> ReadDirectoryLocation(std::string_view data, uint64_t 
       !r.U64(&dir.size) || !r.U64(&dir.offset)) {
     return Error("truncated zip64 end of central directory");
   }
-  if (signature != kZip64EocdSignature) return Error("bad zip64 end of central directory signature");
+  if (signature != kZip64EocdSignature)
+    return Error("bad zip64 end of central directory signature");
   // record_size counts the bytes after its own field (APPNOTE 4.3.14.1).
   if (record_size < kZip64EocdSize - 12 || record_size > locator - record - 12) {
     return Error("bad zip64 end of central directory size");
@@ -200,8 +201,8 @@ absl::Status CheckName(std::string_view name, const ZipLimits& limits) {
 
 // Applies the zip64 extended information extra field: each 64-bit value is
 // present only when its 32-bit field is saturated, in this order.
-absl::Status ApplyZip64Extra(std::string_view extra, bool size_saturated,
-                             bool compressed_saturated, bool offset_saturated, ZipEntry* entry) {
+absl::Status ApplyZip64Extra(std::string_view extra, bool size_saturated, bool compressed_saturated,
+                             bool offset_saturated, ZipEntry* entry) {
   Cursor c(extra.data(), extra.data() + extra.size());
   while (c.remaining() >= 4) {
     uint16_t id = 0, length = 0;
@@ -236,8 +237,8 @@ absl::StatusOr<CentralRecord> ReadCentralHeader(Cursor* c, const ZipLimits& limi
   if (!c->U32(&signature) || !c->U16(&made_by) || !c->U16(&needed) || !c->U16(&flags) ||
       !c->U16(&method) || !c->U16(&time) || !c->U16(&date) || !c->U32(&crc) ||
       !c->U32(&compressed32) || !c->U32(&size32) || !c->U16(&name_length) ||
-      !c->U16(&extra_length) || !c->U16(&comment_length) || !c->U16(&disk) ||
-      !c->U16(&internal) || !c->U32(&external) || !c->U32(&offset32)) {
+      !c->U16(&extra_length) || !c->U16(&comment_length) || !c->U16(&disk) || !c->U16(&internal) ||
+      !c->U32(&external) || !c->U32(&offset32)) {
     return Error("truncated central directory");
   }
   if (signature != kCentralHeaderSignature) return Error("bad central directory signature");
@@ -280,10 +281,9 @@ absl::Status ReadLocalHeader(std::string_view data, uint64_t cd_offset, ZipEntry
   }
   Cursor c = At(data, lho);
   uint32_t signature = 0, crc = 0, compressed = 0, size = 0;
-  uint16_t needed = 0, flags = 0, method = 0, time = 0, date = 0, name_length = 0,
-           extra_length = 0;
-  if (!c.U32(&signature) || !c.U16(&needed) || !c.U16(&flags) || !c.U16(&method) ||
-      !c.U16(&time) || !c.U16(&date) || !c.U32(&crc) || !c.U32(&compressed) || !c.U32(&size) ||
+  uint16_t needed = 0, flags = 0, method = 0, time = 0, date = 0, name_length = 0, extra_length = 0;
+  if (!c.U32(&signature) || !c.U16(&needed) || !c.U16(&flags) || !c.U16(&method) || !c.U16(&time) ||
+      !c.U16(&date) || !c.U32(&crc) || !c.U32(&compressed) || !c.U32(&size) ||
       !c.U16(&name_length) || !c.U16(&extra_length)) {
     return Error("truncated local header");
   }
@@ -395,7 +395,8 @@ absl::StatusOr<std::string_view> ZipReader::Read(const ZipEntry& entry,
     return Error("compression ratio exceeds limit");
   }
 
-  if (entry.size >= std::numeric_limits<size_t>::max() / 2) return Error("inflated size exceeds limit");
+  if (entry.size >= std::numeric_limits<size_t>::max() / 2)
+    return Error("inflated size exceeds limit");
   if (entry.size == 0 && entry.compressed_size == 0) {
     // Some writers store an empty deflated entry with no stream at all.
     if (entry.crc32 != 0) return Error("crc mismatch");

@@ -104,7 +104,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
     absl::Status status = version.status();
     if (version.ok()) status = s->cache_->Get(version->blob_sha256(), &hit).status();
     if (status.ok()) {
-      std::cerr << "weightgate-server: preloaded " << ref << " (version " << version->version() << ")\n";
+      std::cerr << "weightgate-server: preloaded " << ref << " (version " << version->version()
+                << ")\n";
     } else {
       std::cerr << "weightgate-server: cannot preload " << ref << ": " << status.message() << "\n";
     }

@@ -8,8 +8,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "server/checkpoint/dtype.h"
-#include "server/statedict/matcher.h"
 #include "server/checkpoint/sha256.h"
+#include "server/statedict/matcher.h"
 
 namespace weightgate::statedict {
 

@@ -535,8 +535,8 @@ absl::StatusOr<Version> Store::Resolve(const std::string& ref) const {
   if (version == 0) {
     auto it = model->aliases().find(parsed->alias);
     if (it == model->aliases().end()) {
-      return absl::NotFoundError(absl::StrCat("model '", parsed->model_id, "' has no alias '",
-                                              parsed->alias, "'"));
+      return absl::NotFoundError(
+          absl::StrCat("model '", parsed->model_id, "' has no alias '", parsed->alias, "'"));
     }
     version = it->second;
   }

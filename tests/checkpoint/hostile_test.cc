@@ -57,34 +57,35 @@ class Payload : public ::testing::TestWithParam<PayloadCase> {};
 TEST_P(Payload, IsFlaggedUnsafeAndNothingRuns) {
   auto u = UnpickleFile(Hostile(GetParam().file));
   ASSERT_TRUE(u->status.ok()) << u->status;
-  EXPECT_NE(std::find(u->unsafe.begin(), u->unsafe.end(), GetParam().unsafe_global), u->unsafe.end())
+  EXPECT_NE(std::find(u->unsafe.begin(), u->unsafe.end(), GetParam().unsafe_global),
+            u->unsafe.end())
       << "unsafe: " << (u->unsafe.empty() ? "none" : u->unsafe.front());
   EXPECT_FALSE(FileExists(Hostile("PWNED")));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Hostile, Payload,
-    ::testing::Values(PayloadCase{"os_system_p0.pkl", "posix.system"},
-                      PayloadCase{"os_system_p2.pkl", "posix.system"},
-                      PayloadCase{"os_system_p4.pkl", "posix.system"},
-                      PayloadCase{"eval_p0.pkl", "builtins.eval"},
-                      PayloadCase{"eval_p2.pkl", "builtins.eval"},
-                      PayloadCase{"eval_p4.pkl", "builtins.eval"},
-                      PayloadCase{"subprocess_p0.pkl", "subprocess.call"},
-                      PayloadCase{"subprocess_p2.pkl", "subprocess.call"},
-                      PayloadCase{"subprocess_p4.pkl", "subprocess.call"},
-                      PayloadCase{"resolve_name.pkl", "pkgutil.resolve_name"},
-                      PayloadCase{"stack_global_memo.pkl", "os.system"},
-                      PayloadCase{"getattr_chain.pkl", "builtins.__import__"},
-                      PayloadCase{"getattr_chain.pkl", "builtins.getattr"},
-                      PayloadCase{"inst.pkl", "os.system"}, PayloadCase{"obj.pkl", "os.system"}),
-    [](const ::testing::TestParamInfo<PayloadCase>& info) {
-      std::string n = info.param.file + "_" + std::to_string(info.index);
-      for (char& c : n) {
-        if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
-      }
-      return n;
-    });
+INSTANTIATE_TEST_SUITE_P(Hostile, Payload,
+                         ::testing::Values(PayloadCase{"os_system_p0.pkl", "posix.system"},
+                                           PayloadCase{"os_system_p2.pkl", "posix.system"},
+                                           PayloadCase{"os_system_p4.pkl", "posix.system"},
+                                           PayloadCase{"eval_p0.pkl", "builtins.eval"},
+                                           PayloadCase{"eval_p2.pkl", "builtins.eval"},
+                                           PayloadCase{"eval_p4.pkl", "builtins.eval"},
+                                           PayloadCase{"subprocess_p0.pkl", "subprocess.call"},
+                                           PayloadCase{"subprocess_p2.pkl", "subprocess.call"},
+                                           PayloadCase{"subprocess_p4.pkl", "subprocess.call"},
+                                           PayloadCase{"resolve_name.pkl", "pkgutil.resolve_name"},
+                                           PayloadCase{"stack_global_memo.pkl", "os.system"},
+                                           PayloadCase{"getattr_chain.pkl", "builtins.__import__"},
+                                           PayloadCase{"getattr_chain.pkl", "builtins.getattr"},
+                                           PayloadCase{"inst.pkl", "os.system"},
+                                           PayloadCase{"obj.pkl", "os.system"}),
+                         [](const ::testing::TestParamInfo<PayloadCase>& info) {
+                           std::string n = info.param.file + "_" + std::to_string(info.index);
+                           for (char& c : n) {
+                             if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+                           }
+                           return n;
+                         });
 
 TEST(Hostile, TorchZipAndLegacyPayloadsReadAsUnsafe) {
   for (const char* name : {"zip_reduce.pt", "legacy_reduce.pt"}) {
@@ -112,7 +113,9 @@ TEST(Hostile, CraftedArchiveControlReads) {
 }
 
 // torch 1.13 itself reads past the entry here (heap over-read into garbage).
-TEST(Hostile, StorageShorterThanTheShapeNeeds) { ExpectRejected("short_storage.pt", "needs 64 bytes"); }
+TEST(Hostile, StorageShorterThanTheShapeNeeds) {
+  ExpectRejected("short_storage.pt", "needs 64 bytes");
+}
 
 TEST(Hostile, ViewPastTheStorage) {
   ExpectRejected("view_past_storage.pt", "tensor needs 36 bytes");
@@ -125,7 +128,9 @@ TEST(Hostile, HugeDimsThatOverflow) {
   ExpectRejected("negative_dim.pt", "non-negative");
 }
 
-TEST(Hostile, MissingStorageEntry) { ExpectRejected("missing_storage.pt", "missing storage data/7"); }
+TEST(Hostile, MissingStorageEntry) {
+  ExpectRejected("missing_storage.pt", "missing storage data/7");
+}
 
 TEST(Hostile, QuantizedStorageClass) { ExpectRejected("quantized_storage.pt", "quantized"); }
 
@@ -146,7 +151,8 @@ TEST(Hostile, DeepNestingIsACleanError) {
     EXPECT_NE(std::string(u->status.message()).find("nesting"), std::string::npos) << u->status;
   }
   auto marks = UnpickleFile(Hostile("mark_bomb.pkl"));
-  EXPECT_NE(std::string(marks->status.message()).find("stack deeper"), std::string::npos) << marks->status;
+  EXPECT_NE(std::string(marks->status.message()).find("stack deeper"), std::string::npos)
+      << marks->status;
 }
 
 TEST(Hostile, SharedNodeBombDoesNotHangWalkers) {
@@ -169,7 +175,8 @@ void TruncationSweep(const std::string& name) {
   for (size_t n = 0; n < bytes.size(); ++n) {
     absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(MappedFile::FromString(bytes.substr(0, n)));
     ASSERT_FALSE(ckpt.ok()) << name << " truncated to " << n << " bytes read fine";
-    ASSERT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument) << n << ": " << ckpt.status();
+    ASSERT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument)
+        << n << ": " << ckpt.status();
   }
 }
 

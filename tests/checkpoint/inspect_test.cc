@@ -67,7 +67,8 @@ TEST(Inspect, LightningModelPrefixAndOpaqueGlobals) {
 TEST(Inspect, TiedWeightsAreASharedStorage) {
   Inspection in = InspectFixture("tied.pt");
   ASSERT_EQ(in.shared_storages.size(), 1u);
-  EXPECT_EQ(in.shared_storages[0].tensors, (std::vector<std::string>{"embed.weight", "head.weight"}));
+  EXPECT_EQ(in.shared_storages[0].tensors,
+            (std::vector<std::string>{"embed.weight", "head.weight"}));
 }
 
 TEST(Inspect, ViewsAreNonContiguous) {
@@ -99,7 +100,8 @@ TEST(Inspect, HostileZipIsUnsafe) {
 }
 
 TEST(Inspect, SafetensorsAndJsonSpec) {
-  std::string header = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"k":"v"}})";
+  std::string header =
+      R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"__metadata__":{"k":"v"}})";
   std::string st;
   for (int k = 0; k < 8; ++k) st.push_back(static_cast<char>((header.size() >> (8 * k)) & 0xFF));
   st += header + std::string(8, '\0');
@@ -195,7 +197,8 @@ TEST(InspectCommand, UnsafeExitsOneWithReasonOnOneLine) {
 TEST(InspectCommand, UnreadableExitsOne) {
   CommandRun missing = Command({FixtureDir() + "/no-such-file.pt"});
   EXPECT_EQ(missing.code, 1);
-  EXPECT_EQ(missing.err.rfind("weightgate: inspect: " + FixtureDir() + "/no-such-file.pt: ", 0), 0u);
+  EXPECT_EQ(missing.err.rfind("weightgate: inspect: " + FixtureDir() + "/no-such-file.pt: ", 0),
+            0u);
   CommandRun junk = Command({FixtureDir() + "/plain.tensors.tsv"});
   EXPECT_EQ(junk.code, 1);
   EXPECT_NE(junk.err.find("not a checkpoint"), std::string::npos) << junk.err;

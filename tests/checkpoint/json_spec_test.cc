@@ -94,14 +94,18 @@ TEST(JsonSpecTest, DtypeNamesInEveryCommonSpelling) {
     DType dtype;
   };
   const Case cases[] = {
-      {"F32", DType::kF32},       {"f32", DType::kF32},      {"float32", DType::kF32},
-      {"torch.float32", DType::kF32}, {"Float", DType::kF32}, {"BF16", DType::kBF16},
-      {"bfloat16", DType::kBF16}, {"half", DType::kF16},     {"F16", DType::kF16},
-      {"float64", DType::kF64},   {"double", DType::kF64},   {"I64", DType::kI64},
-      {"long", DType::kI64},      {"int32", DType::kI32},    {"int", DType::kI32},
-      {"I16", DType::kI16},       {"int8", DType::kI8},      {"uint8", DType::kU8},
-      {"U8", DType::kU8},         {"bool", DType::kBool},    {"BOOL", DType::kBool},
-      {"complex64", DType::kC64}, {"cdouble", DType::kC128},
+      {"F32", DType::kF32},       {"f32", DType::kF32},
+      {"float32", DType::kF32},   {"torch.float32", DType::kF32},
+      {"Float", DType::kF32},     {"BF16", DType::kBF16},
+      {"bfloat16", DType::kBF16}, {"half", DType::kF16},
+      {"F16", DType::kF16},       {"float64", DType::kF64},
+      {"double", DType::kF64},    {"I64", DType::kI64},
+      {"long", DType::kI64},      {"int32", DType::kI32},
+      {"int", DType::kI32},       {"I16", DType::kI16},
+      {"int8", DType::kI8},       {"uint8", DType::kU8},
+      {"U8", DType::kU8},         {"bool", DType::kBool},
+      {"BOOL", DType::kBool},     {"complex64", DType::kC64},
+      {"cdouble", DType::kC128},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
@@ -128,7 +132,8 @@ TEST(JsonSpecTest, ContiguousStridesAndOrderKept) {
 }
 
 TEST(JsonSpecTest, UnknownDtypeRejected) {
-  ExpectRejected(R"({"tensors": {"x": {"dtype": "float8", "shape": [1]}}})", "unknown dtype float8");
+  ExpectRejected(R"({"tensors": {"x": {"dtype": "float8", "shape": [1]}}})",
+                 "unknown dtype float8");
   ExpectRejected(R"({"tensors": {"x": {"dtype": "qint8", "shape": [1]}}})", "unknown dtype");
 }
 
@@ -149,9 +154,8 @@ TEST(JsonSpecTest, BadDimensionsRejected) {
 }
 
 TEST(JsonSpecTest, ShapeOverflow) {
-  ExpectRejected(
-      R"({"tensors": {"x": {"dtype": "F32", "shape": [4611686018427387904, 4]}}})",
-      "shape overflows");
+  ExpectRejected(R"({"tensors": {"x": {"dtype": "F32", "shape": [4611686018427387904, 4]}}})",
+                 "shape overflows");
   ExpectRejected(
       R"({"tensors": {"x": {"dtype": "U8", "shape": [0, 4611686018427387904, 4611686018427387904]}}})",
       "shape overflows");

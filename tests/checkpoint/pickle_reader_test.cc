@@ -127,7 +127,10 @@ TEST(PickleReader, SelfReferencingListIsACycleNotARecursion) {
 
 TEST(PickleReader, TruncatedBinUnicode) {
   // BINUNICODE declares 100 bytes, 3 follow.
-  std::string b("\x80\x02X\x64\x00\x00\x00" "abc.", 12);
+  std::string b(
+      "\x80\x02X\x64\x00\x00\x00"
+      "abc.",
+      12);
   auto p = Parse(b);
   ASSERT_FALSE(p->root.ok());
   EXPECT_EQ(p->root.status().code(), absl::StatusCode::kInvalidArgument);
@@ -135,7 +138,10 @@ TEST(PickleReader, TruncatedBinUnicode) {
 }
 
 TEST(PickleReader, HugeBinBytes8LengthDoesNotWrap) {
-  std::string b("\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\xff" "ab.", 14);
+  std::string b(
+      "\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\xff"
+      "ab.",
+      14);
   auto p = Parse(b);
   ASSERT_FALSE(p->root.ok());
   EXPECT_NE(Message(p->root.status()).find("truncated"), std::string::npos);
@@ -169,10 +175,10 @@ TEST(PickleReader, MemoIndexOverCap) {
 
 TEST(PickleReader, StackUnderflow) {
   EXPECT_FALSE(Parse("\x80\x02.")->root.ok());
-  EXPECT_FALSE(Parse("\x80\x02]a.")->root.ok());       // APPEND with one item
-  EXPECT_FALSE(Parse("\x80\x02N(s.")->root.ok());      // SETITEM below a MARK
-  EXPECT_FALSE(Parse("\x80\x02\x85.")->root.ok());     // TUPLE1 on empty stack
-  EXPECT_FALSE(Parse("\x80\x02t.")->root.ok());        // TUPLE without MARK
+  EXPECT_FALSE(Parse("\x80\x02]a.")->root.ok());    // APPEND with one item
+  EXPECT_FALSE(Parse("\x80\x02N(s.")->root.ok());   // SETITEM below a MARK
+  EXPECT_FALSE(Parse("\x80\x02\x85.")->root.ok());  // TUPLE1 on empty stack
+  EXPECT_FALSE(Parse("\x80\x02t.")->root.ok());     // TUPLE without MARK
 }
 
 TEST(PickleReader, StackDepthCap) {
@@ -221,7 +227,8 @@ TEST(PickleReader, OutOfBandBuffersRejected) {
 }
 
 TEST(PickleReader, UnknownOpcodeAndProtocol) {
-  EXPECT_NE(Message(Parse("\x80\x02\xff.")->root.status()).find("unknown opcode"), std::string::npos);
+  EXPECT_NE(Message(Parse("\x80\x02\xff.")->root.status()).find("unknown opcode"),
+            std::string::npos);
   EXPECT_NE(Message(Parse("\x80\x06N.")->root.status()).find("protocol"), std::string::npos);
   EXPECT_FALSE(Parse("\x80\x02\x82\x01.")->root.ok());  // EXT1
 }
@@ -251,7 +258,12 @@ TEST(PickleReader, ConsumedStopsAtStop) {
 TEST(PickleReader, UnknownGlobalIsOpaqueWithArgsAndState) {
   // argparse.Namespace via NEWOBJ + BUILD, as protocol 2 writes it.
   std::string b =
-      "\x80\x02" "cargparse\nNamespace\n" ")\x81" "}X\x02\x00\x00\x00lrG?\xb9\x99\x99\x99\x99\x99\x9a"s "s" "b.";
+      "\x80\x02"
+      "cargparse\nNamespace\n"
+      ")\x81"
+      "}X\x02\x00\x00\x00lrG?\xb9\x99\x99\x99\x99\x99\x9a"s
+      "s"
+      "b.";
   auto p = Parse(b);
   ASSERT_TRUE(p->root.ok()) << p->root.status();
   const Value* ns = *p->root;
@@ -265,7 +277,12 @@ TEST(PickleReader, UnknownGlobalIsOpaqueWithArgsAndState) {
 }
 
 TEST(PickleReader, DictSubclassBuiltByNewObjBecomesADict) {
-  std::string b = "\x80\x02" "c__main__\nAttributeDict\n" ")\x81" "(X\x01\x00\x00\x00"s "aK\x01u.";
+  std::string b =
+      "\x80\x02"
+      "c__main__\nAttributeDict\n"
+      ")\x81"
+      "(X\x01\x00\x00\x00"s
+      "aK\x01u.";
   auto p = Parse(b);
   ASSERT_TRUE(p->root.ok()) << p->root.status();
   EXPECT_EQ((*p->root)->kind, Kind::kDict);
@@ -276,8 +293,14 @@ TEST(PickleReader, DictSubclassBuiltByNewObjBecomesADict) {
 
 TEST(PickleReader, DefaultDictIsADict) {
   // collections.defaultdict(list) with one item, as protocol 2 writes it.
-  std::string b = "\x80\x02" "ccollections\ndefaultdict\n" "c__builtin__\nlist\n" "\x85R"
-                  "X\x01\x00\x00\x00"s "k]K\x07" "as.";
+  std::string b =
+      "\x80\x02"
+      "ccollections\ndefaultdict\n"
+      "c__builtin__\nlist\n"
+      "\x85R"
+      "X\x01\x00\x00\x00"s
+      "k]K\x07"
+      "as.";
   auto p = Parse(b);
   ASSERT_TRUE(p->root.ok()) << p->root.status();
   EXPECT_EQ((*p->root)->kind, Kind::kDict);
@@ -287,7 +310,10 @@ TEST(PickleReader, DefaultDictIsADict) {
 }
 
 TEST(PickleReader, UnsafeGlobalIsRecordedNotCalled) {
-  std::string b = "\x80\x02" "cposix\nsystem\n" "X\x02\x00\x00\x00ls\x85R."s;
+  std::string b =
+      "\x80\x02"
+      "cposix\nsystem\n"
+      "X\x02\x00\x00\x00ls\x85R."s;
   auto p = Parse(b);
   ASSERT_TRUE(p->root.ok()) << p->root.status();
   EXPECT_EQ((*p->root)->kind, Kind::kOpaque);
@@ -303,22 +329,43 @@ TEST(PickleReader, ClassifyGlobal) {
   EXPECT_EQ(ClassifyGlobal("argparse", "Namespace"), GlobalClass::kOpaque);
   EXPECT_EQ(ClassifyGlobal("functools", "partial"), GlobalClass::kOpaque);
   EXPECT_EQ(ClassifyGlobal("__torch__.Net", "Net"), GlobalClass::kOpaque);
-  for (auto [m, n] : std::vector<std::pair<std::string, std::string>>{
-           {"os", "system"}, {"posix", "system"}, {"nt", "system"}, {"subprocess", "Popen"},
-           {"sys", "modules"}, {"builtins", "eval"}, {"builtins", "exec"}, {"__builtin__", "eval"},
-           {"builtins", "setattr"}, {"builtins", "__import__"}, {"builtins", "open"},
-           {"runpy", "run_path"}, {"importlib", "import_module"}, {"importlib.util", "x"},
-           {"pickle", "loads"}, {"marshal", "loads"}, {"socket", "socket"}, {"shutil", "rmtree"},
-           {"pkgutil", "resolve_name"}, {"code", "interact"}, {"ctypes", "CDLL"},
-           {"torch.storage", "_load_from_bytes"}, {"webbrowser", "open"}, {"pty", "spawn"}}) {
+  for (auto [m, n] :
+       std::vector<std::pair<std::string, std::string>>{{"os", "system"},
+                                                        {"posix", "system"},
+                                                        {"nt", "system"},
+                                                        {"subprocess", "Popen"},
+                                                        {"sys", "modules"},
+                                                        {"builtins", "eval"},
+                                                        {"builtins", "exec"},
+                                                        {"__builtin__", "eval"},
+                                                        {"builtins", "setattr"},
+                                                        {"builtins", "__import__"},
+                                                        {"builtins", "open"},
+                                                        {"runpy", "run_path"},
+                                                        {"importlib", "import_module"},
+                                                        {"importlib.util", "x"},
+                                                        {"pickle", "loads"},
+                                                        {"marshal", "loads"},
+                                                        {"socket", "socket"},
+                                                        {"shutil", "rmtree"},
+                                                        {"pkgutil", "resolve_name"},
+                                                        {"code", "interact"},
+                                                        {"ctypes", "CDLL"},
+                                                        {"torch.storage", "_load_from_bytes"},
+                                                        {"webbrowser", "open"},
+                                                        {"pty", "spawn"}}) {
     EXPECT_EQ(ClassifyGlobal(m, n), GlobalClass::kUnsafe) << m << "." << n;
   }
 }
 
 TEST(PickleReader, GetattrOfAnEnumClassIsBenign) {
   // Python >= 3.11 writes enum members as getattr(Stage, "TRAIN").
-  auto p = Parse("\x80\x02" "cbuiltins\ngetattr\n" "c__main__\nStage\n" "X\x05\x00\x00\x00"s
-                 "TRAIN\x86R.");
+  auto p = Parse(
+      "\x80\x02"
+      "cbuiltins\ngetattr\n"
+      "c__main__\nStage\n"
+      "X\x05\x00\x00\x00"s
+      "TRAIN\x86R.");
   ASSERT_TRUE(p->root.ok()) << p->root.status();
   EXPECT_EQ((*p->root)->kind, Kind::kOpaque);
   EXPECT_EQ((*p->root)->str, "__main__.Stage.TRAIN");
@@ -326,37 +373,61 @@ TEST(PickleReader, GetattrOfAnEnumClassIsBenign) {
 }
 
 TEST(PickleReader, GetattrOfAModuleOrPrivateNameIsUnsafe) {
-  auto dunder = Parse("\x80\x02" "cbuiltins\ngetattr\n" "c__main__\nStage\n" "X\x08\x00\x00\x00"s
-                      "__init__\x86R.");
+  auto dunder = Parse(
+      "\x80\x02"
+      "cbuiltins\ngetattr\n"
+      "c__main__\nStage\n"
+      "X\x08\x00\x00\x00"s
+      "__init__\x86R.");
   ASSERT_TRUE(dunder->root.ok());
   EXPECT_EQ(dunder->unsafe, std::vector<std::string>{"builtins.getattr"});
   // getattr(os.path, "join"): the object is itself an unsafe global.
-  auto mod = Parse("\x80\x02" "cbuiltins\ngetattr\n" "cos\npath\n" "X\x04\x00\x00\x00"s
-                   "join\x86R.");
+  auto mod = Parse(
+      "\x80\x02"
+      "cbuiltins\ngetattr\n"
+      "cos\npath\n"
+      "X\x04\x00\x00\x00"s
+      "join\x86R.");
   ASSERT_TRUE(mod->root.ok());
-  EXPECT_NE(std::find(mod->unsafe.begin(), mod->unsafe.end(), "builtins.getattr"), mod->unsafe.end());
+  EXPECT_NE(std::find(mod->unsafe.begin(), mod->unsafe.end(), "builtins.getattr"),
+            mod->unsafe.end());
 }
 
 TEST(PickleReader, CallingAGetattrResultIsUnsafe) {
   // getattr(pathlib.Path, "unlink")(...): torch.load would call the method.
-  auto p = Parse("\x80\x02" "cbuiltins\ngetattr\n" "cpathlib\nPath\n" "X\x06\x00\x00\x00"s
-                 "unlink\x86R" "X\x01\x00\x00\x00"s "x\x85R.");
+  auto p = Parse(
+      "\x80\x02"
+      "cbuiltins\ngetattr\n"
+      "cpathlib\nPath\n"
+      "X\x06\x00\x00\x00"s
+      "unlink\x86R"
+      "X\x01\x00\x00\x00"s
+      "x\x85R.");
   ASSERT_TRUE(p->root.ok()) << p->root.status();
   EXPECT_EQ(p->unsafe, std::vector<std::string>{"builtins.getattr"});
 }
 
 TEST(PickleReader, TorchDtypeGlobalIsADtypeValue) {
-  auto p = Parse("\x80\x02" "ctorch\nbfloat16\n.");
+  auto p = Parse(
+      "\x80\x02"
+      "ctorch\nbfloat16\n.");
   ASSERT_TRUE(p->root.ok());
   EXPECT_EQ((*p->root)->kind, Kind::kDtype);
   EXPECT_EQ((*p->root)->dtype, DType::kBF16);
 }
 
 TEST(PickleReader, QuantizedRebuildIsAClearError) {
-  auto p = Parse("\x80\x02" "ctorch._utils\n_rebuild_qtensor\n" ")R.");
+  auto p = Parse(
+      "\x80\x02"
+      "ctorch._utils\n_rebuild_qtensor\n"
+      ")R.");
   ASSERT_FALSE(p->root.ok());
-  EXPECT_NE(Message(p->root.status()).find("quantized tensors are not supported"), std::string::npos);
-  auto s = Parse("\x80\x02" "ctorch._utils\n_rebuild_sparse_tensor\n" ")R.");
+  EXPECT_NE(Message(p->root.status()).find("quantized tensors are not supported"),
+            std::string::npos);
+  auto s = Parse(
+      "\x80\x02"
+      "ctorch._utils\n_rebuild_sparse_tensor\n"
+      ")R.");
   EXPECT_NE(Message(s->root.status()).find("sparse tensors are not supported"), std::string::npos);
 }
 
@@ -364,16 +435,24 @@ TEST(PickleReader, QuantizedRebuildIsAClearError) {
 std::string RebuildPickle(int64_t offset, std::vector<int64_t> size, std::vector<int64_t> stride) {
   auto i64 = [](int64_t v) {
     std::string s("\x8a\x08", 2);
-    for (int k = 0; k < 8; ++k) s.push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * k)) & 0xFF));
+    for (int k = 0; k < 8; ++k)
+      s.push_back(static_cast<char>((static_cast<uint64_t>(v) >> (8 * k)) & 0xFF));
     return s;
   };
-  std::string b = "\x80\x02" "ctorch._utils\n_rebuild_tensor_v2\n" "(" "X\x01\x00\x00\x00"s "0Q";
+  std::string b =
+      "\x80\x02"
+      "ctorch._utils\n_rebuild_tensor_v2\n"
+      "("
+      "X\x01\x00\x00\x00"s
+      "0Q";
   b += i64(offset);
   b += "(";
   for (int64_t s : size) b += i64(s);
   b += "t(";
   for (int64_t s : stride) b += i64(s);
-  b += "t\x89" "ccollections\nOrderedDict\n)R" "tR.";
+  b += "t\x89"
+       "ccollections\nOrderedDict\n)R"
+       "tR.";
   return b;
 }
 
@@ -410,7 +489,8 @@ TEST(PickleReader, TensorWithinStorage) {
 TEST(PickleReader, StorageShorterThanShapeNeeds) {
   auto p = ParseWithStorage(RebuildPickle(3, {2, 3}, {3, 1}), 8 * 4);
   ASSERT_FALSE(p->root.ok());
-  EXPECT_NE(Message(p->root.status()).find("needs 36 bytes"), std::string::npos) << p->root.status();
+  EXPECT_NE(Message(p->root.status()).find("needs 36 bytes"), std::string::npos)
+      << p->root.status();
 }
 
 TEST(PickleReader, StrideReachesPastStorage) {

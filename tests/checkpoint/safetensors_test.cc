@@ -68,8 +68,8 @@ std::string TempPath(const std::string& name) {
   return dir + "/" + name + "." + std::to_string(::getpid()) + ".safetensors";
 }
 
-const std::vector<std::pair<std::string, std::string>> kMetadata = {
-    {"format", "pt"}, {"producer", "weightgate"}};
+const std::vector<std::pair<std::string, std::string>> kMetadata = {{"format", "pt"},
+                                                                    {"producer", "weightgate"}};
 
 // Writes the reference tensors, appending in `chunk`-byte pieces.
 std::string WriteReference(const std::vector<Reference>& refs, size_t chunk) {
@@ -192,8 +192,8 @@ TEST(SafetensorsTest, DetectedByReadCheckpoint) {
   ASSERT_TRUE(cp.ok()) << cp.status();
   EXPECT_EQ(cp->format, Format::kSafetensors);
   ASSERT_EQ(cp->storages.size(), 15u);
-  EXPECT_EQ(cp->StorageBytes(1), cp->file->data().substr(cp->storages[1].file_offset,
-                                                         cp->storages[1].nbytes));
+  EXPECT_EQ(cp->StorageBytes(1),
+            cp->file->data().substr(cp->storages[1].file_offset, cp->storages[1].nbytes));
   ::unlink(path.c_str());
 }
 
@@ -203,7 +203,8 @@ TEST(SafetensorsTest, HeaderIsPaddedJsonWithLittleEndianLength) {
   ASSERT_GE(header.size(), 8u);
   EXPECT_EQ(header.size() % 8, 0u);
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(header[i])) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    n |= static_cast<uint64_t>(static_cast<unsigned char>(header[i])) << (8 * i);
   EXPECT_EQ(n, header.size() - 8);
   std::string json = header.substr(8);
   while (!json.empty() && json.back() == ' ') json.pop_back();
@@ -297,8 +298,9 @@ TEST(SafetensorsTest, MissingField) {
 }
 
 TEST(SafetensorsTest, ShapeMismatchesOffsets) {
-  ExpectRejected(Raw("{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,8]}}", "12345678"),
-                 "shape does not match data_offsets");
+  ExpectRejected(
+      Raw("{\"a\":{\"dtype\":\"F32\",\"shape\":[2,2],\"data_offsets\":[0,8]}}", "12345678"),
+      "shape does not match data_offsets");
 }
 
 TEST(SafetensorsTest, ShapeOverflow) {

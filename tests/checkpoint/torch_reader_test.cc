@@ -83,16 +83,18 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"legacy", Format::kTorchLegacy},
                       Case{"legacy_training", Format::kTorchLegacy},
                       Case{"proto2", Format::kTorchZip}, Case{"proto4", Format::kTorchZip},
-                      Case{"dtypes", Format::kTorchZip}, Case{"dtypes_legacy", Format::kTorchLegacy},
-                      Case{"edge", Format::kTorchZip}, Case{"views", Format::kTorchZip},
-                      Case{"tied", Format::kTorchZip}, Case{"parameters", Format::kTorchZip},
-                      Case{"buffer", Format::kTorchZip}, Case{"custom.prefix-name", Format::kTorchZip},
+                      Case{"dtypes", Format::kTorchZip},
+                      Case{"dtypes_legacy", Format::kTorchLegacy}, Case{"edge", Format::kTorchZip},
+                      Case{"views", Format::kTorchZip}, Case{"tied", Format::kTorchZip},
+                      Case{"parameters", Format::kTorchZip}, Case{"buffer", Format::kTorchZip},
+                      Case{"custom.prefix-name", Format::kTorchZip},
                       Case{"torchscript", Format::kTorchScript, false},
                       Case{"small", Format::kTorchZip}, Case{"small_legacy", Format::kTorchLegacy},
                       Case{"deflated", Format::kTorchZip}, Case{"whole_model", Format::kTorchZip}),
     [](const ::testing::TestParamInfo<Case>& info) {
       std::string n = info.param.name;
-      std::replace_if(n.begin(), n.end(), [](char ch) { return !std::isalnum(ch); }, '_');
+      std::replace_if(
+          n.begin(), n.end(), [](char ch) { return !std::isalnum(ch); }, '_');
       return n;
     });
 
@@ -147,7 +149,8 @@ TEST(TorchReader, ViewsAndTiedWeightsShareOneStorage) {
   EXPECT_EQ(views->storages.size(), 1u);
   for (const NamedTensor& t : FlattenTensors(views->root)) EXPECT_EQ(t.tensor->storage_index, 0);
   std::map<std::string, bool> contiguous;
-  for (const NamedTensor& t : FlattenTensors(views->root)) contiguous[t.name] = t.tensor->is_contiguous();
+  for (const NamedTensor& t : FlattenTensors(views->root))
+    contiguous[t.name] = t.tensor->is_contiguous();
   EXPECT_TRUE(contiguous["base"]);
   EXPECT_FALSE(contiguous["transposed"]);
   EXPECT_FALSE(contiguous["slice"]);
@@ -217,7 +220,8 @@ TEST(TorchReader, BigEndianLegacyRejected) {
   bytes[value] = '\x89';  // NEWFALSE
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(MappedFile::FromString(bytes));
   ASSERT_FALSE(ckpt.ok());
-  EXPECT_NE(std::string(ckpt.status().message()).find("big-endian"), std::string::npos) << ckpt.status();
+  EXPECT_NE(std::string(ckpt.status().message()).find("big-endian"), std::string::npos)
+      << ckpt.status();
 }
 
 TEST(TorchReader, LegacyStorageCountMustMatchItsTensors) {
@@ -229,7 +233,8 @@ TEST(TorchReader, LegacyStorageCountMustMatchItsTensors) {
   bytes[count_at] = '\x05';
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(MappedFile::FromString(bytes));
   ASSERT_FALSE(ckpt.ok());
-  EXPECT_NE(std::string(ckpt.status().message()).find("has 5 elements"), std::string::npos) << ckpt.status();
+  EXPECT_NE(std::string(ckpt.status().message()).find("has 5 elements"), std::string::npos)
+      << ckpt.status();
 }
 
 TEST(TorchReader, NotACheckpoint) {

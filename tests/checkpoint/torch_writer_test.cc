@@ -38,12 +38,32 @@ std::string TensorData(const TorchZipEntry& t, int seed) {
     double v = (i % 17) * 0.25 - 2 + seed;
     switch (t.dtype) {
       case DType::kF64: std::memcpy(p, &v, 8); break;
-      case DType::kF32: { float f = static_cast<float>(v); std::memcpy(p, &f, 4); break; }
-      case DType::kF16: { uint16_t h = static_cast<uint16_t>(0x3C00 + (i % 64)); std::memcpy(p, &h, 2); break; }
-      case DType::kBF16: { uint16_t h = static_cast<uint16_t>(0x3F80 + (i % 64)); std::memcpy(p, &h, 2); break; }
+      case DType::kF32: {
+        float f = static_cast<float>(v);
+        std::memcpy(p, &f, 4);
+        break;
+      }
+      case DType::kF16: {
+        uint16_t h = static_cast<uint16_t>(0x3C00 + (i % 64));
+        std::memcpy(p, &h, 2);
+        break;
+      }
+      case DType::kBF16: {
+        uint16_t h = static_cast<uint16_t>(0x3F80 + (i % 64));
+        std::memcpy(p, &h, 2);
+        break;
+      }
       case DType::kBool: *p = static_cast<char>((i + seed) % 3 == 0); break;
-      case DType::kC64: { float f[2] = {static_cast<float>(v), static_cast<float>(-v)}; std::memcpy(p, f, 8); break; }
-      case DType::kC128: { double d[2] = {v, -v}; std::memcpy(p, d, 16); break; }
+      case DType::kC64: {
+        float f[2] = {static_cast<float>(v), static_cast<float>(-v)};
+        std::memcpy(p, f, 8);
+        break;
+      }
+      case DType::kC128: {
+        double d[2] = {v, -v};
+        std::memcpy(p, d, 16);
+        break;
+      }
       default:
         for (size_t k = 0; k < item; ++k) p[k] = static_cast<char>((i * 7 + k * 13 + seed) & 0xFF);
     }
@@ -53,14 +73,22 @@ std::string TensorData(const TorchZipEntry& t, int seed) {
 
 std::vector<TorchZipEntry> AllDtypes() {
   return {
-      {"fc.weight", DType::kF32, {5, 16}}, {"fc.bias", DType::kF32, {5}},
-      {"f64", DType::kF64, {3, 4}},        {"f16", DType::kF16, {7}},
-      {"bf16", DType::kBF16, {2, 3, 4}},   {"i64", DType::kI64, {4}},
-      {"i32", DType::kI32, {4}},           {"i16", DType::kI16, {4}},
-      {"i8", DType::kI8, {4}},             {"u8", DType::kU8, {300}},
-      {"bool", DType::kBool, {9}},         {"c64", DType::kC64, {2, 2}},
-      {"c128", DType::kC128, {3}},         {"scalar", DType::kF32, {}},
-      {"empty", DType::kF32, {0}},         {"empty_2d", DType::kI64, {3, 0}},
+      {"fc.weight", DType::kF32, {5, 16}},
+      {"fc.bias", DType::kF32, {5}},
+      {"f64", DType::kF64, {3, 4}},
+      {"f16", DType::kF16, {7}},
+      {"bf16", DType::kBF16, {2, 3, 4}},
+      {"i64", DType::kI64, {4}},
+      {"i32", DType::kI32, {4}},
+      {"i16", DType::kI16, {4}},
+      {"i8", DType::kI8, {4}},
+      {"u8", DType::kU8, {300}},
+      {"bool", DType::kBool, {9}},
+      {"c64", DType::kC64, {2, 2}},
+      {"c128", DType::kC128, {3}},
+      {"scalar", DType::kF32, {}},
+      {"empty", DType::kF32, {0}},
+      {"empty_2d", DType::kI64, {3, 0}},
       {"unit", DType::kF32, {1, 1, 5}},
   };
 }
@@ -69,7 +97,8 @@ absl::Status WriteAll(const std::string& path, const std::vector<TorchZipEntry>&
                       size_t chunk, TorchZipWriterOptions options = {}) {
   std::string all;
   for (size_t i = 0; i < entries.size(); ++i) all += TensorData(entries[i], static_cast<int>(i));
-  absl::StatusOr<std::unique_ptr<TorchZipWriter>> w = TorchZipWriter::Create(path, entries, options);
+  absl::StatusOr<std::unique_ptr<TorchZipWriter>> w =
+      TorchZipWriter::Create(path, entries, options);
   if (!w.ok()) return w.status();
   for (size_t off = 0; off < all.size(); off += chunk) {
     if (absl::Status s = (*w)->Append(std::string_view(all).substr(off, chunk)); !s.ok()) return s;
@@ -131,7 +160,8 @@ void ExpectTorchLoadsSame(const std::string& path, const std::vector<TorchZipEnt
   EXPECT_EQ(got["type"], "OrderedDict");
   EXPECT_EQ(got["strict"], "ok True");
   for (size_t i = 0; i < entries.size(); ++i) {
-    EXPECT_EQ(got[entries[i].name], Describe(entries[i], TensorData(entries[i], static_cast<int>(i))))
+    EXPECT_EQ(got[entries[i].name],
+              Describe(entries[i], TensorData(entries[i], static_cast<int>(i))))
         << entries[i].name;
   }
 }
@@ -182,7 +212,8 @@ TEST(TorchWriter, RoundTripThroughOurReader) {
     EXPECT_EQ(got[i].tensor->dtype, entries[i].dtype);
     EXPECT_EQ(got[i].tensor->shape, entries[i].shape);
     EXPECT_TRUE(got[i].tensor->is_contiguous());
-    EXPECT_EQ(GatherTensorBytes(*ckpt, *got[i].tensor), TensorData(entries[i], static_cast<int>(i)));
+    EXPECT_EQ(GatherTensorBytes(*ckpt, *got[i].tensor),
+              TensorData(entries[i], static_cast<int>(i)));
     // Tensor data is 64-byte aligned in the file, as torch writes it.
     const StorageRecord& r = ckpt->storages[static_cast<size_t>(got[i].tensor->storage_index)];
     if (r.nbytes > 0) {
@@ -219,7 +250,9 @@ TEST(TorchWriter, NegativeOrOverflowingShapeRejected) {
   int64_t big = int64_t{1} << 40;
   EXPECT_FALSE(TorchZipWriter::Create(TempPath("big.pt"), {{"x", DType::kF64, {big, big}}}).ok());
   EXPECT_FALSE(TorchZipWriter::Create(TempPath("p.pt"), {}, {.archive_prefix = "a/b"}).ok());
-  EXPECT_FALSE(TorchZipWriter::Create(TempPath("p.pt"), {}, {.archive_prefix = std::string(70000, 'a')}).ok());
+  EXPECT_FALSE(
+      TorchZipWriter::Create(TempPath("p.pt"), {}, {.archive_prefix = std::string(70000, 'a')})
+          .ok());
 }
 
 TEST(TorchWriter, BigEndianByteorderRejectedByReader) {
@@ -263,7 +296,8 @@ print(e.storage().data_ptr() == h.storage().data_ptr(), bool((e == h).all()),
       sd["bias"].storage().data_ptr() != e.storage().data_ptr())
 )PY";
   std::string out = TempPath("tied.out");
-  ASSERT_EQ(std::system(("/usr/bin/python3 " + script + " " + path + " >" + out + " 2>&1").c_str()), 0)
+  ASSERT_EQ(std::system(("/usr/bin/python3 " + script + " " + path + " >" + out + " 2>&1").c_str()),
+            0)
       << ReadFileBytes(out);
   EXPECT_EQ(ReadFileBytes(out), "True True True\n");
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path);
@@ -278,12 +312,15 @@ print(e.storage().data_ptr() == h.storage().data_ptr(), bool((e == h).all()),
 }
 
 TEST(TorchWriter, BadTiesRejected) {
-  auto create = [](std::vector<TorchZipEntry> e) { return TorchZipWriter::Create(TempPath("tie.pt"), e).ok(); };
-  EXPECT_FALSE(create({{"a", DType::kF32, {2}, 0}}));                               // itself
-  EXPECT_FALSE(create({{"a", DType::kF32, {2}, 1}, {"b", DType::kF32, {2}}}));     // a later entry
-  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF16, {2}, 0}}));     // another dtype
-  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF32, {3}, 0}}));     // bigger
-  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF32, {2}, 0}, {"c", DType::kF32, {2}, 1}}));
+  auto create = [](std::vector<TorchZipEntry> e) {
+    return TorchZipWriter::Create(TempPath("tie.pt"), e).ok();
+  };
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}, 0}}));                           // itself
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}, 1}, {"b", DType::kF32, {2}}}));  // a later entry
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF16, {2}, 0}}));  // another dtype
+  EXPECT_FALSE(create({{"a", DType::kF32, {2}}, {"b", DType::kF32, {3}, 0}}));  // bigger
+  EXPECT_FALSE(
+      create({{"a", DType::kF32, {2}}, {"b", DType::kF32, {2}, 0}, {"c", DType::kF32, {2}, 1}}));
 }
 
 TEST(TorchWriter, EmptyStateDict) {

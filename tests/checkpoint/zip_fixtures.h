@@ -66,7 +66,8 @@ inline std::vector<std::string> SplitTabs(const std::string& line) {
   size_t start = 0;
   while (true) {
     size_t tab = line.find('\t', start);
-    fields.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
+    fields.push_back(
+        line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
     if (tab == std::string::npos) break;
     start = tab + 1;
   }
@@ -153,13 +154,13 @@ inline void Patch32(std::string* s, size_t off, uint32_t v) {
 // One entry of a hand-made archive. Defaults give a valid stored entry.
 struct FakeEntry {
   std::string name;
-  std::string payload;       // bytes as stored (already deflated for method 8)
+  std::string payload;  // bytes as stored (already deflated for method 8)
   uint16_t method = 0;
-  uint64_t size = 0;         // uncompressed; 0 = payload.size()
-  uint32_t crc = 0;          // 0 = CRC of payload (right for stored entries)
+  uint64_t size = 0;  // uncompressed; 0 = payload.size()
+  uint32_t crc = 0;   // 0 = CRC of payload (right for stored entries)
   uint16_t flags = 0;
-  std::string local_name;    // empty = name
-  std::string local_extra;   // e.g. torch's "FB" padding
+  std::string local_name;            // empty = name
+  std::string local_extra;           // e.g. torch's "FB" padding
   int64_t compressed_override = -1;  // central compressed/uncompressed size lie
 };
 

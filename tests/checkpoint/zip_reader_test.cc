@@ -200,8 +200,7 @@ TEST(ZipReaderTest, StrongEncryptionRejected) {
 TEST(ZipReaderTest, UnknownMethodRejected) {
   FakeEntry bzip2 = Stored("bz", "BZh9");
   bzip2.method = 12;
-  ExpectRejected(MakeZip({bzip2}),
-                 "unsupported compression method 12");
+  ExpectRejected(MakeZip({bzip2}), "unsupported compression method 12");
 }
 
 TEST(ZipReaderTest, DotDotNameRejected) {
@@ -233,15 +232,13 @@ TEST(ZipReaderTest, NameTooLongRejected) {
 }
 
 TEST(ZipReaderTest, DuplicateNameRejected) {
-  ExpectRejected(MakeZip({Stored("a", "1"), Stored("a", "2")}),
-                 "duplicate entry name");
+  ExpectRejected(MakeZip({Stored("a", "1"), Stored("a", "2")}), "duplicate entry name");
 }
 
 TEST(ZipReaderTest, LocalNameMismatchRejected) {
   FakeEntry e = Stored("model/data.pkl", "x");
   e.local_name = "model/evil.pk";
-  ExpectRejected(MakeZip({e}),
-                 "local and central names differ");
+  ExpectRejected(MakeZip({e}), "local and central names differ");
 }
 
 TEST(ZipReaderTest, LocalExtraFieldShiftsDataOffset) {
@@ -501,7 +498,8 @@ TEST(ZipReaderTest, Zip64EntryCountLies) {
 
 TEST(ZipReaderTest, Zip64RecordOutOfRange) {
   std::string base = MakeZip({Stored("a", "1")});
-  ExpectRejected(ToZip64(base, 1, 44, int64_t{1} << 62), "zip64 end of central directory out of range");
+  ExpectRejected(ToZip64(base, 1, 44, int64_t{1} << 62),
+                 "zip64 end of central directory out of range");
   ExpectRejected(ToZip64(base, 1, ~uint64_t{0}), "bad zip64 end of central directory size");
   ExpectRejected(ToZip64(base, 1, 44, 0), "bad zip64 end of central directory signature");
 }

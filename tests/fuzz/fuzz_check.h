@@ -9,17 +9,16 @@
 
 #include "absl/status/status.h"
 
-#define WG_FUZZ_CHECK(cond)                                                  \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
-      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, \
-                   #cond);                                                   \
-      std::abort();                                                          \
-    }                                                                        \
+#define WG_FUZZ_CHECK(cond)                                                             \
+  do {                                                                                  \
+    if (!(cond)) {                                                                      \
+      std::fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__, __LINE__, #cond); \
+      std::abort();                                                                     \
+    }                                                                                   \
   } while (0)
 
 // Untrusted input may only ever produce InvalidArgument.
-#define WG_FUZZ_CHECK_REJECTION(status)                                        \
+#define WG_FUZZ_CHECK_REJECTION(status) \
   WG_FUZZ_CHECK((status).code() == absl::StatusCode::kInvalidArgument)
 
 #endif  // WEIGHTGATE_TESTS_FUZZ_FUZZ_CHECK_H_

@@ -37,7 +37,7 @@ void CheckTensor(const wc::Checkpoint& cp, const wc::TensorRecord& t) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string bytes(reinterpret_cast<const char*>(data), size);
   wc::ReadOptions options;
-  options.max_values = 1 << 20;                  // stay under libFuzzer's RSS limit
+  options.max_values = 1 << 20;  // stay under libFuzzer's RSS limit
   options.max_inflated_bytes = uint64_t{256} << 20;
   absl::StatusOr<wc::Checkpoint> cp =
       wc::ReadCheckpoint(wc::MappedFile::FromString(std::move(bytes)), options);

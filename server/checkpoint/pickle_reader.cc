@@ -12,9 +12,14 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::AbslView;
+using common::Cat;
+using common::StdView;
+
 namespace {
 
 using Kind = Value::Kind;

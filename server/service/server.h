@@ -79,6 +79,8 @@ class Server final {
 
   // The bound gRPC port (useful with ":0").
   int port() const { return port_; }
+  // Calls cancelled by the watchdog (idle uploads, stalled readers).
+  uint64_t timeouts() const { return limits_->timeouts(); }
   // Re-reads the tokens file (SIGHUP); on error the old tokens stay.
   absl::Status ReloadTokens() { return auth_->Reload(); }
   // Stops accepting, lets running RPCs finish until `deadline`, then cancels them.

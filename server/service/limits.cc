@@ -58,8 +58,8 @@ grpc::Status Limits::AcquireStream(grpc::CallbackServerContext* context) {
       return grpc::Status::OK;
     }
   }
-  return Busy(context, absl::StrCat(options_.max_streams,
-                                    " fetch/watch streams open (--max_streams)"));
+  return Busy(context,
+              absl::StrCat(options_.max_streams, " fetch/watch streams open (--max_streams)"));
 }
 
 void Limits::ReleaseStream() {
@@ -79,9 +79,9 @@ grpc::Status Limits::ReserveStaged(grpc::CallbackServerContext* context, uint64_
   }
   absl::MutexLock lock(&mu_);
   if (bytes > options_.max_staged_bytes - std::min(staged_, options_.max_staged_bytes)) {
-    return Busy(context, absl::StrCat("uploads in flight already stage ", staged_,
-                                      " bytes of at most ", options_.max_staged_bytes,
-                                      " (--max_staged_bytes)"));
+    return Busy(context,
+                absl::StrCat("uploads in flight already stage ", staged_, " bytes of at most ",
+                             options_.max_staged_bytes, " (--max_staged_bytes)"));
   }
   staged_ += bytes;
   return grpc::Status::OK;
@@ -127,9 +127,8 @@ void Limits::Unwatch(uint64_t id) {
   // While the watchdog cancels this call its context must stay valid: wait,
   // unless the cancellation runs this call's reactions inline right here.
   if (std::this_thread::get_id() != watchdog_.get_id()) {
-    auto not_cancelling = [this, id]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-      return cancelling_ != id;
-    };
+    auto not_cancelling = [this, id]()
+                              ABSL_SHARED_LOCKS_REQUIRED(mu_) { return cancelling_ != id; };
     mu_.Await(absl::Condition(&not_cancelling));
   }
   watched_.erase(id);

@@ -20,12 +20,9 @@ absl::Status Loosens(const std::string& field, const std::string& why) {
 // Strictness rank of the dtype mode: reject > cast > keep.
 int DTypeRank(NormalizationPolicy::DTypeMode mode) {
   switch (mode) {
-    case NormalizationPolicy::DTYPE_REJECT:
-      return 2;
-    case NormalizationPolicy::DTYPE_CAST:
-      return 1;
-    default:
-      return 0;
+    case NormalizationPolicy::DTYPE_REJECT: return 2;
+    case NormalizationPolicy::DTYPE_CAST: return 1;
+    default: return 0;
   }
 }
 
@@ -40,8 +37,8 @@ absl::Status CheckOverrideOnlyTightens(const NormalizationPolicy& model,
                                        const NormalizationPolicy& req) {
   bool model_auto = model.container().empty() || model.container() == "auto";
   if (!model_auto && req.container() != model.container()) {
-    return Loosens("container", absl::StrCat("'", req.container(), "' instead of '",
-                                             model.container(), "'"));
+    return Loosens("container",
+                   absl::StrCat("'", req.container(), "' instead of '", model.container(), "'"));
   }
   if (model.prefixes() == NormalizationPolicy::PREFIX_NONE &&
       req.prefixes() != NormalizationPolicy::PREFIX_NONE) {
@@ -63,9 +60,9 @@ absl::Status CheckOverrideOnlyTightens(const NormalizationPolicy& model,
     return Loosens("positional_remap", "turned on");
   }
   if (DTypeRank(req.dtype()) < DTypeRank(model.dtype())) {
-    return Loosens("dtype", absl::StrCat(NormalizationPolicy::DTypeMode_Name(req.dtype()),
-                                         " is weaker than ",
-                                         NormalizationPolicy::DTypeMode_Name(model.dtype())));
+    return Loosens(
+        "dtype", absl::StrCat(NormalizationPolicy::DTypeMode_Name(req.dtype()), " is weaker than ",
+                              NormalizationPolicy::DTypeMode_Name(model.dtype())));
   }
   std::vector<std::string> allowed = OptionalKeys(model);
   std::set<std::string> allowed_set(allowed.begin(), allowed.end());

@@ -63,6 +63,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     }
     grpc::Status slot = setup_.limits->AcquireUpload(setup_.context);
     if (!slot.ok()) {
+      setup_.metrics->RecordLimited("uploads");
       Fail(slot);
       return;
     }
@@ -120,13 +121,16 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         Fail(TooLarge());
         return;
       }
-      absl::StatusOr<std::unique_ptr<store::StagedFile>> staged = setup_.store->NewStagedFile();
-      if (!staged.ok()) {
-        Fail(ToGrpcStatus(staged.status()));
-        return;
-      }
-      staged_ = *std::move(staged);
-      ReadNext();
+      // Creating the staging file touches the disk: not on a gRPC thread.
+      setup_.executor->Schedule([this] {
+        absl::StatusOr<std::unique_ptr<store::StagedFile>> staged = setup_.store->NewStagedFile();
+        if (!staged.ok()) {
+          Fail(ToGrpcStatus(staged.status()));
+          return;
+        }
+        staged_ = *std::move(staged);
+        ReadNext();
+      });
       return;
     }
     if (request_.msg_case() != Request::kChunk) {
@@ -137,16 +141,18 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       Fail(TooLarge());
       return;
     }
-    // Room on disk first, then the bytes.
-    grpc::Status room = setup_.limits->ReserveStaged(setup_.context, request_.chunk().size());
-    if (!room.ok()) {
-      Fail(room);
-      return;
-    }
-    reserved_ += request_.chunk().size();
     setup_.metrics->AddBytesIn(static_cast<double>(request_.chunk().size()));
     log_.add_bytes(request_.chunk().size());
     setup_.executor->Schedule([this] {
+      // Room on disk first (statvfs may be slow on NFS: off the gRPC thread),
+      // then the bytes.
+      grpc::Status room = setup_.limits->ReserveStaged(setup_.context, request_.chunk().size());
+      if (!room.ok()) {
+        setup_.metrics->RecordLimited("staging");
+        Fail(room);
+        return;
+      }
+      reserved_ += request_.chunk().size();
       absl::Status written = staged_->Append(request_.chunk());
       if (!written.ok()) {
         Fail(ToGrpcStatus(written));

@@ -20,7 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "server/checkpoint/mapped_file.h"
+#include "common/mapped_file.h"
 #include "server/store/mapping_guard.h"
 #include "server/store/store.h"
 #include "weightgate/v1/stream.pb.h"
@@ -28,7 +28,7 @@
 namespace weightgate::store {
 
 struct OpenBlob {
-  std::shared_ptr<const checkpoint::MappedFile> file;
+  std::shared_ptr<const common::MappedFile> file;
   // Tensors (name, dtype, shape, byte range in the blob), header size, total.
   weightgate::v1::Manifest manifest;
   // Declared after `file`, so it is released before the mapping goes.
@@ -64,7 +64,7 @@ class BlobCache final {
 
 // Parses a stored blob's safetensors header into a manifest.
 absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
-    std::shared_ptr<const checkpoint::MappedFile> file);
+    std::shared_ptr<const common::MappedFile> file);
 
 }  // namespace weightgate::store
 

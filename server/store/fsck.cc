@@ -14,8 +14,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/sha256.h"
 #include "google/protobuf/util/json_util.h"
-#include "server/checkpoint/sha256.h"
 #include "weightgate/v1/registry.pb.h"
 
 namespace weightgate::store {
@@ -78,7 +78,7 @@ FsckResult Fsck(const std::string& root, std::ostream* progress) {
     blobs.insert(name);
     ++result.blobs;
     if (::stat(path.c_str(), &st) == 0) result.blob_bytes += static_cast<uint64_t>(st.st_size);
-    absl::StatusOr<std::string> sha = checkpoint::Sha256File(path);
+    absl::StatusOr<std::string> sha = common::Sha256File(path);
     if (!sha.ok()) {
       bad_blobs[name] = absl::StrCat("unreadable (", sha.status().message(), ")");
     } else if (*sha != name) {

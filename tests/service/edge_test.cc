@@ -224,6 +224,50 @@ TEST_F(EdgeTest, StalledReadersAreCancelledAndTheirMemoryReturned) {
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
+// Space is checked before bytes are accepted: the staging total across
+// uploads, and the free-disk reserve that keeps metadata writes possible.
+TEST_F(EdgeTest, StagingTotalAndFreeDiskReserveRefuseBytesBeforeWriting) {
+  auto upload = [&](const Server& server, size_t bytes) {
+    auto stub = weightgate::v1::ModelRegistry::NewStub(Channel(server));
+    grpc::ClientContext ctx;
+    weightgate::v1::ValidationReport report;
+    auto writer = stub->ValidateCheckpoint(&ctx, &report);
+    weightgate::v1::UploadRequest header;
+    header.mutable_header()->set_model_id("m");
+    writer->Write(header);
+    weightgate::v1::UploadRequest chunk;
+    chunk.set_chunk(std::string(bytes, 'x'));
+    writer->Write(chunk);
+    writer->WritesDone();
+    return writer->Finish();
+  };
+  {
+    Server::Options o = Options();
+    o.min_free_bytes = uint64_t{1} << 60;  // more than any disk has
+    auto server = Server::Start(o);
+    ASSERT_TRUE(server.ok()) << server.status();
+    grpc::Status s = upload(**server, 4096);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(s.error_message().find("--min_free_bytes"), std::string::npos) << s.error_message();
+    (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+  {
+    Server::Options o = Options();
+    o.max_staged_bytes = 1000;
+    auto server = Server::Start(o);
+    ASSERT_TRUE(server.ok()) << server.status();
+    grpc::Status s = upload(**server, 4096);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(s.error_message().find("--max_staged_bytes"), std::string::npos) << s.error_message();
+    (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  }
+  int staged = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(root_ + "/store/tmp")) {
+    staged += e.is_regular_file() && e.file_size() > 0;
+  }
+  EXPECT_EQ(staged, 0);
+}
+
 TEST(PolicyCheckTest, OverridesMayOnlyTighten) {
   NormalizationPolicy model;
   EXPECT_TRUE(CheckOverrideOnlyTightens(model, model).ok());

@@ -63,10 +63,13 @@ TEST_F(FsckTest, DamagedBlobNamedWithTheVersionsUsingIt) {
 
 TEST_F(FsckTest, MissingBlobCorruptRecordAndDanglingAlias) {
   fs::remove(store_->BlobPath(shas_[1]));
-  ASSERT_TRUE(store_->UpdateModel("m", [](weightgate::v1::Model& m) {
-                       (*m.mutable_aliases())["prod"] = 9;
-                       return absl::OkStatus();
-                     }).ok());
+  ASSERT_TRUE(store_
+                  ->UpdateModel("m",
+                                [](weightgate::v1::Model& m) {
+                                  (*m.mutable_aliases())["prod"] = 9;
+                                  return absl::OkStatus();
+                                })
+                  .ok());
   std::ofstream(root_ + "/models/m/versions/1.json", std::ios::trunc) << "{broken";
   FsckResult r = Fsck(root_);
   std::string all = absl::StrJoin(r.problems, "\n");

@@ -103,12 +103,15 @@ class LoadTest(unittest.TestCase):
                 counts = {"fetch_ok": 0, "fetch_failed": 0, "fetch_bytes": 0, "upload_ok": 0,
                           "upload_failed": 0, "invalid_rejected": 0, "invalid_other": 0}
 
+                acked_paths = {checkpoints[0]}
+
                 def upload(replica, path):
                     r = replica.cli("--json", "upload", "load", path, timeout=300)
                     with lock:
                         if r.returncode == 0:
                             version = json.loads(r.stdout)["version"]
                             acked[int(version["version"])] = version["blob_sha256"]
+                            acked_paths.add(path)
                             counts["upload_ok"] += 1
                         else:
                             counts["upload_failed"] += 1
@@ -148,18 +151,15 @@ class LoadTest(unittest.TestCase):
                     invalid_pool.shutdown()
                     # Uploads that died with b are retried through a.
                     retried = 0
-                    stored = set(acked.values())
-                    missing = 2 * UPLOADS_PER_REPLICA - len(acked)
-                    for path in checkpoints[1:]:
-                        if missing <= 0:
-                            break
+                    for path in checkpoints:
+                        if path in acked_paths:
+                            continue
                         r = a.cli("--json", "upload", "load", path, timeout=300)
-                        version = json.loads(r.stdout)["version"] if r.returncode == 0 else None
-                        if version and version["blob_sha256"] not in stored:
-                            acked[int(version["version"])] = version["blob_sha256"]
-                            stored.add(version["blob_sha256"])
-                            missing -= 1
-                            retried += 1
+                        self.assertEqual(r.returncode, 0, r.stderr)
+                        version = json.loads(r.stdout)["version"]
+                        acked[int(version["version"])] = version["blob_sha256"]
+                        acked_paths.add(path)
+                        retried += 1
                 load_seconds = time.time() - load_start
 
                 # Every acknowledged version is fetchable, through either replica, with its digest.

@@ -36,6 +36,17 @@ void RecordReport(Metrics& metrics, const char* rpc, const ValidationReport& rep
       static_cast<double>(report.total_bytes()) / (1 << 20), seconds, report.device());
 }
 
+// A validation stops (its worker is killed) when the client cancels or the
+// call's deadline passes.
+worker::CallControl Control(grpc::CallbackServerContext* context) {
+  worker::CallControl control;
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    control.deadline = absl::FromChrono(context->deadline());
+  }
+  control.cancelled = [context] { return context->IsCancelled(); };
+  return control;
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* RegistryService::Unary(grpc::CallbackServerContext* context,
@@ -67,8 +78,9 @@ grpc::ServerReadReactor<RegisterModelRequest>* RegistryService::RegisterModel(
   using Reactor = UploadReactor<RegisterModelRequest, RegisterModelHeader>;
   return new Reactor(
       Upload("RegisterModel", context),
-      [this, response](const RegisterModelHeader& header, store::StagedFile& staged) {
-        absl::StatusOr<Model> model = options_.registry->RegisterModel(header, staged.path());
+      [this, response, context](const RegisterModelHeader& header, store::StagedFile& staged) {
+        absl::StatusOr<Model> model =
+            options_.registry->RegisterModel(header, staged.path(), Control(context));
         if (!model.ok()) return ToGrpcStatus(model.status());
         *response = *std::move(model);
         if (absl::StatusOr<std::vector<Model>> all = options_.store->ListModels(); all.ok()) {
@@ -114,17 +126,17 @@ grpc::ServerUnaryReactor* RegistryService::DeleteModel(
 grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
     grpc::CallbackServerContext* context, ValidationReport* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
-  return new Reactor(Upload("ValidateCheckpoint", context),
-                     [this, response](const UploadHeader& header, store::StagedFile& staged) {
-                       auto start = std::chrono::steady_clock::now();
-                       absl::StatusOr<ValidationReport> report =
-                           options_.registry->Validate(header, staged.path());
-                       if (!report.ok()) return ToGrpcStatus(report.status());
-                       RecordReport(*options_.metrics, "ValidateCheckpoint", *report,
-                                    SecondsSince(start));
-                       *response = *std::move(report);
-                       return grpc::Status::OK;
-                     });
+  return new Reactor(
+      Upload("ValidateCheckpoint", context),
+      [this, response, context](const UploadHeader& header, store::StagedFile& staged) {
+        auto start = std::chrono::steady_clock::now();
+        absl::StatusOr<ValidationReport> report =
+            options_.registry->Validate(header, staged.path(), Control(context));
+        if (!report.ok()) return ToGrpcStatus(report.status());
+        RecordReport(*options_.metrics, "ValidateCheckpoint", *report, SecondsSince(start));
+        *response = *std::move(report);
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
@@ -132,7 +144,7 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
   return new Reactor(
       Upload("UploadCheckpoint", context),
-      [this, response](const UploadHeader& header, store::StagedFile& staged) {
+      [this, response, context](const UploadHeader& header, store::StagedFile& staged) {
         if (!header.alias().empty()) {
           if (absl::Status s = store::ValidateModelId(header.alias()); !s.ok()) {
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -144,8 +156,8 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
         if (!output.ok()) return ToGrpcStatus(output.status());
         // The normaliser writes the output file itself; close our descriptor and
         // let the store hash it when committing.
-        absl::StatusOr<ValidationReport> report =
-            options_.registry->NormalizeTo(header, staged.path(), (*output)->path());
+        absl::StatusOr<ValidationReport> report = options_.registry->NormalizeTo(
+            header, staged.path(), (*output)->path(), Control(context));
         if (!report.ok()) return ToGrpcStatus(report.status());
         RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
         *response->mutable_report() = *report;

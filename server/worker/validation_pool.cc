@@ -115,6 +115,15 @@ absl::Status ValidationPool::Spawn(size_t index) {
   args.push_back(
       absl::StrCat("--cpu_seconds=", std::max<int64_t>(1, absl::ToInt64Seconds(CpuTime()))));
   args.push_back(absl::StrCat("--fd=", kWorkerFd));
+  // The worker dies with us; it checks it still has the parent it was
+  // started by (in a container the server may be pid 1).
+  args.push_back(absl::StrCat("--parent_pid=", ::getpid()));
+  const std::string path = args[0];
+  if (args[0] == "/proc/self/exe") {  // show the real binary in ps
+    char exe[4096];
+    ssize_t n = ::readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    if (n > 0) args[0].assign(exe, static_cast<size_t>(n));
+  }
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -132,14 +141,14 @@ absl::Status ValidationPool::Spawn(size_t index) {
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
   pid_t pid = 0;
-  int err = ::posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  int err = ::posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   ::close(sv[1]);
   if (err != 0) {
     ::close(sv[0]);
     return absl::InternalError(
-        absl::StrCat("cannot start validation worker ", argv[0], ": ", std::strerror(err)));
+        absl::StrCat("cannot start validation worker ", path, ": ", std::strerror(err)));
   }
   absl::MutexLock lock(&mu_);
   Slot& slot = slots_[index];
@@ -269,12 +278,12 @@ absl::StatusOr<WorkResponse> ValidationPool::Await(size_t index, absl::Time limi
   }
 }
 
-absl::Status ValidationPool::AwaitReady(size_t index, const CallControl& control) {
+absl::Status ValidationPool::AwaitReady(size_t index) {
   absl::StatusOr<WorkResponse> hello =
       Await(index, absl::Now() + options_.startup_timeout,
             absl::InternalError(absl::StrCat("validation worker did not start within ",
                                              absl::FormatDuration(options_.startup_timeout))),
-            control);
+            CallControl{});
   if (!hello.ok()) {
     if (absl::IsInternal(hello.status()) || absl::IsResourceExhausted(hello.status())) {
       return absl::InternalError(
@@ -301,7 +310,16 @@ absl::StatusOr<WorkResponse> ValidationPool::Run(const WorkRequest& request,
       if (absl::Status s = Spawn(index); !s.ok()) return s;
     }
     if (!Snapshot(index).ready) {
-      if (absl::Status s = AwaitReady(index, control); !s.ok()) return s;
+      // A starting worker is not killed for a cancelled request: the next
+      // request needs it.
+      if (absl::Status s = AwaitReady(index); !s.ok()) return s;
+    }
+    // Stopped before it started: the worker stays.
+    if (control.cancelled && control.cancelled()) {
+      return absl::CancelledError("request cancelled before validation started");
+    }
+    if (absl::Now() >= control.deadline) {
+      return absl::DeadlineExceededError("deadline passed before validation started");
     }
     if (absl::Status s = WriteFrame(Snapshot(index).fd, request); !s.ok()) {
       return Died(Reap(index, /*kill=*/true));

@@ -59,8 +59,8 @@ class ValidationPool final {
  public:
   struct Options {
     // Worker command line; argv[0] is executed. The pool appends
-    // --memory_bytes=, --cpu_seconds= and --fd=. Default: this executable
-    // in worker mode.
+    // --memory_bytes=, --cpu_seconds=, --fd= and --parent_pid=. Default:
+    // this executable in worker mode.
     std::vector<std::string> argv = {"/proc/self/exe", "--validation_worker"};
     // Worker processes, i.e. validations running at once. Default 1.
     int workers = 1;
@@ -112,7 +112,7 @@ class ValidationPool final {
   // The busy holder of slot `index` calls these.
   absl::Status Spawn(size_t index) ABSL_LOCKS_EXCLUDED(mu_);
   // Waits for the worker's first frame. Kills it on failure.
-  absl::Status AwaitReady(size_t index, const CallControl& control) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status AwaitReady(size_t index) ABSL_LOCKS_EXCLUDED(mu_);
   // Reads one frame, enforcing the timeout, deadline and cancellation.
   absl::StatusOr<WorkResponse> Await(size_t index, absl::Time limit, absl::Status on_limit,
                                      const CallControl& control) ABSL_LOCKS_EXCLUDED(mu_);

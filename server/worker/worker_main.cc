@@ -127,6 +127,7 @@ int ValidationWorkerMain(int argc, char** argv) {
   uint64_t memory_bytes = 0;
   uint64_t cpu_seconds = 0;
   int fd = -1;
+  pid_t parent = 0;
   for (int i = 2; i < argc; ++i) {
     absl::string_view arg = argv[i];
     bool ok = false;
@@ -136,6 +137,8 @@ int ValidationWorkerMain(int argc, char** argv) {
       ok = absl::SimpleAtoi(arg, &cpu_seconds);
     } else if (absl::ConsumePrefix(&arg, "--fd=")) {
       ok = absl::SimpleAtoi(arg, &fd);
+    } else if (absl::ConsumePrefix(&arg, "--parent_pid=")) {
+      ok = absl::SimpleAtoi(arg, &parent);
     }
     if (!ok) {
       std::cerr << "weightgate validation worker: bad argument '" << argv[i] << "'\n";
@@ -146,9 +149,11 @@ int ValidationWorkerMain(int argc, char** argv) {
     std::cerr << "weightgate validation worker: --fd is required\n";
     return 2;
   }
-  // Die with the server; if it is already gone, do not start.
+  // Die with the server; if it is already gone, do not start. No setuid
+  // program it could run would gain privileges either.
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (::getppid() == 1) return 0;
+  if (parent > 0 && ::getppid() != parent) return 0;
+  ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
   ::signal(SIGPIPE, SIG_IGN);
   rlimit no_core{0, 0};
   ::setrlimit(RLIMIT_CORE, &no_core);

@@ -1,6 +1,6 @@
 // The worker side of the ValidationPool: `weightgate-server
-// --validation_worker --memory_bytes=N --cpu_seconds=S --fd=3` reads
-// WorkRequest frames from the socket on fd 3 and answers each with a
+// --validation_worker --memory_bytes=N --cpu_seconds=S --fd=3 --parent_pid=P`
+// reads WorkRequest frames from the socket on fd 3 and answers each with a
 // WorkResponse, one at a time, until the socket closes.
 //
 // Before its first frame (the `ready` one) a worker limits itself:

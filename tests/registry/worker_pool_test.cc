@@ -176,6 +176,9 @@ TEST_F(WorkerPoolTest, CancelledRequestStopsItsWorker) {
   ScopedEnv slow("WEIGHTGATE_TEST_WORKER_DELAY_MS", "10000");
   auto pool = NewPool(PoolOptions());
   ASSERT_NE(pool, nullptr);
+  WorkRequest ping;  // a starting worker is never killed: let it start
+  ping.set_ping(true);
+  ASSERT_TRUE(pool->Run(ping, {}).ok());
   pid_t first = OnlyWorker(*pool);
   std::atomic<bool> cancelled{false};
   CallControl control;
@@ -192,6 +195,20 @@ TEST_F(WorkerPoolTest, CancelledRequestStopsItsWorker) {
   EXPECT_NE(OnlyWorker(*pool), first);
   // The killed worker's process is gone (reaped), not left running.
   EXPECT_NE(::kill(first, 0), 0);
+}
+
+TEST_F(WorkerPoolTest, RequestCancelledBeforeItStartsKeepsTheWorker) {
+  auto pool = NewPool(PoolOptions());
+  ASSERT_NE(pool, nullptr);
+  WorkRequest ping;
+  ping.set_ping(true);
+  ASSERT_TRUE(pool->Run(ping, {}).ok());
+  pid_t first = OnlyWorker(*pool);
+  CallControl control;
+  control.cancelled = [] { return true; };
+  EXPECT_TRUE(absl::IsCancelled(pool->Run(Spec("reference.pt"), control).status()));
+  EXPECT_EQ(OnlyWorker(*pool), first);
+  EXPECT_EQ(pool->spawned(), 1);
 }
 
 TEST_F(WorkerPoolTest, DeadlineStopsTheWork) {

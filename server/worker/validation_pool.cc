@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "server/worker/frame.h"
+#include "server/worker/worker_main.h"
 
 extern char** environ;
 
@@ -94,6 +95,11 @@ ValidationPool::Slot ValidationPool::Snapshot(size_t index) const {
 }
 
 absl::Status ValidationPool::Spawn(size_t index) {
+  if (options_.argv[0] == "/proc/self/exe" && !ThisBinaryHasWorkerMode()) {
+    return absl::FailedPreconditionError(
+        "this program has no validation worker mode: set the worker command line "
+        "(validation_worker_argv) to weightgate-server");
+  }
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
     return absl::InternalError(absl::StrCat("socketpair: ", std::strerror(errno)));

@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -119,9 +120,16 @@ WorkResponse Handle(const WorkRequest& request) {
 
 }  // namespace
 
+namespace {
+std::atomic<bool> dispatches_worker_mode{false};
+}  // namespace
+
 bool IsValidationWorker(int argc, char** argv) {
+  dispatches_worker_mode = true;
   return argc >= 2 && absl::string_view(argv[1]) == "--validation_worker";
 }
+
+bool ThisBinaryHasWorkerMode() { return dispatches_worker_mode; }
 
 int ValidationWorkerMain(int argc, char** argv) {
   uint64_t memory_bytes = 0;

@@ -20,7 +20,12 @@
 namespace weightgate::worker {
 
 // True when argv asks for worker mode (argv[1] == "--validation_worker").
+// main() of a binary that runs its own workers calls it first thing.
 bool IsValidationWorker(int argc, char** argv);
+
+// Whether this process's main() called IsValidationWorker, i.e. whether
+// /proc/self/exe may be exec'd as a worker (a test binary may not).
+bool ThisBinaryHasWorkerMode();
 
 // Runs the worker loop; returns the process exit code.
 int ValidationWorkerMain(int argc, char** argv);

@@ -371,5 +371,45 @@ class WorkerCrashTest(unittest.TestCase):
         self.assertEqual(report.verdict, types_pb2.NORMALIZED)
 
 
+class QueueBoundTest(unittest.TestCase):
+    """One worker, one waiting place: a burst beyond that is refused at once."""
+
+    def test_burst_beyond_the_queue_is_refused_with_a_retry_hint(self):
+        with tempfile.TemporaryDirectory(prefix="wg-queue-") as tmp:
+            r = subprocess.run([TORCH_PYTHON, os.path.join(HERE, "tiny_model.py"), "make", tmp],
+                               capture_output=True, text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            with WeightgateServer(extra_args=["--validation_workers", "1",
+                                              "--max_pending_validations", "1"],
+                                  env={"WEIGHTGATE_TEST_WORKER_DELAY_MS": "1000"}) as server, \
+                    grpc.insecure_channel(server.address) as channel:
+                stub = registry_pb2_grpc.ModelRegistryStub(channel)
+                register(stub, "tiny", os.path.join(tmp, "reference.pt"))
+                checkpoint = os.path.join(tmp, "dataparallel.pt")
+
+                def one(_):
+                    start = time.monotonic()
+                    try:
+                        validate(stub, "tiny", checkpoint)
+                        return "ok", time.monotonic() - start, None
+                    except grpc.RpcError as e:
+                        hint = dict(e.trailing_metadata() or ()).get("retry-after-ms")
+                        return e.code(), time.monotonic() - start, (e.details(), hint)
+
+                with concurrent.futures.ThreadPoolExecutor(5) as pool:
+                    outcomes = list(pool.map(one, range(5)))
+                ok = [o for o in outcomes if o[0] == "ok"]
+                refused = [o for o in outcomes if o[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+                self.assertEqual(len(ok) + len(refused), 5, outcomes)
+                self.assertGreaterEqual(len(ok), 2, outcomes)
+                self.assertGreaterEqual(len(refused), 1, outcomes)
+                for _, seconds, (details, hint) in refused:
+                    self.assertIn("--max_pending_validations", details)
+                    self.assertEqual(hint, "1000")
+                    self.assertLess(seconds, 1.0)  # refused at once, not after waiting
+                # Once the burst is over the server takes work again.
+                self.assertEqual(validate(stub, "tiny", checkpoint).verdict, types_pb2.NORMALIZED)
+
+
 if __name__ == "__main__":
     unittest.main()

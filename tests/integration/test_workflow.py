@@ -33,14 +33,16 @@ def readline(proc, timeout=30):
 
 
 def staged_bytes(staging_dir):
-    """Largest staging file's size (files may vanish while we look)."""
+    """Largest staging file's size under tmp/ (each process stages in its own
+    subdirectory; files may vanish while we look)."""
     largest = 0
-    for name in os.listdir(staging_dir):
-        if name.startswith("stage."):
-            try:
-                largest = max(largest, os.path.getsize(os.path.join(staging_dir, name)))
-            except FileNotFoundError:
-                pass
+    for parent, _, names in os.walk(staging_dir):
+        for name in names:
+            if name.startswith("stage."):
+                try:
+                    largest = max(largest, os.path.getsize(os.path.join(parent, name)))
+                except FileNotFoundError:
+                    pass
     return largest
 
 

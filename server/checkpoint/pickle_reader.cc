@@ -24,14 +24,17 @@ absl::StatusOr<Value*> Machine::ParseDecimalInt(std::string_view text, bool long
 
 absl::StatusOr<Value*> Machine::ParseRawUnicodeEscape(std::string_view text) {
   Value* v = New(Kind::kString);
-  if (absl::Status s = DecodeRawUnicodeEscape(text, &v->str); !s.ok())
+  if (absl::Status s = DecodeRawUnicodeEscape(text, &v->str); !s.ok()) {
     return Bad(StdView(s.message()));
+  }
+  Note(v->str.size(), "strings");
   return v;
 }
 
 absl::StatusOr<Value*> Machine::ParsePy2String(std::string_view text) {
   Value* v = New(Kind::kString);
   if (absl::Status s = DecodePy2String(text, &v->str); !s.ok()) return Bad(StdView(s.message()));
+  Note(v->str.size(), "strings");
   return v;
 }
 
@@ -136,6 +139,7 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
     if (ctx_.arena->size() + 4 > ctx_.limits.max_values) {
       return Bad(Cat("more than ", ctx_.limits.max_values, " values"));
     }
+    if (budget_->exhausted()) return OverBudget();
     const unsigned char op = static_cast<unsigned char>(data_[off_++]);
     switch (op) {
       case kProto: {
@@ -161,6 +165,10 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
           return Bad(Cat("stack deeper than ", ctx_.limits.max_stack_depth));
         }
         marks_.push_back(stack_.size());
+        if (stack_.size() + marks_.size() > stack_high_) {
+          stack_high_ = stack_.size() + marks_.size();
+          Note(2 * kItemBytes, "the stack");
+        }
         break;
       case kPop: {
         if (stack_.size() > Base()) {
@@ -545,6 +553,7 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         absl::StatusOr<Value*> v = ctx_.persistent_load(*pid);
         if (!v.ok()) return v.status();
         if (*v == nullptr) return Bad("persistent id resolved to nothing");
+        Note(kValueBytes, "values");
         WG_RETURN_IF_ERROR(Push(*v));
         break;
       }

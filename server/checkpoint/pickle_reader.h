@@ -13,8 +13,11 @@
 // their Python 3 names first, as the CPython unpickler does.
 //
 // Every length, memo index, stack and mark depth, nesting depth and value
-// count is checked against the caps before use. Errors are InvalidArgument
-// with a short reason starting with "pickle: ".
+// count is checked against the caps before use, and every byte the machine
+// allocates (nodes, container items, items a call copies, strings, memo,
+// stack) is counted against a ReadBudget proportional to the input. Errors
+// are InvalidArgument with a short reason starting with "pickle: "; a limit
+// reached is ResourceExhausted ("pickle: resource limit read_budget: ...").
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
 
@@ -25,6 +28,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/checkpoint/read_budget.h"
 #include "server/checkpoint/value.h"
 
 namespace weightgate::checkpoint {
@@ -36,6 +40,9 @@ struct PickleLimits {
   uint64_t max_memo_entries = 1 << 24;      // also bounds memo indices
   uint64_t max_values = uint64_t{1} << 24;  // arena nodes (counted over the whole arena)
   uint32_t max_tensor_dims = 64;
+  // Budget when the context brings none: fixed + per byte x pickle bytes.
+  uint64_t budget_fixed_bytes = uint64_t{64} << 20;
+  uint32_t budget_per_input_byte = 256;
 };
 
 // How the allow-list classifies a global "module.name".
@@ -49,6 +56,10 @@ GlobalClass ClassifyGlobal(std::string_view module, std::string_view name);
 struct PickleContext {
   ValueArena* arena = nullptr;  // REQUIRED
   PickleLimits limits;
+
+  // Counts what the machine allocates; shared by the pickles of one file.
+  // Null: the machine budgets itself from `limits` and the pickle's size.
+  ReadBudget* budget = nullptr;
 
   // Storages created by `persistent_load`; tensor rebuilds check their
   // extent against `nbytes` of the record they name. May be null when the

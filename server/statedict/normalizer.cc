@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "server/checkpoint/mapped_file.h"
+#include "server/checkpoint/read_budget.h"
 #include "server/checkpoint/sha256.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
@@ -235,7 +236,10 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
   absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(*file, options.read_options);
   report.mutable_timings()->set_read_ms(MsSince(phase));
   if (!read.ok()) {
-    AddReason(&report, LooksLikeCheckpoint((*file)->data()) ? "unreadable" : "not_a_checkpoint");
+    // A reader limit (read budget, inflated bytes, tensor names) is its own reason.
+    AddReason(&report, checkpoint::IsResourceLimit(read.status()) ? "resource_limit"
+                       : LooksLikeCheckpoint((*file)->data())     ? "unreadable"
+                                                                  : "not_a_checkpoint");
     report.set_error(std::string(read.status().message()));
     return finish();
   }

@@ -38,6 +38,12 @@ struct Checkpoint {
   std::vector<std::string> inflated;        // bytes of deflated storages (rare)
   std::vector<std::string> opaque_globals;  // unknown globals, deduplicated, in first-seen order
   std::vector<std::string> unsafe_globals;  // known-dangerous globals
+  // Unknown globals the pickle calls (what plain torch.load would execute);
+  // see PickleContext::called_globals.
+  std::vector<std::string> called_globals;
+  // Why torch 1.13's torch.load(weights_only=True) would refuse the file:
+  // globals outside its allow-list and opcodes it lacks. Empty: it loads.
+  std::vector<std::string> weights_only_blockers;
   std::vector<std::string> metadata;  // safetensors __metadata__ as key=value, zip "version", ...
   uint64_t budget_limit = 0;          // the read budget (ReadOptions) of this file
   uint64_t budget_used = 0;           // what reading it charged, tensor names included

@@ -5,6 +5,7 @@
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_MACHINE_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_MACHINE_H_
 
+#include <bitset>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -217,6 +218,8 @@ class Machine final {
 
   absl::StatusOr<Value*> Global(std::string_view module, std::string_view name);
   void Record(std::vector<std::string>* list, const std::string& name);
+  // Records `callee` in called_globals when calling it runs unknown code.
+  void RecordCall(const Value* callee);
   absl::StatusOr<Value*> Call(Value* callee, Value* args, int call_depth);
   absl::StatusOr<Value*> Opaque(const Value* callee, Value* args);
   // Copies `src`'s items into `dst` (a call that copies a container),
@@ -245,6 +248,7 @@ class Machine final {
   Value* true_ = nullptr;
   Value* false_ = nullptr;
   absl::flat_hash_set<std::string> recorded_;  // names already in the global lists
+  std::bitset<256> blocked_ops_;               // opcodes already in weights_only_blockers
 };
 
 }  // namespace weightgate::checkpoint::pickle_internal

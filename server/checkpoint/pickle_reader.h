@@ -10,7 +10,12 @@
 // how Python >= 3.11 pickles enum members and reads as an opaque value;
 // any other getattr, or calling what it returned, is recorded as unsafe.
 // Python 2 module names (__builtin__, copy_reg, commands, ...) are mapped to
-// their Python 3 names first, as the CPython unpickler does.
+// their Python 3 names first, as the CPython unpickler does. A global name
+// that is an attribute path (torch + "os.system") is unsafe unless it is a
+// path of class names (a nested class). Every other global the pickle calls
+// is reported as called (PickleContext::called_globals) unless it only
+// builds plain data (numpy scalars, datetime, pathlib, argparse.Namespace).
+// The tables are in pickle_globals.cc.
 //
 // Every length, memo index, stack and mark depth, nesting depth and value
 // count is checked against the caps before use, and every byte the machine
@@ -66,9 +71,18 @@ struct PickleContext {
   // pickle holds no tensors.
   const std::vector<StorageRecord>* storages = nullptr;
 
-  // Receives deduplicated global names; may be null.
+  // Receive deduplicated names (at most 1024 each); may be null.
   std::vector<std::string>* opaque_globals = nullptr;
   std::vector<std::string>* unsafe_globals = nullptr;
+  // Globals the pickle calls (REDUCE, NEWOBJ, OBJ, INST, _reconstructor)
+  // that are neither in the allow-list nor data-only callables: what plain
+  // torch.load would execute. Calling an object returned by a call is
+  // recorded as "NAME()".
+  std::vector<std::string>* called_globals = nullptr;
+  // What stops torch 1.13's torch.load(weights_only=True): globals outside
+  // its allow-list ("module.name" as written) and "opcode NAME" for opcodes
+  // it does not implement.
+  std::vector<std::string>* weights_only_blockers = nullptr;
 
   // Resolves PERSID / BINPERSID ids (the torch formats return a kStorage
   // Value). Unset: persistent ids are an error.

@@ -44,8 +44,20 @@ absl::StatusOr<Value*> Machine::Global(std::string_view raw_module, std::string_
     Record(ctx_.unsafe_globals, v->str);
   } else {
     Record(ctx_.opaque_globals, v->str);
+    v->b = IsDataOnlyCallable(module, name);  // calling it builds plain data
+  }
+  if (!TorchWeightsOnlyAllows(raw_module, name)) {
+    Record(ctx_.weights_only_blockers, Cat(raw_module, ".", name));
   }
   return v;
+}
+
+void Machine::RecordCall(const Value* callee) {
+  if (callee->kind == Kind::kGlobal) {
+    if (callee->i == kNotAllowed && !callee->b) Record(ctx_.called_globals, callee->str);
+  } else if (callee->kind == Kind::kOpaque) {
+    Record(ctx_.called_globals, Cat(callee->str.substr(0, 1024), "()"));
+  }
 }
 
 absl::StatusOr<Value*> Machine::Opaque(const Value* callee, Value* args) {
@@ -55,6 +67,7 @@ absl::StatusOr<Value*> Machine::Opaque(const Value* callee, Value* args) {
     v->str = callee->str;
   } else {
     v->str = Cat("<", KindName(callee->kind), ">");
+    Note(v->str.size(), "strings");
   }
   if (args != nullptr) {
     if (absl::Status s = Charge(args->items.size() * kItemBytes,
@@ -188,7 +201,10 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
     Record(ctx_.unsafe_globals, "builtins.getattr");
     return Opaque(callee, args);
   }
-  if (callee->kind != Kind::kGlobal || callee->i == kNotAllowed) return Opaque(callee, args);
+  if (callee->kind != Kind::kGlobal || callee->i == kNotAllowed) {
+    RecordCall(callee);
+    return Opaque(callee, args);
+  }
   const std::vector<const Value*>& a = args->items;
   switch (static_cast<GlobalId>(callee->i)) {
     case kGetattr: {
@@ -314,7 +330,10 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
     }
     case kReconstructor: {
       // copyreg._reconstructor(cls, base, state): an instance of cls.
-      if (!a.empty() && a[0]->kind == Kind::kGlobal) return Opaque(a[0], nullptr);
+      if (!a.empty() && a[0]->kind == Kind::kGlobal) {
+        RecordCall(a[0]);  // cls.__new__ runs, and base.__init__ when base is not object
+        return Opaque(a[0], nullptr);
+      }
       return Opaque(callee, args);
     }
     case kGetattrResult: break;

@@ -220,6 +220,8 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const MappedFile> file,
   ctx.storages = &ckpt.storages;
   ctx.opaque_globals = &ckpt.opaque_globals;
   ctx.unsafe_globals = &ckpt.unsafe_globals;
+  ctx.called_globals = &ckpt.called_globals;
+  ctx.weights_only_blockers = &ckpt.weights_only_blockers;
   ctx.persistent_load = [&](const Value& pid) -> absl::StatusOr<Value*> {
     absl::StatusOr<StorageId> id = ParseStorageId(pid, fmt);
     if (!id.ok()) return id.status();
@@ -294,6 +296,8 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> fil
   ctx.storages = &ckpt.storages;
   ctx.opaque_globals = &ckpt.opaque_globals;
   ctx.unsafe_globals = &ckpt.unsafe_globals;
+  ctx.called_globals = &ckpt.called_globals;
+  ctx.weights_only_blockers = &ckpt.weights_only_blockers;
 
   auto next = [&](std::string_view what) -> absl::StatusOr<Value*> {
     std::string_view rest = data.substr(off);

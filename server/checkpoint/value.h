@@ -102,6 +102,12 @@ class ValueArena final {
   }
   size_t size() const { return values_.size(); }
 
+  // Calls f(const Value&) for every value, in creation order.
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const Value& v : values_) f(v);
+  }
+
  private:
   std::deque<Value> values_;
 };

@@ -33,15 +33,16 @@ inline bool FileExists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// Runs the generator once per build tree (again when the generator script
-// changes). Parallel test processes each write to their own temporary
+// Runs tests/fixtures/<generator> OUTDIR once per build tree (again when the
+// script changes) into <build>/fixtures/<name>; the generator writes
+// OUTDIR/DONE last. Parallel test processes each write to their own temporary
 // directory and rename it into place; the loser of the race discards its copy.
-inline std::string FixtureDir() {
-  static const std::string dir = [] {
-    std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
-    std::string src = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
-    std::string script = src + "/tests/fixtures/make_checkpoint_fixtures.py";
-    std::string out = bin + "/fixtures/checkpoint";
+inline std::string GeneratedFixtureDir(const std::string& generator, const std::string& name) {
+  std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
+  std::string src = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
+  std::string script = src + "/tests/fixtures/" + generator;
+  std::string out = bin + "/fixtures/" + name;
+  {
     struct stat st {};
     ::stat(script.c_str(), &st);
     std::string stamp = std::to_string(st.st_mtime) + ":" + std::to_string(st.st_size) + "\n";
@@ -74,7 +75,18 @@ inline std::string FixtureDir() {
     }
     std::remove((tmp + ".log").c_str());
     return out;
-  }();
+  }
+}
+
+// The torch fixtures of make_checkpoint_fixtures.py.
+inline std::string FixtureDir() {
+  static const std::string dir = GeneratedFixtureDir("make_checkpoint_fixtures.py", "checkpoint");
+  return dir;
+}
+
+// The attack classes of make_hostile_fixtures.py (manifest.tsv lists them).
+inline std::string HostileFixtureDir() {
+  static const std::string dir = GeneratedFixtureDir("make_hostile_fixtures.py", "hostile");
   return dir;
 }
 

@@ -3,10 +3,10 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "common/str_util.h"
 #include "server/checkpoint/json_spec.h"
 #include "server/checkpoint/read_budget.h"
 #include "server/checkpoint/safetensors.h"
-#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
@@ -51,7 +51,7 @@ std::string_view Checkpoint::TensorStorageBytes(const TensorRecord& tensor) cons
 
 namespace {
 
-absl::StatusOr<Checkpoint> ReadAnyFormat(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadAnyFormat(std::shared_ptr<const common::MappedFile> file,
                                          const ReadOptions& options) {
   if (file == nullptr) return absl::InvalidArgumentError("not a checkpoint: no file");
   std::string_view data = file->data();
@@ -71,7 +71,7 @@ absl::StatusOr<Checkpoint> ReadAnyFormat(std::shared_ptr<const MappedFile> file,
 
 }  // namespace
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
                                           const ReadOptions& options) {
   const uint64_t file_bytes = file == nullptr ? 0 : file->data().size();
   absl::StatusOr<Checkpoint> ckpt = ReadAnyFormat(std::move(file), options);
@@ -94,7 +94,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok()) return file.status();
   return ReadCheckpoint(*std::move(file), options);
 }

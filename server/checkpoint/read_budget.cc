@@ -2,9 +2,13 @@
 
 #include <limits>
 
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::AbslView;
+using common::Cat;
+using common::StdView;
 
 uint64_t ReadBudget::LimitFor(uint64_t fixed, uint64_t per_input_byte, uint64_t input_bytes) {
   uint64_t scaled;

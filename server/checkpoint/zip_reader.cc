@@ -8,11 +8,13 @@
 #include <utility>
 
 #include "absl/strings/string_view.h"
+#include "common/str_util.h"
 #include "server/checkpoint/read_budget.h"
-#include "server/checkpoint/str_util.h"
 
 namespace weightgate::checkpoint {
 namespace {
+
+using common::Cat;
 
 // Signatures (APPNOTE 4.3), little-endian "PK.." literals.
 constexpr uint32_t kLocalHeaderSignature = 0x04034b50;

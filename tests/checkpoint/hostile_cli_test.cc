@@ -68,9 +68,13 @@ Run RunInspect(const std::string& file) {
     ::dup2(fds[1], 2);
     ::close(fds[0]);
     ::close(fds[1]);
-    struct rlimit as {kAddressSpace, kAddressSpace};
+    struct rlimit as {
+      kAddressSpace, kAddressSpace
+    };
     ::setrlimit(RLIMIT_AS, &as);
-    struct rlimit cpu {10, 10};
+    struct rlimit cpu {
+      10, 10
+    };
     ::setrlimit(RLIMIT_CPU, &cpu);
     ::execl(bin.c_str(), "weightgate", "inspect", file.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);

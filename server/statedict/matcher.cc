@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <map>
 #include <optional>
-#include <regex>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -14,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/statedict/renamer.h"
 
 namespace weightgate::statedict {
 namespace {
@@ -133,74 +133,6 @@ struct Transform {
     if (!add.empty()) out = absl::StrCat(add, ".", out);
     return out;
   }
-};
-
-// The key pipeline after prefixes: rename rules, then legacy gamma/beta.
-// Memoised because many candidate transforms produce the same keys.
-class Renamer final {
- public:
-  struct Result {
-    std::string name;
-    bool renamed_by_rule = false;
-    bool renamed_gamma_beta = false;
-  };
-
-  static absl::StatusOr<Renamer> Create(const v1::NormalizationPolicy& policy,
-                                        const absl::flat_hash_map<std::string, int>* spec_index) {
-    Renamer r;
-    r.spec_index_ = spec_index;
-    r.legacy_gamma_beta_ = policy.legacy_gamma_beta();
-    for (const v1::RenameRule& rule : policy.rename_rules()) {
-      try {
-        r.rules_.emplace_back(std::regex(rule.pattern(), std::regex::ECMAScript),
-                              rule.replacement());
-      } catch (const std::regex_error& e) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("rename rule '", rule.pattern(), "': invalid regex: ", e.what()));
-      }
-    }
-    return r;
-  }
-
-  // No rules and no legacy renames: every key maps to itself, and the
-  // candidate search skips the memo (which would otherwise hold every key
-  // of every candidate).
-  bool identity() const { return rules_.empty() && !legacy_gamma_beta_; }
-
-  const Result& Rename(const std::string& key) {
-    auto it = memo_.find(key);
-    if (it != memo_.end()) return it->second;
-    Result res;
-    res.name = key;
-    for (const auto& [re, replacement] : rules_) {
-      std::string next = std::regex_replace(res.name, re, replacement);
-      if (next != res.name) {
-        res.name = std::move(next);
-        res.renamed_by_rule = true;
-      }
-    }
-    if (legacy_gamma_beta_ && !spec_index_->contains(res.name)) {
-      absl::string_view name = res.name;
-      size_t dot = name.rfind('.');
-      absl::string_view last = dot == absl::string_view::npos ? name : name.substr(dot + 1);
-      absl::string_view base = dot == absl::string_view::npos ? "" : name.substr(0, dot + 1);
-      absl::string_view repl = last == "gamma" ? "weight" : last == "beta" ? "bias" : "";
-      if (!repl.empty()) {
-        std::string candidate = absl::StrCat(base, repl);
-        if (spec_index_->contains(candidate)) {
-          res.name = std::move(candidate);
-          res.renamed_gamma_beta = true;
-        }
-      }
-    }
-    return memo_.emplace(key, std::move(res)).first->second;
-  }
-
- private:
-  std::vector<std::pair<std::regex, std::string>> rules_;
-  bool legacy_gamma_beta_ = false;
-  const absl::flat_hash_map<std::string, int>* spec_index_ = nullptr;
-  absl::flat_hash_map<std::string, Result> memo_;
 };
 
 struct SpecTensor {
@@ -335,16 +267,6 @@ std::vector<NamedTensor> ReferenceTensors(const Value* root, std::string* contai
     current = next;
   }
   return checkpoint::FlattenTensors(current);
-}
-
-absl::StatusOr<std::string> ApplyRenameRules(const v1::NormalizationPolicy& policy,
-                                             const std::string& key) {
-  absl::flat_hash_map<std::string, int> empty;
-  v1::NormalizationPolicy rules_only;
-  *rules_only.mutable_rename_rules() = policy.rename_rules();
-  absl::StatusOr<Renamer> renamer = Renamer::Create(rules_only, &empty);
-  if (!renamer.ok()) return renamer.status();
-  return renamer->Rename(key).name;
 }
 
 v1::Verdict VerdictOf(const v1::ValidationReport& report) {

@@ -27,6 +27,7 @@
 #include "absl/strings/string_view.h"
 #include "server/checkpoint/dtype.h"
 #include "server/checkpoint/value.h"
+#include "server/statedict/renamer.h"
 #include "weightgate/v1/types.pb.h"
 
 namespace weightgate::statedict {
@@ -93,11 +94,6 @@ const checkpoint::Value* ResolveContainer(const checkpoint::Value* root, absl::s
 // kept as they are. Sets *container_path.
 std::vector<checkpoint::NamedTensor> ReferenceTensors(const checkpoint::Value* root,
                                                       std::string* container_path);
-
-// Applies `policy.rename_rules` in order to `key`; the regex syntax is
-// ECMAScript (std::regex) and the replacement uses $1..$9 and $&.
-absl::StatusOr<std::string> ApplyRenameRules(const weightgate::v1::NormalizationPolicy& policy,
-                                             const std::string& key);
 
 // Verdict from the report's reasons and fixes: INVALID with any reason,
 // NORMALIZED with any fix, else VALID.

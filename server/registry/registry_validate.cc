@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "server/registry/registry.h"
 #include "server/statedict/normalizer.h"
+#include "server/statedict/renamer.h"
 #include "server/statedict/spec.h"
 
 namespace weightgate::registry {
@@ -68,6 +69,8 @@ absl::StatusOr<v1::Model> Registry::RegisterModel(const v1::RegisterModelHeader&
   }
   if (!existing.ok() && !absl::IsNotFound(existing.status())) return existing.status();
 
+  // A policy that cannot be applied is refused now, not at every upload.
+  if (absl::Status s = statedict::ValidateRenameRules(header.policy()); !s.ok()) return s;
   std::vector<v1::ExampleInput> examples(header.example_inputs().begin(),
                                          header.example_inputs().end());
   absl::StatusOr<v1::ModelSpec> spec = statedict::SpecFromFile(reference_path, examples);

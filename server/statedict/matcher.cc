@@ -425,6 +425,15 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
   ChooseCandidate(ctx);
   ReportTransform(ctx);
   ClaimByName(ctx);
+  if (!ctx.renamer->status().ok()) {
+    // A key the rename rules could not rename within their caps: no reading
+    // of this checkpoint can be trusted.
+    AddReason(report, "resource_limit");
+    report->set_error(std::string(ctx.renamer->status().message()));
+    ctx.result.tensors.clear();
+    ctx.result.invalid = true;
+    return std::move(ctx.result);
+  }
   ClaimByPosition(ctx);
   CheckSpecTensors(ctx);
   ReportLeftovers(ctx);

@@ -78,8 +78,9 @@ struct MatchResult {
 // shared_storages, winner, runner_up, tensor_count, total_bytes. Verdict is
 // left to the caller (numeric checks may still add reasons).
 //
-// Errors only for a policy that cannot be applied (a rename pattern that is
-// not a valid ECMAScript regex); checkpoint problems are report reasons.
+// Errors only for a policy that cannot be applied (a rename rule that is not
+// valid RE2 or breaks a cap, see renamer.h); checkpoint problems are report
+// reasons.
 absl::StatusOr<MatchResult> MatchStateDict(const checkpoint::Value* root,
                                            const weightgate::v1::ModelSpec& spec,
                                            const weightgate::v1::NormalizationPolicy& policy,

@@ -549,7 +549,7 @@ TEST(MatcherTest, ReferenceTensorsFindTheStateDict) {
   EXPECT_EQ(tensors[0].name, "model.conv.weight");
 }
 
-TEST(MatcherTest, ApplyRenameRulesUsesEcmaScriptGroups) {
+TEST(MatcherTest, ApplyRenameRulesUsesDollarGroups) {
   v1::NormalizationPolicy policy;
   v1::RenameRule* r = policy.add_rename_rules();
   r->set_pattern("^layers\\.(\\d+)\\.attn\\.");
@@ -557,6 +557,22 @@ TEST(MatcherTest, ApplyRenameRulesUsesEcmaScriptGroups) {
   absl::StatusOr<std::string> out = ApplyRenameRules(policy, "layers.11.attn.q.weight");
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(*out, "blocks.11.attention.q.weight");
+}
+
+TEST(MatcherTest, RenameCapHitIsResourceLimit) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items.push_back({std::string(8000, 'k'), t.T({2})});
+  v1::NormalizationPolicy policy;
+  v1::RenameRule* r = policy.add_rename_rules();
+  r->set_pattern("k");
+  r->set_replacement(std::string(100, 'x'));
+  Outcome o = Match(t.Dict(items), SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(std::vector<std::string>(o.report.reasons().begin(), o.report.reasons().end()),
+            std::vector<std::string>{"resource_limit"});
+  EXPECT_NE(o.report.error().find("kMaxRename"), std::string::npos) << o.report.error();
+  EXPECT_TRUE(o.match.tensors.empty());
 }
 
 }  // namespace

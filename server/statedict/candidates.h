@@ -3,18 +3,26 @@
 // state_dict sits) and a prefix transform (wrapper components removed, one
 // leading attribute stripped, one component added); it is scored by how many
 // (name, shape) pairs of the spec its keys match.
+//
+// The search is bounded whatever the checkpoint: containers that are the
+// same dict are read once, each container gets a small fixed set of
+// transforms (two wrapper masks, a few strips, at most one add), and every
+// candidate costs one hash lookup per key, counted against kMaxMatchWork.
 #ifndef WEIGHTGATE_SERVER_STATEDICT_CANDIDATES_H_
 #define WEIGHTGATE_SERVER_STATEDICT_CANDIDATES_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "server/checkpoint/dtype.h"
 #include "server/checkpoint/value.h"
+#include "server/statedict/matcher.h"
 #include "server/statedict/renamer.h"
 #include "weightgate/v1/types.pb.h"
 
@@ -36,6 +44,7 @@ struct SpecIndex {
 // A dict under the checkpoint's root that holds tensors.
 struct Container {
   std::string path;  // dotted; "" = the root
+  const checkpoint::Value* value = nullptr;
   std::vector<checkpoint::NamedTensor> tensors;
 };
 
@@ -70,18 +79,24 @@ struct SearchOutcome {
 
 absl::string_view FirstComponent(absl::string_view key);
 
-// The dict at key `key` of `v`; nullptr when `v` is no dict or lacks it.
+// The value at key `key` of dict `v`; nullptr when `v` is no dict or lacks it.
 const checkpoint::Value* DictGet(const checkpoint::Value* v, absl::string_view key);
 
 // The containers to try: the policy's explicit path, or the root and the
-// usual container keys one and two levels deep. Only those holding tensors.
-std::vector<Container> FindContainers(const checkpoint::Value* root,
-                                      const weightgate::v1::NormalizationPolicy& policy);
+// usual container keys one and two levels deep; only those holding tensors,
+// and each dict once (the first path that reaches it). ResourceExhausted
+// past kMaxMatchKeys / kMaxMatchKeyBytes.
+absl::StatusOr<std::vector<Container>> FindContainers(
+    const checkpoint::Value* root, const weightgate::v1::NormalizationPolicy& policy,
+    const MatchOptions& options);
 
-// Scores every (container x transform) candidate and picks the best.
-// REQUIRES: !containers.empty().
-SearchOutcome SearchCandidates(const std::vector<Container>& containers, const SpecIndex& spec,
-                               const weightgate::v1::NormalizationPolicy& policy, Renamer& renamer);
+// Scores every candidate and picks the best. options.cancelled is polled
+// between candidates. ResourceExhausted past options.max_work, Cancelled
+// when asked to stop. REQUIRES: !containers.empty().
+absl::StatusOr<SearchOutcome> SearchCandidates(const std::vector<Container>& containers,
+                                               const SpecIndex& spec,
+                                               const weightgate::v1::NormalizationPolicy& policy,
+                                               Renamer& renamer, const MatchOptions& options);
 
 }  // namespace weightgate::statedict
 

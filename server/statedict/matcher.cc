@@ -65,9 +65,11 @@ v1::Fix* AddFix(v1::ValidationReport* report, absl::string_view kind, std::strin
 // Everything one MatchStateDict call works on; the phases below fill it in
 // order.
 struct MatchContext {
-  MatchContext(const v1::NormalizationPolicy& p, v1::ValidationReport* r) : policy(p), report(r) {}
+  MatchContext(const v1::NormalizationPolicy& p, const MatchOptions& o, v1::ValidationReport* r)
+      : policy(p), options(o), report(r) {}
 
   const v1::NormalizationPolicy& policy;
+  const MatchOptions& options;
   v1::ValidationReport* report;
   SpecIndex spec;
   std::optional<Renamer> renamer;
@@ -106,14 +108,18 @@ absl::Status IndexSpec(const v1::ModelSpec& spec_proto, MatchContext& ctx) {
 
 // Picks the winning (container, transform) and reports it with the
 // runner-up.
-void ChooseCandidate(MatchContext& ctx) {
-  SearchOutcome outcome = SearchCandidates(ctx.containers, ctx.spec, ctx.policy, *ctx.renamer);
+absl::Status ChooseCandidate(MatchContext& ctx) {
+  absl::StatusOr<SearchOutcome> searched =
+      SearchCandidates(ctx.containers, ctx.spec, ctx.policy, *ctx.renamer, ctx.options);
+  if (!searched.ok()) return searched.status();
+  SearchOutcome& outcome = *searched;
   ctx.winner = std::move(outcome.winner);
   ctx.container = &ctx.containers[ctx.winner.container];
   FillCandidate(ctx.winner, ctx.containers, ctx.report->mutable_winner());
   if (outcome.runner_up.has_value()) {
     FillCandidate(*outcome.runner_up, ctx.containers, ctx.report->mutable_runner_up());
   }
+  return absl::OkStatus();
 }
 
 // One fix per step of the winning transform (container, wrappers, strip,
@@ -364,6 +370,17 @@ void Summarize(MatchContext& ctx) {
   ctx.result.invalid = !ctx.report->reasons().empty();
 }
 
+// INVALID `resource_limit` for a cap the checkpoint hit; other errors are
+// returned.
+absl::Status LimitHit(MatchContext& ctx, const absl::Status& status) {
+  if (!absl::IsResourceExhausted(status)) return status;
+  AddReason(ctx.report, "resource_limit");
+  ctx.report->set_error(std::string(status.message()));
+  ctx.result.tensors.clear();
+  ctx.result.invalid = true;
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 uint64_t MatchedTensor::out_nbytes() const {
@@ -412,26 +429,33 @@ v1::Verdict VerdictOf(const v1::ValidationReport& report) {
 
 absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpec& spec_proto,
                                            const v1::NormalizationPolicy& policy,
-                                           v1::ValidationReport* report) {
-  MatchContext ctx(policy, report);
+                                           v1::ValidationReport* report,
+                                           const MatchOptions& options) {
+  MatchContext ctx(policy, options, report);
   if (absl::Status s = IndexSpec(spec_proto, ctx); !s.ok()) return s;
-  ctx.containers = FindContainers(root, policy);
+  absl::StatusOr<std::vector<Container>> containers = FindContainers(root, policy, options);
+  if (!containers.ok()) {
+    if (absl::Status s = LimitHit(ctx, containers.status()); !s.ok()) return s;
+    return std::move(ctx.result);
+  }
+  ctx.containers = *std::move(containers);
   if (ctx.containers.empty()) {
     AddReason(report, "no_state_dict");
     ctx.result.invalid = true;
     for (const SpecTensor& s : ctx.spec.tensors) report->add_missing_keys(s.name);
     return std::move(ctx.result);
   }
-  ChooseCandidate(ctx);
+  if (absl::Status s = ChooseCandidate(ctx); !s.ok()) {
+    if (absl::Status e = LimitHit(ctx, s); !e.ok()) return e;
+    return std::move(ctx.result);
+  }
   ReportTransform(ctx);
   ClaimByName(ctx);
   if (!ctx.renamer->status().ok()) {
     // A key the rename rules could not rename within their caps: no reading
     // of this checkpoint can be trusted.
-    AddReason(report, "resource_limit");
-    report->set_error(std::string(ctx.renamer->status().message()));
-    ctx.result.tensors.clear();
-    ctx.result.invalid = true;
+    report->clear_fixes();
+    LimitHit(ctx, ctx.renamer->status()).IgnoreError();
     return std::move(ctx.result);
   }
   ClaimByPosition(ctx);

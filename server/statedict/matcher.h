@@ -19,6 +19,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,6 +44,15 @@ inline constexpr std::array<absl::string_view, 8> kContainerKeys = {
 // FSDP and compiled submodules put them at every level, not just in front.
 inline constexpr std::array<absl::string_view, 4> kWrapperComponents = {
     "module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"};
+
+// Caps on the candidate search, whatever the checkpoint: tensor keys over all
+// containers tried, their bytes, and key lookups over all candidates scored
+// (each candidate costs one lookup per key of its container). A checkpoint
+// that needs more is INVALID `resource_limit`, naming the cap. A real
+// state_dict of 100k tensors needs well under a tenth of each.
+inline constexpr size_t kMaxMatchKeys = size_t{1} << 20;
+inline constexpr uint64_t kMaxMatchKeyBytes = uint64_t{64} << 20;
+inline constexpr uint64_t kMaxMatchWork = uint64_t{1} << 23;
 
 // Spec keys that may be missing when policy.optional_keys is unset.
 inline constexpr absl::string_view kDefaultOptionalGlob = "*.num_batches_tracked";
@@ -79,12 +89,24 @@ struct MatchResult {
 // left to the caller (numeric checks may still add reasons).
 //
 // Errors only for a policy that cannot be applied (a rename rule that is not
-// valid RE2 or breaks a cap, see renamer.h); checkpoint problems are report
+// valid RE2 or breaks a cap, see renamer.h) and for cancellation; checkpoint
+// problems, including one that needs more than the caps above, are report
 // reasons.
+struct MatchOptions {
+  // Polled during the candidate search; true stops the match with
+  // Cancelled. Default: never.
+  std::function<bool()> cancelled;
+  // The caps above (lower them to test them).
+  size_t max_keys = kMaxMatchKeys;
+  uint64_t max_key_bytes = kMaxMatchKeyBytes;
+  uint64_t max_work = kMaxMatchWork;
+};
+
 absl::StatusOr<MatchResult> MatchStateDict(const checkpoint::Value* root,
                                            const weightgate::v1::ModelSpec& spec,
                                            const weightgate::v1::NormalizationPolicy& policy,
-                                           weightgate::v1::ValidationReport* report);
+                                           weightgate::v1::ValidationReport* report,
+                                           const MatchOptions& options = {});
 
 // The value at dotted `path` under `root` through dict keys ("" = root);
 // nullptr when absent.

@@ -277,8 +277,10 @@ bool ReadPhase(NormalizeContext& ctx) {
 
 absl::Status MatchPhase(NormalizeContext& ctx) {
   const Clock::time_point phase = Clock::now();
+  MatchOptions match_options;
+  match_options.cancelled = ctx.options.cancelled;
   absl::StatusOr<MatchResult> match =
-      MatchStateDict(ctx.ckpt->root, ctx.spec, ctx.policy, &ctx.report);
+      MatchStateDict(ctx.ckpt->root, ctx.spec, ctx.policy, &ctx.report, match_options);
   if (!match.ok()) return match.status();
   ctx.report.mutable_timings()->set_match_ms(MsSince(phase));
   ctx.match = *std::move(match);
@@ -409,6 +411,10 @@ void CheckPhase(NormalizeContext& ctx) {
   try {
     const c10::Device device(ctx.device_name);
     for (size_t k = 0; k < tensors.size() && ctx.failure.ok(); ++k) {
+      if (ctx.options.cancelled && ctx.options.cancelled()) {
+        ctx.failure = absl::CancelledError("validation cancelled");
+        break;
+      }
       const MatchedTensor& m = tensors[k];
       const bool write = ctx.writer != nullptr && !ctx.invalid && ctx.writer->NeedsBytes(k);
       if (m.source == nullptr) {

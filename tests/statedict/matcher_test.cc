@@ -2,6 +2,7 @@
 // transform wins, which fixes and findings are reported. No files, no torch.
 #include "server/statedict/matcher.h"
 
+#include <chrono>
 #include <string>
 #include <utility>
 #include <vector>
@@ -99,9 +100,9 @@ struct Outcome {
 };
 
 Outcome Match(const Value* root, const v1::ModelSpec& spec,
-              const v1::NormalizationPolicy& policy = {}) {
+              const v1::NormalizationPolicy& policy = {}, const MatchOptions& options = {}) {
   Outcome o;
-  absl::StatusOr<MatchResult> m = MatchStateDict(root, spec, policy, &o.report);
+  absl::StatusOr<MatchResult> m = MatchStateDict(root, spec, policy, &o.report, options);
   EXPECT_TRUE(m.ok()) << m.status();
   if (m.ok()) o.match = std::move(*m);
   o.report.set_verdict(VerdictOf(o.report));
@@ -573,6 +574,80 @@ TEST(MatcherTest, RenameCapHitIsResourceLimit) {
             std::vector<std::string>{"resource_limit"});
   EXPECT_NE(o.report.error().find("kMaxRename"), std::string::npos) << o.report.error();
   EXPECT_TRUE(o.match.tensors.empty());
+}
+
+// A DAG of container and wrapper keys that all share one sub-dict, `levels`
+// deep, above a SmallStateDict: a few hundred bytes of pickle, and once 44 s
+// of CPU in the candidate search (containers x wrapper masks x strips x adds).
+const Value* SharedContainerDag(Tree& t, int levels, const std::string& leaf_prefix = "") {
+  const Value* level = t.Dict(SmallStateDict(t, leaf_prefix));
+  for (int l = 0; l < levels; ++l) {
+    std::vector<std::pair<std::string, const Value*>> items;
+    for (absl::string_view k : kContainerKeys) items.emplace_back(std::string(k), level);
+    for (absl::string_view k : kWrapperComponents) items.emplace_back(std::string(k), level);
+    level = t.Dict(items);
+  }
+  return level;
+}
+
+TEST(MatcherTest, SharedContainerDagIsFast) {
+  Tree t;
+  for (int levels : {1, 2, 3, 4}) {
+    SCOPED_TRACE(levels);
+    const auto start = std::chrono::steady_clock::now();
+    Outcome o = Match(SharedContainerDag(t, levels), SmallSpec());
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_LT(seconds, 1.0);
+    EXPECT_TRUE(o.report.has_winner());
+    // Two levels down a container key names the leaf dict itself.
+    if (levels <= 2) EXPECT_EQ(o.report.winner().matched(), 9) << o.report.DebugString();
+  }
+}
+
+TEST(MatcherTest, SearchWorkIsCappedAsResourceLimit) {
+  Tree t;
+  const Value* root = SharedContainerDag(t, 3);
+  MatchOptions options;
+  options.max_work = 20000;
+  Outcome o = Match(root, SmallSpec(), {}, options);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  ASSERT_EQ(o.report.reasons_size(), 1);
+  EXPECT_EQ(o.report.reasons(0), "resource_limit");
+  EXPECT_NE(o.report.error().find("kMaxMatchWork"), std::string::npos) << o.report.error();
+  EXPECT_TRUE(o.match.tensors.empty());
+  EXPECT_TRUE(o.report.fixes().empty());
+  // Unlimited, the same tree costs well under the default cap.
+  Outcome fine = Match(root, SmallSpec());
+  EXPECT_NE(fine.report.reasons_size() > 0 ? fine.report.reasons(0) : "", "resource_limit");
+}
+
+TEST(MatcherTest, ContainerKeysAreCappedAsResourceLimit) {
+  Tree t;
+  MatchOptions options;
+  options.max_keys = 8;
+  Outcome o = Match(t.Dict(SmallStateDict(t, "")), SmallSpec(), {}, options);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(o.report.reasons(0), "resource_limit");
+  EXPECT_NE(o.report.error().find("kMaxMatchKeys"), std::string::npos) << o.report.error();
+  options.max_keys = 9;
+  EXPECT_EQ(Match(t.Dict(SmallStateDict(t, "")), SmallSpec(), {}, options).report.verdict(),
+            v1::VALID);
+  options.max_key_bytes = 20;
+  Outcome bytes = Match(t.Dict(SmallStateDict(t, "")), SmallSpec(), {}, options);
+  EXPECT_NE(bytes.report.error().find("kMaxMatchKeyBytes"), std::string::npos);
+}
+
+TEST(MatcherTest, CancelledSearchStops) {
+  Tree t;
+  MatchOptions options;
+  int polls = 0;
+  options.cancelled = [&polls] { return ++polls > 2; };
+  v1::ValidationReport report;
+  absl::StatusOr<MatchResult> m =
+      MatchStateDict(SharedContainerDag(t, 2), SmallSpec(), {}, &report, options);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(polls, 3);
 }
 
 }  // namespace

@@ -39,6 +39,9 @@ struct SpecTensor {
 struct SpecIndex {
   std::vector<SpecTensor> tensors;
   absl::flat_hash_map<std::string, int> index;
+  // Per tensor: may be missing (policy optional_keys), so it does not count
+  // when readings are compared for ambiguity.
+  std::vector<char> optional;
 };
 
 // A dict under the checkpoint's root that holds tensors.
@@ -48,17 +51,30 @@ struct Container {
   std::vector<checkpoint::NamedTensor> tensors;
 };
 
+// Why a transform strips its leading component.
+enum class StripKind {
+  kNone,
+  kKnownWrapper,       // a leading wrapper component kept elsewhere
+  kTrainingAttribute,  // Lightning's model./net., EMA attributes
+  kChosen,             // policy.key_prefix
+  kArbitrary,          // anything else: allowed only with prefixes ANY
+};
+
 // A prefix transform: wrapper components removed everywhere, then one leading
-// attribute component stripped (keys without it are left alone), then one
-// component prepended.
+// attribute component stripped (keys without it are left alone, or, when
+// `exclusive`, not used), then one component prepended.
 struct Transform {
   uint32_t wrapper_mask = 0;  // bits index kWrapperComponents
   std::string strip;
   std::string add;
+  StripKind strip_kind = StripKind::kNone;
+  bool exclusive = false;
 
   int ops() const;
   std::string Describe() const;
   std::string Apply(absl::string_view key) const;
+  // False for a key an exclusive transform leaves out.
+  bool Selects(absl::string_view key) const;
 };
 
 struct Scored {
@@ -66,15 +82,34 @@ struct Scored {
   Transform transform;
   std::string description;
   int64_t matched = 0;
+  int64_t required = 0;  // matched spec tensors that are not optional
   int64_t leftover = 0;
   uint64_t signature = 0;  // which keys map to which spec tensors
+  bool ema = false;        // an EMA container or attribute
+  // Within what the policy allows without a flag (or with the flags given).
+  bool allowed = true;
 };
 
-// The winner of a candidate search and the best candidate that maps tensors
-// differently (absent when there is none).
+// A candidate worth reporting beside the winner.
+struct Alternative {
+  Scored candidate;
+  std::string select_flag;
+  bool equal_to_winner = false;
+};
+
 struct SearchOutcome {
+  enum class Decision {
+    kChosen,              // `winner` is the reading
+    kAmbiguous,           // alternatives explain the spec equally well, differently
+    kPrefixRenameNeeded,  // only a reading the policy does not allow explains it
+  };
+  Decision decision = Decision::kChosen;
   Scored winner;
+  // Only for kChosen: the best real alternative that selects other tensors.
   std::optional<Scored> runner_up;
+  std::vector<Alternative> alternatives;
+  // For kAmbiguous and kPrefixRenameNeeded: what to tell the user.
+  std::string message;
 };
 
 absl::string_view FirstComponent(absl::string_view key);
@@ -90,13 +125,19 @@ absl::StatusOr<std::vector<Container>> FindContainers(
     const checkpoint::Value* root, const weightgate::v1::NormalizationPolicy& policy,
     const MatchOptions& options);
 
-// Scores every candidate and picks the best. options.cancelled is polled
-// between candidates. ResourceExhausted past options.max_work, Cancelled
-// when asked to stop. REQUIRES: !containers.empty().
-absl::StatusOr<SearchOutcome> SearchCandidates(const std::vector<Container>& containers,
-                                               const SpecIndex& spec,
-                                               const weightgate::v1::NormalizationPolicy& policy,
-                                               Renamer& renamer, const MatchOptions& options);
+// Scores every candidate and decides. Candidates the policy allows compete
+// on score (ties: fewer leftover keys, fewer transform steps, raw before EMA,
+// container order, description); when the best of them select different
+// tensors (options.same_bytes decides), the match is ambiguous. A candidate
+// outside the policy (an arbitrary root swap) only counts when it explains
+// strictly more of the spec: then the policy needs a flag. Empty when
+// policy.weights leaves no candidate. options.cancelled is polled between
+// candidates. ResourceExhausted past options.max_work, Cancelled when asked
+// to stop. REQUIRES: !containers.empty().
+absl::StatusOr<std::optional<SearchOutcome>> SearchCandidates(
+    const std::vector<Container>& containers, const SpecIndex& spec,
+    const weightgate::v1::NormalizationPolicy& policy, Renamer& renamer,
+    const MatchOptions& options);
 
 }  // namespace weightgate::statedict
 

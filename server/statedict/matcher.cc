@@ -2,6 +2,7 @@
 
 #include <fnmatch.h>
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <utility>
@@ -49,11 +50,34 @@ void FillCandidate(const Scored& s, const std::vector<Container>& containers, v1
   out->set_container(containers[s.container].path);
   out->set_transform(s.description);
   out->set_matched(s.matched);
+  out->set_leftover(s.leftover);
+  out->set_weights(s.ema ? "ema" : "raw");
+}
+
+// The origin of a strip, for Fix.origin and the fix's detail.
+const char* OriginOf(StripKind kind) {
+  switch (kind) {
+    case StripKind::kKnownWrapper: return "known_wrapper";
+    case StripKind::kTrainingAttribute: return "training_attribute";
+    case StripKind::kChosen: return "chosen_prefix";
+    case StripKind::kArbitrary: return "any_prefix";
+    case StripKind::kNone: break;
+  }
+  return "";
+}
+
+std::string Spaced(absl::string_view origin) {
+  std::string out(origin);
+  std::replace(out.begin(), out.end(), '_', ' ');
+  return out;
 }
 
 v1::Fix* AddFix(v1::ValidationReport* report, absl::string_view kind, std::string detail,
-                int64_t count, std::string from = "", std::string to = "") {
+                int64_t count, std::string from = "", std::string to = "",
+                absl::string_view origin = "") {
   v1::Fix* fix = report->add_fixes();
+  fix->set_origin(std::string(origin));
+  if (!origin.empty()) absl::StrAppend(&detail, " (", Spaced(origin), ")");
   fix->set_kind(std::string(kind));
   fix->set_detail(std::move(detail));
   fix->set_count(count);
@@ -103,23 +127,52 @@ absl::Status IndexSpec(const v1::ModelSpec& spec_proto, MatchContext& ctx) {
   } else {
     ctx.optional_globs.emplace_back(kDefaultOptionalGlob);
   }
+  for (const SpecTensor& s : ctx.spec.tensors) {
+    ctx.spec.optional.push_back(Matches(ctx.optional_globs, s.name) ? 1 : 0);
+  }
   return absl::OkStatus();
 }
 
-// Picks the winning (container, transform) and reports it with the
-// runner-up.
-absl::Status ChooseCandidate(MatchContext& ctx) {
-  absl::StatusOr<SearchOutcome> searched =
+// Picks the winning (container, transform), or decides that the policy must
+// choose (ambiguous_match, prefix_rename_needed). False when the report is
+// final.
+absl::StatusOr<bool> ChooseCandidate(MatchContext& ctx) {
+  absl::StatusOr<std::optional<SearchOutcome>> searched =
       SearchCandidates(ctx.containers, ctx.spec, ctx.policy, *ctx.renamer, ctx.options);
   if (!searched.ok()) return searched.status();
-  SearchOutcome& outcome = *searched;
+  v1::ValidationReport* report = ctx.report;
+  if (!searched->has_value()) {
+    AddReason(report, "no_state_dict");
+    report->set_error(absl::StrCat(
+        "no ", ctx.policy.weights() == v1::NormalizationPolicy::WEIGHTS_EMA ? "EMA" : "raw",
+        " weights in the checkpoint (policy weights)"));
+    for (const SpecTensor& s : ctx.spec.tensors) report->add_missing_keys(s.name);
+    ctx.result.invalid = true;
+    return false;
+  }
+  SearchOutcome& outcome = **searched;
   ctx.winner = std::move(outcome.winner);
   ctx.container = &ctx.containers[ctx.winner.container];
-  FillCandidate(ctx.winner, ctx.containers, ctx.report->mutable_winner());
-  if (outcome.runner_up.has_value()) {
-    FillCandidate(*outcome.runner_up, ctx.containers, ctx.report->mutable_runner_up());
+  FillCandidate(ctx.winner, ctx.containers, report->mutable_winner());
+  for (const Alternative& alt : outcome.alternatives) {
+    v1::Candidate* c = report->add_alternatives();
+    FillCandidate(alt.candidate, ctx.containers, c);
+    c->set_select_flag(alt.select_flag);
+    c->set_equal_to_winner(alt.equal_to_winner);
   }
-  return absl::OkStatus();
+  if (outcome.decision != SearchOutcome::Decision::kChosen) {
+    AddReason(report, outcome.decision == SearchOutcome::Decision::kAmbiguous
+                          ? "ambiguous_match"
+                          : "prefix_rename_needed");
+    report->set_error(outcome.message);
+    report->set_container_path(ctx.container->path);
+    ctx.result.invalid = true;
+    return false;
+  }
+  if (outcome.runner_up.has_value()) {
+    FillCandidate(*outcome.runner_up, ctx.containers, report->mutable_runner_up());
+  }
+  return true;
 }
 
 // One fix per step of the winning transform (container, wrappers, strip,
@@ -147,7 +200,7 @@ void ReportTransform(MatchContext& ctx) {
     }
     AddFix(report, "strip_prefix",
            absl::StrCat("stripped '", kWrapperComponents[w], ".' from ", n, " keys"), n,
-           absl::StrCat(kWrapperComponents[w], "."), "");
+           absl::StrCat(kWrapperComponents[w], "."), "", "known_wrapper");
   }
   if (!t.strip.empty()) {
     Transform only_wrappers;
@@ -161,12 +214,12 @@ void ReportTransform(MatchContext& ctx) {
       }
     }
     AddFix(report, "strip_prefix", absl::StrCat("stripped '", t.strip, ".' from ", n, " keys"), n,
-           absl::StrCat(t.strip, "."), "");
+           absl::StrCat(t.strip, "."), "", OriginOf(t.strip_kind));
   }
   if (!t.add.empty()) {
     int64_t n = static_cast<int64_t>(c.tensors.size());
     AddFix(report, "add_prefix", absl::StrCat("added '", t.add, ".' to ", n, " keys"), n, "",
-           absl::StrCat(t.add, "."));
+           absl::StrCat(t.add, "."), "spec_root");
   }
 }
 
@@ -186,7 +239,7 @@ void ClaimByName(MatchContext& ctx) {
     ctx.final_names[i] = ctx.renamer->Rename(ctx.prefixed[i]).name;
   for (int pass = 0; pass < 2; ++pass) {
     for (size_t i = 0; i < n_keys; ++i) {
-      if (ctx.key_to_spec[i] >= 0) continue;
+      if (ctx.key_to_spec[i] >= 0 || !ctx.winner.transform.Selects(c.tensors[i].name)) continue;
       auto it = ctx.spec.index.find(ctx.final_names[i]);
       if (it == ctx.spec.index.end() || ctx.spec_to_key[it->second] >= 0) continue;
       if (pass == 0 && c.tensors[i].tensor->shape != ctx.spec.tensors[it->second].shape) continue;
@@ -198,10 +251,10 @@ void ClaimByName(MatchContext& ctx) {
     if (ctx.key_to_spec[i] < 0) continue;
     const Renamer::Result& r = ctx.renamer->Rename(ctx.prefixed[i]);
     if (r.renamed_by_rule || r.renamed_gamma_beta) {
+      const bool legacy = r.renamed_gamma_beta && !r.renamed_by_rule;
       AddFix(ctx.report, "rename",
-             absl::StrCat("renamed '", ctx.prefixed[i], "' -> '", r.name, "'",
-                          r.renamed_gamma_beta && !r.renamed_by_rule ? " (legacy gamma/beta)" : ""),
-             1, ctx.prefixed[i], r.name);
+             absl::StrCat("renamed '", ctx.prefixed[i], "' -> '", r.name, "'"), 1, ctx.prefixed[i],
+             r.name, legacy ? "legacy_rename" : "user_rule");
     }
   }
 }
@@ -445,10 +498,12 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
     for (const SpecTensor& s : ctx.spec.tensors) report->add_missing_keys(s.name);
     return std::move(ctx.result);
   }
-  if (absl::Status s = ChooseCandidate(ctx); !s.ok()) {
-    if (absl::Status e = LimitHit(ctx, s); !e.ok()) return e;
+  absl::StatusOr<bool> chosen = ChooseCandidate(ctx);
+  if (!chosen.ok()) {
+    if (absl::Status e = LimitHit(ctx, chosen.status()); !e.ok()) return e;
     return std::move(ctx.result);
   }
+  if (!*chosen) return std::move(ctx.result);
   ReportTransform(ctx);
   ClaimByName(ctx);
   if (!ctx.renamer->status().ok()) {

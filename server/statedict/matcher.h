@@ -1,19 +1,25 @@
 // The matcher decides which tensors of a parsed checkpoint become which
-// tensors of a model's spec, without touching a tensor byte. It finds the
+// tensors of a model's spec, without touching a tensor byte (except to tell
+// whether two candidate readings hold identical values). It finds the
 // state_dict inside the checkpoint (container), strips or adds wrapper and
 // attribute prefixes, applies the policy's rename rules, the legacy
 // gamma/beta renames and the opt-in positional remap, then compares names,
 // shapes and dtypes against the spec.
 //
-// Among all (container x prefix transform) candidates it keeps the one that
-// matches the most (name, shape) pairs of the spec; ties go to fewer
-// leftover checkpoint keys, then to fewer transform steps, then to the
-// container tried first, then to the transform's description (so the choice
-// never depends on hash order). The winner and the best candidate that maps
-// tensors differently (runner-up) are reported.
+// It never guesses. Automatic repairs are the known wrappers, one leading
+// training attribute (kTrainingAttributes, kEmaAttributes) and adding the
+// spec's own common root; among the readings they allow, the one matching
+// the most (name, shape) pairs of the spec wins, with deterministic
+// tie-breaks. Two best readings that select different tensors (teacher /
+// student, raw / EMA, two containers) are INVALID `ambiguous_match`, each
+// named with the flag that selects it; identical tensors are reported as
+// equal. A reading that needs an arbitrary root swap is INVALID
+// `prefix_rename_needed` with the --rename rule that does it (or
+// prefixes ANY). The runner-up is reported only when it is a real
+// alternative (other tensors, at least half the winner's score).
 //
 // Everything here is pure logic over checkpoint::Value trees: no libtorch, no
-// I/O. Numeric checks (NaN/Inf) and writing happen in numeric.h.
+// I/O. Numeric checks (NaN/Inf) and writing happen in normalizer.cc.
 #ifndef WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_
 #define WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_
 
@@ -38,6 +44,16 @@ namespace weightgate::statedict {
 inline constexpr std::array<absl::string_view, 8> kContainerKeys = {
     "state_dict", "model_state_dict", "model",     "module",
     "net",        "state_dict_ema",   "model_ema", "ema"};
+
+// Leading attributes that training wrappers put in front of the model's own
+// keys (Lightning's self.model / self.net, and their EMA copies). Stripping
+// one is an automatic repair; any other root is not (prefix_rename_needed).
+inline constexpr std::array<absl::string_view, 2> kTrainingAttributes = {"model", "net"};
+inline constexpr std::array<absl::string_view, 4> kEmaAttributes = {"model_ema", "ema", "ema_model",
+                                                                    "net_ema"};
+// Container keys that hold EMA weights.
+inline constexpr std::array<absl::string_view, 3> kEmaContainerKeys = {"state_dict_ema",
+                                                                       "model_ema", "ema"};
 
 // Key components that wrappers insert: DataParallel/DDP, torch.compile, FSDP,
 // activation checkpointing. Stripping one removes every occurrence, because
@@ -96,6 +112,10 @@ struct MatchOptions {
   // Polled during the candidate search; true stops the match with
   // Cancelled. Default: never.
   std::function<bool()> cancelled;
+  // Whether two tensor views hold bitwise-identical values (same dtype and
+  // shape assumed checked). Default: only the very same view of the same
+  // storage counts as identical.
+  std::function<bool(const checkpoint::TensorRecord&, const checkpoint::TensorRecord&)> same_bytes;
   // The caps above (lower them to test them).
   size_t max_keys = kMaxMatchKeys;
   uint64_t max_key_bytes = kMaxMatchKeyBytes;

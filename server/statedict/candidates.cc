@@ -424,8 +424,9 @@ std::string RenameFlag(const Scored& x, const std::vector<Container>& containers
 }
 
 std::string Describe(const Scored& s, const std::vector<Container>& containers) {
-  return absl::StrCat("container '", containers[s.container].path, "' ", s.description, " (",
-                      s.ema ? "ema" : "raw", ")");
+  const std::string& path = containers[s.container].path;
+  return absl::StrCat(path.empty() ? "top level" : absl::StrCat("container '", path, "'"), " + ",
+                      s.description, s.ema ? " (EMA)" : "");
 }
 
 }  // namespace
@@ -607,20 +608,20 @@ absl::StatusOr<std::optional<SearchOutcome>> SearchCandidates(
       out.alternatives.push_back({r, std::move(flag), false});
     }
     out.decision = SearchOutcome::Decision::kAmbiguous;
-    out.message = absl::StrCat(
-        reps.size(), " readings explain ", best,
-        " spec tensors equally well with different weights: ", absl::StrJoin(named, "; "),
-        ". Choose one with its flag (or store it in the model's policy).");
+    out.message =
+        absl::StrCat(reps.size(), " readings explain the spec equally well (", reps[0].matched,
+                     " tensors) with different weights: ", absl::StrJoin(named, "; "),
+                     ". Choose one with its flag (or store it in the model's policy).");
     return std::optional<SearchOutcome>(std::move(out));
   }
   if (needs_flag) {
     std::string flag = RenameFlag(out.winner, containers);
     out.decision = SearchOutcome::Decision::kPrefixRenameNeeded;
     out.message = absl::StrCat(
-        "only ", Describe(out.winner, containers), " explains the spec (", out.winner.matched,
-        " tensors; without a flag at most ", best_allowed < 0 ? 0 : best_allowed,
-        " required ones): a root that is no known wrapper or training attribute; pass ", flag,
-        " (or --prefixes any)");
+        "only a root swap explains the spec: ", Describe(out.winner, containers), " matches ",
+        out.winner.matched, " tensors (", best_allowed < 0 ? 0 : best_allowed,
+        " required ones without it), and '", out.winner.transform.strip,
+        ".' is no known wrapper or training attribute; pass ", flag, " (or --prefixes any)");
     out.alternatives.push_back({out.winner, std::move(flag), false});
     return std::optional<SearchOutcome>(std::move(out));
   }

@@ -18,8 +18,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "server/checkpoint/mapped_file.h"
-#include "server/checkpoint/sha256.h"
+#include "common/mapped_file.h"
+#include "common/sha256.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
@@ -219,7 +219,7 @@ struct NormalizeContext {
   Clock::time_point start = Clock::now();
   std::string device_name;
   v1::ValidationReport report;
-  std::shared_ptr<const checkpoint::MappedFile> file;
+  std::shared_ptr<const common::MappedFile> file;
   std::optional<Checkpoint> ckpt;
   MatchResult match;
   // True once the report holds a rejection reason: nothing is written.
@@ -236,8 +236,8 @@ struct NormalizeContext {
 bool ReadPhase(NormalizeContext& ctx) {
   v1::ValidationReport& report = ctx.report;
   const Clock::time_point phase = Clock::now();
-  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
-      checkpoint::MappedFile::Open(ctx.checkpoint_path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+      common::MappedFile::Open(ctx.checkpoint_path);
   if (!file.ok()) {
     AddReason(&report, "unreadable");
     report.set_error(std::string(file.status().message()));
@@ -245,7 +245,7 @@ bool ReadPhase(NormalizeContext& ctx) {
   }
   ctx.file = *std::move(file);
   if (ctx.options.compute_input_sha256) {
-    absl::StatusOr<std::string> sha = checkpoint::Sha256File(ctx.checkpoint_path);
+    absl::StatusOr<std::string> sha = common::Sha256File(ctx.checkpoint_path);
     if (sha.ok()) report.set_input_sha256(*sha);
   }
   absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(ctx.file, ctx.options.read_options);

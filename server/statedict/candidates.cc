@@ -260,7 +260,12 @@ class Search final {
     *distinct = false;
     for (size_t j = 0; j < a.size(); ++j) {
       if (a[j] == b[j]) continue;
-      if (a[j] == nullptr || b[j] == nullptr) return false;
+      if (a[j] == nullptr || b[j] == nullptr) {
+        // One reading leaves an optional tensor to be zero-filled: no
+        // difference of weights.
+        if (j < spec_.optional.size() && spec_.optional[j]) continue;
+        return false;
+      }
       *distinct = true;
       if (!SameView(*a[j], *b[j]) &&
           !(options_.same_bytes && a[j]->dtype == b[j]->dtype && a[j]->shape == b[j]->shape &&

@@ -2,7 +2,7 @@
 // real torch fixtures: specs from each reference kind, the TorchScript
 // archive kept as a blob for the smoke test, policy overrides, and the
 // normalised safetensors loading into the torch model.
-#include <chrono>
+#include <ctime>
 #include <string>
 #include <utility>
 
@@ -197,10 +197,9 @@ TEST_F(RegistryValidateTest, HundredKilobyteKeyWithRenameRuleIsBounded) {
   ASSERT_TRUE(registry_->RegisterModel(header, Fx("reference.pt")).ok());
   v1::UploadHeader upload;
   upload.set_model_id("net");
-  const auto start = std::chrono::steady_clock::now();
+  const std::clock_t start = std::clock();  // CPU time: the machine may be busy
   absl::StatusOr<v1::ValidationReport> report = registry_->Validate(upload, Fx("long_key.pt"));
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = static_cast<double>(std::clock() - start) / CLOCKS_PER_SEC;
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_LT(seconds, 2.0);
   // Either the reader refuses a key that long (a budget), or the rules

@@ -3,7 +3,7 @@
 // hostile keys (a 100 KB key once overflowed std::regex's recursion).
 #include "server/statedict/renamer.h"
 
-#include <chrono>
+#include <ctime>
 #include <string>
 #include <utility>
 #include <vector>
@@ -55,12 +55,11 @@ TEST(RenamerTest, HundredKilobyteKeyIsLinear) {
   std::string key(100 * 1024, 'a');
   for (size_t i = 100; i < key.size(); i += 100) key[i] = '.';
   key += ".gamma";
-  const auto start = std::chrono::steady_clock::now();
+  const std::clock_t start = std::clock();  // CPU time: the machine may be busy
   std::string out = Apply({{"(.*)\\.gamma$", "$1.weight"}}, key);
   // Also patterns that make backtracking engines explode.
   std::string nested = Apply({{"(a+)+$", "x"}, {"(a|aa)*b", "y"}}, std::string(50000, 'a') + "!");
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds = static_cast<double>(std::clock() - start) / CLOCKS_PER_SEC;
   EXPECT_EQ(out, key.substr(0, key.size() - 6) + ".weight");
   EXPECT_EQ(nested, std::string(50000, 'a') + "!");
   EXPECT_LT(seconds, 2.0);

@@ -1,6 +1,6 @@
 // Rename rules: RE2 syntax with $1-style replacements, every match replaced,
 // caps on rules, patterns and what a key may become, and linear time on
-// hostile keys (a 100 KB key once overflowed std::regex's recursion).
+// hostile keys (a 100 KB key once overflowed the recursion of libstdc++'s regex engine).
 #include "server/statedict/renamer.h"
 
 #include <ctime>

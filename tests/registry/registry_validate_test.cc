@@ -185,7 +185,7 @@ TEST_F(RegistryValidateTest, RenameRulesAreCheckedWhenRegistering) {
 }
 
 TEST_F(RegistryValidateTest, HundredKilobyteKeyWithRenameRuleIsBounded) {
-  // The rule that once overflowed std::regex's recursion on such a key.
+  // The rule that once overflowed libstdc++'s regex recursion on such a key.
   v1::RegisterModelHeader header;
   header.set_model_id("net");
   for (auto [pattern, replacement] :

@@ -75,6 +75,12 @@ std::string FormatReport(const v1::ValidationReport& r) {
     Row(&out, "container", r.container_path().empty() ? "(top level)" : r.container_path());
     Row(&out, "match", CandidateText(r.winner()));
     if (r.has_runner_up()) Row(&out, "runner-up", CandidateText(r.runner_up()));
+    // The readings a flag must choose between, or that were bitwise equal.
+    ListRows(&out, "choices", r.alternatives(), [](const v1::Candidate& c) {
+      return absl::StrCat(CandidateText(c), c.weights() == "ema" ? " (EMA)" : "",
+                          c.equal_to_winner() ? ": bitwise identical to the match"
+                                              : absl::StrCat(": ", c.select_flag()));
+    });
   }
   if (!r.device().empty()) Row(&out, "device", r.device());
   if (r.tensor_count() > 0) {

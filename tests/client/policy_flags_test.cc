@@ -104,7 +104,7 @@ TEST(PolicyFlagsTest, OneLineErrors) {
   for (const Bad& b : std::vector<Bad>{
            {{"--dtype"}, "--dtype needs a value"},
            {{"--dtype", "sometimes"}, "--dtype: 'sometimes' is not one of cast, keep, reject"},
-           {{"--prefixes=all"}, "--prefixes: 'all' is not one of auto, none"},
+           {{"--prefixes=all"}, "--prefixes: 'all' is not one of auto, none, any"},
            {{"--unexpected", "keep"}, "--unexpected: 'keep' is not one of drop, reject"},
            {{"--non_finite", "ignore"}, "--non_finite: 'ignore' is not one of reject, allow"},
            {{"--rename", "no-equals-sign"}, "--rename: 'no-equals-sign' is not REGEX=REPLACEMENT"},

@@ -1,9 +1,10 @@
 #include "client/cli/connection.h"
 
 #include <chrono>
-#include <fstream>
 #include <iostream>
-#include <sstream>
+
+#include "common/exit_codes.h"
+#include "common/file_util.h"
 
 namespace weightgate::cli {
 
@@ -12,15 +13,13 @@ std::unique_ptr<Connection> Connection::Open(const GlobalOptions& options) {
   conn->options_ = options;
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca.empty()) {
-    std::ifstream in(options.tls_ca);
-    if (!in) {
+    absl::StatusOr<std::string> pem = common::ReadFile(options.tls_ca);
+    if (!pem.ok()) {
       std::cerr << "weightgate: cannot read --tls_ca " << options.tls_ca << "\n";
       return nullptr;
     }
-    std::stringstream ss;
-    ss << in.rdbuf();
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ss.str();
+    ssl.pem_root_certs = *pem;
     creds = grpc::SslCredentials(ssl);
   }
   grpc::ChannelArguments args;
@@ -50,7 +49,7 @@ int ReportRpcError(const std::string& what, const grpc::Status& status) {
   std::cerr << "weightgate: " << what << ": " << status.error_message();
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) std::cerr << " (server unavailable)";
   std::cerr << "\n";
-  return kExitUsage;
+  return common::kExitUsage;
 }
 
 }  // namespace weightgate::cli

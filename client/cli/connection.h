@@ -20,11 +20,6 @@ struct GlobalOptions {
   int connect_timeout_s = 5;
 };
 
-// Exit codes of the CLI contract.
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitInvalid = 1;
-inline constexpr int kExitUsage = 2;
-
 class Connection final {
  public:
   // Connects (waiting up to connect_timeout_s). On failure prints one line
@@ -46,7 +41,7 @@ class Connection final {
 };
 
 // Prints "weightgate: <what>: <status message>" and returns the exit code:
-// kExitUsage for transport/usage problems (UNAVAILABLE, INVALID_ARGUMENT, ...).
+// common::kExitUsage for transport/usage problems (UNAVAILABLE, INVALID_ARGUMENT, ...).
 int ReportRpcError(const std::string& what, const grpc::Status& status);
 
 }  // namespace weightgate::cli

@@ -148,19 +148,20 @@ absl::Status RegistryService::CheckOverride(const UploadHeader& header, const Ca
 grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
     grpc::CallbackServerContext* context, ValidationReport* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
-  return new Reactor(
-      Upload("ValidateCheckpoint", context, Role::kWriter),
-      [this, response, context](const UploadHeader& header, store::StagedFile& staged,
-                                const Caller& caller) {
-        if (absl::Status s = CheckOverride(header, caller); !s.ok()) return ToGrpcStatus(s);
-        auto start = std::chrono::steady_clock::now();
-        absl::StatusOr<ValidationReport> report =
-            options_.registry->Validate(header, staged.path(), Control(context));
-        if (!report.ok()) return ToGrpcStatus(report.status());
-        RecordReport(*options_.metrics, "ValidateCheckpoint", *report, SecondsSince(start));
-        *response = *std::move(report);
-        return grpc::Status::OK;
-      });
+  return new Reactor(Upload("ValidateCheckpoint", context, Role::kWriter),
+                     [this, response, context](const UploadHeader& header,
+                                               store::StagedFile& staged, const Caller& caller) {
+                       if (absl::Status s = CheckOverride(header, caller); !s.ok())
+                         return ToGrpcStatus(s);
+                       auto start = std::chrono::steady_clock::now();
+                       absl::StatusOr<ValidationReport> report =
+                           options_.registry->Validate(header, staged.path(), Control(context));
+                       if (!report.ok()) return ToGrpcStatus(report.status());
+                       RecordReport(*options_.metrics, "ValidateCheckpoint", *report,
+                                    SecondsSince(start));
+                       *response = *std::move(report);
+                       return grpc::Status::OK;
+                     });
 }
 
 grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(

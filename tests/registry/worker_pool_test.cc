@@ -4,6 +4,7 @@
 // or is abandoned by a cancelled request fails that one request clearly; the
 // next request succeeds on a fresh worker, and this process never dies.
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include "gtest/gtest.h"
 #include "server/registry/registry.h"
 #include "server/store/store.h"
+#include "server/worker/frame.h"
 #include "server/worker/validation_pool.h"
 #include "tests/statedict/statedict_fixtures.h"
 
@@ -306,6 +308,60 @@ TEST_F(WorkerPoolTest, WorkersRunInParallelAndAreBounded) {
   EXPECT_GE(seconds, 2.0);
   EXPECT_LT(seconds, 3.9);
   EXPECT_EQ(pool->spawned(), 2);
+}
+
+// Frames between the server and its workers.
+class FrameTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds_), 0); }
+  void TearDown() override {
+    ::close(fds_[0]);
+    if (fds_[1] >= 0) ::close(fds_[1]);
+  }
+  void Send(const std::string& bytes) {
+    ASSERT_EQ(::write(fds_[1], bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  }
+  int fds_[2] = {-1, -1};
+};
+
+TEST_F(FrameTest, RoundTrip) {
+  WorkResponse out;
+  out.set_message(std::string(100000, 'x'));
+  out.set_started_pid(42);
+  std::thread writer([&] { EXPECT_TRUE(WriteFrame(fds_[1], out).ok()); });
+  WorkResponse in;
+  ASSERT_TRUE(ReadFrame(fds_[0], &in).ok());
+  writer.join();
+  EXPECT_EQ(in.message(), out.message());
+  EXPECT_EQ(in.started_pid(), 42);
+}
+
+TEST_F(FrameTest, OversizedLengthIsRefusedBeforeAllocating) {
+  Send(std::string("\xff\xff\xff\x7f", 4));
+  WorkResponse in;
+  absl::Status s = ReadFrame(fds_[0], &in);
+  EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+  Send(std::string("\x01\x00\x00\x05", 4));  // 80 MiB: over the 64 MiB cap too
+  FrameReader reader;
+  s = reader.Feed(fds_[0]);
+  EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+}
+
+TEST_F(FrameTest, TruncatedFrameIsUnavailable) {
+  Send(std::string("\x10\x00\x00\x00", 4) + "xyz");
+  ::close(fds_[1]);
+  fds_[1] = -1;
+  WorkResponse in;
+  EXPECT_TRUE(absl::IsUnavailable(ReadFrame(fds_[0], &in)));
+}
+
+TEST_F(FrameTest, GarbageBodyIsDataLoss) {
+  Send(std::string("\x03\x00\x00\x00\xff\xff\xff", 7));
+  FrameReader reader;
+  ASSERT_TRUE(reader.Feed(fds_[0]).ok());
+  ASSERT_TRUE(reader.Done());
+  WorkResponse in;
+  EXPECT_TRUE(absl::IsDataLoss(reader.Parse(&in)));
 }
 
 // The Registry turns worker outcomes into reports and errors.

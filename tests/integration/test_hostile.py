@@ -94,7 +94,8 @@ def report_of(error):
 
 
 def clear_error(error):
-    """'' when `error` is a clear refusal, else what is wrong with it."""
+    """'' when `error` is a clear refusal, else what is wrong with it. (INVALID
+    reports come back as OK responses; older servers sent FAILED_PRECONDITION.)"""
     code, message = error.code(), error.details() or ""
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         report = report_of(error)
@@ -231,8 +232,15 @@ class HostileStormTest(unittest.TestCase):
         def run_hostile(name):
             start = time.monotonic()
             try:
-                upload(self.registry, "linear", os.path.join(self.hostile, name), timeout=30)
-                return name, time.monotonic() - start, "accepted (the upload succeeded)", None
+                response = upload(self.registry, "linear", os.path.join(self.hostile, name),
+                                  timeout=30)
+                seconds = time.monotonic() - start
+                # An INVALID checkpoint is answered OK with the report and no version.
+                report = response.report
+                if (report.verdict == types_pb2.INVALID and report.reasons
+                        and not response.HasField("version")):
+                    return name, seconds, "", ",".join(report.reasons)
+                return name, seconds, f"stored as version {response.version.version}", None
             except grpc.RpcError as e:
                 seconds = time.monotonic() - start
                 report = report_of(e)
@@ -242,6 +250,7 @@ class HostileStormTest(unittest.TestCase):
         def run_other(kind):
             if kind == "valid":
                 response = upload(self.registry, "tiny", os.path.join(self.tiny, "dataparallel.pt"))
+                self.assertTrue(response.HasField("version"))
                 return kind, response.report.verdict
             manifest, sha, count = fetch_all(self.stream, "tiny")
             self.assertEqual(count, manifest.total_bytes)
@@ -402,8 +411,9 @@ class QueueBoundTest(unittest.TestCase):
             ok = [o for o in outcomes if o[0] == "ok"]
             refused = [o for o in outcomes if o[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
             self.assertEqual(len(ok) + len(refused), 5, outcomes)
-            self.assertGreaterEqual(len(ok), 2, outcomes)
-            self.assertGreaterEqual(len(refused), 1, outcomes)
+            # One running and one waiting at most (fewer when the burst beats the
+            # worker thread to the queue); without the bound all five would pass.
+            self.assertTrue(1 <= len(ok) <= 2, outcomes)
             for _, seconds, (details, hint) in refused:
                 self.assertIn("--max_pending_validations", details)
                 self.assertEqual(hint, "1000")

@@ -1,10 +1,8 @@
 #include "server/checkpoint/inspect.h"
 
 #include <algorithm>
-#include <sstream>
 #include <string>
 
-#include "client/cli/inspect_command.h"
 #include "gtest/gtest.h"
 #include "server/checkpoint/json.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
@@ -163,58 +161,44 @@ TEST(Inspect, TextTableNamesEveryTensor) {
   for (const InspectedTensor& t : in.tensors) EXPECT_NE(text.find(t.name), std::string::npos);
 }
 
-struct CommandRun {
-  int code;
-  std::string out, err;
-};
-
-CommandRun Command(std::vector<std::string> args, bool json = false) {
-  std::ostringstream out, err;
-  int code = cli::RunInspectCommand(args, json, out, err);
-  return {code, out.str(), err.str()};
-}
-
-TEST(InspectCommand, ReadableAndSafeExitsZero) {
-  std::string file = FixtureDir() + "/plain.pt";
-  CommandRun r = Command({file});
-  EXPECT_EQ(r.code, 0) << r.err;
-  EXPECT_NE(r.out.find("torch_zip"), std::string::npos);
-  EXPECT_TRUE(r.err.empty());
-  CommandRun j = Command({"--json", file});
-  EXPECT_EQ(j.code, 0);
-  EXPECT_TRUE(ParseJson(j.out).ok()) << j.out;
-  CommandRun g = Command({file}, /*json=*/true);
-  EXPECT_EQ(g.out, j.out);
-}
-
-TEST(InspectCommand, UnsafeExitsOneWithReasonOnOneLine) {
-  std::string file = FixtureDir() + "/hostile/zip_reduce.pt";
-  CommandRun r = Command({file});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_EQ(r.err.rfind("weightgate: inspect: " + file + ": unsafe", 0), 0u) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1);
-  EXPECT_NE(r.out.find("UNSAFE"), std::string::npos);
-}
-
-TEST(InspectCommand, UnreadableExitsOne) {
-  CommandRun missing = Command({FixtureDir() + "/no-such-file.pt"});
-  EXPECT_EQ(missing.code, 1);
-  EXPECT_EQ(missing.err.rfind("weightgate: inspect: " + FixtureDir() + "/no-such-file.pt: ", 0),
-            0u);
-  CommandRun junk = Command({FixtureDir() + "/plain.tensors.tsv"});
-  EXPECT_EQ(junk.code, 1);
-  EXPECT_NE(junk.err.find("not a checkpoint"), std::string::npos) << junk.err;
-  EXPECT_EQ(std::count(junk.err.begin(), junk.err.end(), '\n'), 1);
-}
-
-TEST(InspectCommand, UsageErrorsExitTwo) {
-  EXPECT_EQ(Command({}).code, 2);
-  EXPECT_EQ(Command({"a", "b"}).code, 2);
-  EXPECT_EQ(Command({"--bogus", "a"}).code, 2);
-  CommandRun help = Command({"--help"});
-  EXPECT_EQ(help.code, 0);
-  EXPECT_NE(help.out.find("usage: weightgate inspect"), std::string::npos);
-}
-
 }  // namespace
+// weights_only agrees with what Debian's torch 1.13 did with each fixture
+// (make_checkpoint_fixtures.py records it), both ways.
+TEST(Inspect, WeightsOnlyAgreesWithTorch) {
+  int loads = 0;
+  int refused = 0;
+  for (const char* name : {"plain", "small", "legacy", "tied", "views", "dtypes", "proto2",
+                           "proto4", "lightning", "training", "whole_model", "dataparallel",
+                           "legacy_training", "parameters", "buffer", "edge"}) {
+    std::string expected = testing::ReadFileBytes(FixtureDir() + "/" + name + ".weights_only");
+    ASSERT_FALSE(expected.empty()) << name;
+    Inspection in = InspectFixture(std::string(name) + ".pt");
+    const bool torch_loads = expected.rfind("loads", 0) == 0;
+    EXPECT_EQ(in.weights_only,
+              torch_loads ? Inspection::WeightsOnly::kLoads : Inspection::WeightsOnly::kRefused)
+        << name;
+    EXPECT_EQ(in.weights_only_blockers.empty(), torch_loads) << name;
+    (torch_loads ? loads : refused) += 1;
+  }
+  EXPECT_GT(loads, 0);
+  EXPECT_GT(refused, 0);
+}
+
+TEST(Inspect, LightningNamespaceIsDataButMainClassesAreCalls) {
+  Inspection in = InspectFixture("lightning.pt");
+  for (const std::string& g : in.called_globals) {
+    EXPECT_NE(g, "argparse.Namespace");
+    EXPECT_NE(g, "collections.OrderedDict");
+  }
+  std::string text = RenderInspectionText(in);
+  EXPECT_NE(text.find("weights_only"), std::string::npos);
+  EXPECT_NE(text.find("read budget"), std::string::npos);
+  absl::StatusOr<JsonValue> v = ParseJson(RenderInspectionJson(in));
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->Find("weights_only")->text, "refused");
+  EXPECT_GT(v->Find("read_budget")->Find("used")->AsUint64(), 0u);
+  EXPECT_LE(v->Find("read_budget")->Find("used")->AsUint64(),
+            v->Find("read_budget")->Find("limit")->AsUint64());
+}
+
 }  // namespace weightgate::checkpoint

@@ -391,7 +391,7 @@ absl::Status Store::PutModelLocked(const Model& model) {
     // The TorchScript reference was committed (and refreshed) by the caller;
     // under the lock it either still exists, and is refreshed again so that
     // collection spares it, or the model is not written.
-    if (!IsHexSha256(ts) || ::utimensat(AT_FDCWD, BlobPath(ts).c_str(), nullptr, 0) != 0) {
+    if (!common::IsSha256Hex(ts) || ::utimensat(AT_FDCWD, BlobPath(ts).c_str(), nullptr, 0) != 0) {
       return absl::AbortedError(
           absl::StrCat("TorchScript reference blob ", ts, " vanished before the model was saved"));
     }

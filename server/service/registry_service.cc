@@ -39,6 +39,17 @@ void RecordReport(Metrics& metrics, const char* rpc, const ValidationReport& rep
       static_cast<double>(report.total_bytes()) / (1 << 20), seconds, report.device());
 }
 
+// A validation stops (its worker is killed) when the client cancels or the
+// call's deadline passes.
+worker::CallControl Control(grpc::CallbackServerContext* context) {
+  worker::CallControl control;
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    control.deadline = absl::FromChrono(context->deadline());
+  }
+  control.cancelled = [context] { return context->IsCancelled(); };
+  return control;
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* RegistryService::Unary(grpc::CallbackServerContext* context,
@@ -79,9 +90,10 @@ grpc::ServerReadReactor<RegisterModelRequest>* RegistryService::RegisterModel(
   // Registering sets the model's spec and policy: admins only.
   return new Reactor(
       Upload("RegisterModel", context, Role::kAdmin),
-      [this, response](const RegisterModelHeader& header, store::StagedFile& staged,
-                       const Caller&) {
-        absl::StatusOr<Model> model = options_.registry->RegisterModel(header, staged.path());
+      [this, response, context](const RegisterModelHeader& header, store::StagedFile& staged,
+                                const Caller&) {
+        absl::StatusOr<Model> model =
+            options_.registry->RegisterModel(header, staged.path(), Control(context));
         if (!model.ok()) return ToGrpcStatus(model.status());
         *response = *std::move(model);
         if (absl::StatusOr<std::vector<Model>> all = options_.store->ListModels(); all.ok()) {
@@ -137,13 +149,13 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
     grpc::CallbackServerContext* context, ValidationReport* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
   return new Reactor(Upload("ValidateCheckpoint", context, Role::kWriter),
-                     [this, response](const UploadHeader& header, store::StagedFile& staged,
-                                      const Caller& caller) {
+                     [this, response, context](const UploadHeader& header,
+                                               store::StagedFile& staged, const Caller& caller) {
                        if (absl::Status s = CheckOverride(header, caller); !s.ok())
                          return ToGrpcStatus(s);
                        auto start = std::chrono::steady_clock::now();
                        absl::StatusOr<ValidationReport> report =
-                           options_.registry->Validate(header, staged.path());
+                           options_.registry->Validate(header, staged.path(), Control(context));
                        if (!report.ok()) return ToGrpcStatus(report.status());
                        RecordReport(*options_.metrics, "ValidateCheckpoint", *report,
                                     SecondsSince(start));
@@ -157,8 +169,8 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
   return new Reactor(
       Upload("UploadCheckpoint", context, Role::kWriter),
-      [this, response](const UploadHeader& header, store::StagedFile& staged,
-                       const Caller& caller) {
+      [this, response, context](const UploadHeader& header, store::StagedFile& staged,
+                                const Caller& caller) {
         if (!header.alias().empty()) {
           if (absl::Status s = common::ValidateModelId(header.alias()); !s.ok()) {
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -171,8 +183,8 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
         if (!output.ok()) return ToGrpcStatus(output.status());
         // The normaliser writes the output file itself; close our descriptor and
         // let the store hash it when committing.
-        absl::StatusOr<ValidationReport> report =
-            options_.registry->NormalizeTo(header, staged.path(), (*output)->path());
+        absl::StatusOr<ValidationReport> report = options_.registry->NormalizeTo(
+            header, staged.path(), (*output)->path(), Control(context));
         if (!report.ok()) return ToGrpcStatus(report.status());
         RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
         *response->mutable_report() = *report;

@@ -20,7 +20,6 @@
 namespace weightgate::checkpoint {
 namespace {
 
-using testing::EnvOr;
 using testing::FileExists;
 using testing::HostileFixtureDir;
 
@@ -57,7 +56,7 @@ struct Run {
 
 // Runs `weightgate inspect FILE` under RLIMIT_AS and a CPU limit.
 Run RunInspect(const std::string& file) {
-  std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR) + std::string("/bin/weightgate");
+  std::string bin = ::weightgate::testing::BinaryDir() + std::string("/bin/weightgate");
   Run run;
   int fds[2];
   if (::pipe(fds) != 0) return run;

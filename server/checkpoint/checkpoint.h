@@ -85,11 +85,11 @@ struct ReadOptions {
   // names checked at the end counts against
   //   budget_fixed_bytes + budget_per_input_byte x input bytes,
   // where the input bytes are those the pickle occupies in the file (the
-  // data.pkl entry as stored, deflated or not; the legacy file up to
-  // max_pickle_bytes) or the whole file (safetensors, JSON specs). Honest torch
-  // pickles take 20 to 50 bytes per pickle byte (the torch fixtures, names
-  // included); a hostile one is stopped at the limit, so a 1 KB file never
-  // takes more than about 64 MiB.
+  // data.pkl entry as stored, deflated or not; for the legacy format, the
+  // pickle bytes read so far) or the whole file (safetensors, JSON specs).
+  // Honest torch pickles take 20 to 50 bytes per pickle byte (the torch
+  // fixtures, names included); a hostile one is stopped at the limit, so a
+  // 1 KB file never takes more than about 64 MiB.
   uint64_t budget_fixed_bytes = uint64_t{64} << 20;
   uint32_t budget_per_input_byte = 256;
 

@@ -55,7 +55,8 @@ class Machine final {
         ctx_(ctx),
         own_budget_(ReadBudget::LimitFor(ctx.limits.budget_fixed_bytes,
                                          ctx.limits.budget_per_input_byte, data.size())),
-        budget_(ctx.budget != nullptr ? ctx.budget : &own_budget_) {}
+        budget_(ctx.budget != nullptr ? ctx.budget : &own_budget_),
+        base_limit_(budget_->limit()) {}
 
   absl::StatusOr<Value*> Run(size_t* consumed);
 
@@ -241,6 +242,7 @@ class Machine final {
   const PickleContext& ctx_;
   ReadBudget own_budget_;  // used when the context brings none
   ReadBudget* budget_;
+  uint64_t base_limit_;  // budget_'s limit when this pickle started
   size_t stack_high_ = 0;
   size_t off_ = 0;
   size_t op_off_ = 0;

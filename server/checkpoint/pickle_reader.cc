@@ -218,6 +218,9 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
     if (ctx_.arena->size() + 4 > ctx_.limits.max_values) {
       return Bad(Cat("more than ", ctx_.limits.max_values, " values"));
     }
+    if (ctx_.budget_per_consumed_byte > 0) {
+      budget_->RaiseTo(ReadBudget::LimitFor(base_limit_, ctx_.budget_per_consumed_byte, off_));
+    }
     if (budget_->exhausted()) return OverBudget();
     const unsigned char op = static_cast<unsigned char>(data_[off_++]);
     if (!TorchWeightsOnlySupportsOpcode(op) && !blocked_ops_[op]) {

@@ -65,6 +65,9 @@ struct PickleContext {
   // Counts what the machine allocates; shared by the pickles of one file.
   // Null: the machine budgets itself from `limits` and the pickle's size.
   ReadBudget* budget = nullptr;
+  // When set, `budget`'s limit grows by this many bytes per pickle byte
+  // consumed (for inputs whose pickle size is not known up front).
+  uint32_t budget_per_consumed_byte = 0;
 
   // Storages created by `persistent_load`; tensor rebuilds check their
   // extent against `nbytes` of the record they name. May be null when the

@@ -34,6 +34,12 @@ class ReadBudget final {
   // by builtins.set", ...). Fails once the total would pass the limit.
   absl::Status Charge(uint64_t bytes, std::string_view what);
 
+  // Raises the limit to `limit` when that is higher (a reader whose input
+  // size is only known as it reads, e.g. the pickles of a legacy file).
+  void RaiseTo(uint64_t limit) {
+    if (limit > limit_) limit_ = limit;
+  }
+
   // OK, or the failure of the first charge that did not fit.
   const absl::Status& status() const { return status_; }
   bool exhausted() const { return !status_.ok(); }

@@ -290,14 +290,15 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const common::MappedF
   std::string_view data = file->data();
   size_t off = 0;
 
-  // The pickles come first; the budget follows the bytes they may occupy.
-  ReadBudget budget(
-      ReadBudget::LimitFor(options.budget_fixed_bytes, options.budget_per_input_byte,
-                           std::min<uint64_t>(data.size(), options.max_pickle_bytes)));
+  // The pickles come first and their size is known only once read: the
+  // budget starts at the fixed allowance and grows with the bytes consumed,
+  // so storage bytes after the pickles (or junk) earn nothing.
+  ReadBudget budget(options.budget_fixed_bytes);
   PickleContext ctx;
   ctx.arena = ckpt.arena.get();
   ctx.limits = PickleLimitsFrom(options);
   ctx.budget = &budget;
+  ctx.budget_per_consumed_byte = options.budget_per_input_byte;
   ctx.storages = &ckpt.storages;
   ctx.opaque_globals = &ckpt.opaque_globals;
   ctx.unsafe_globals = &ckpt.unsafe_globals;

@@ -161,7 +161,6 @@ TEST(Inspect, TextTableNamesEveryTensor) {
   for (const InspectedTensor& t : in.tensors) EXPECT_NE(text.find(t.name), std::string::npos);
 }
 
-}  // namespace
 // weights_only agrees with what Debian's torch 1.13 did with each fixture
 // (make_checkpoint_fixtures.py records it), both ways.
 TEST(Inspect, WeightsOnlyAgreesWithTorch) {
@@ -201,4 +200,5 @@ TEST(Inspect, LightningNamespaceIsDataButMainClassesAreCalls) {
             v->Find("read_budget")->Find("limit")->AsUint64());
 }
 
+}  // namespace
 }  // namespace weightgate::checkpoint

@@ -350,7 +350,9 @@ absl::Status Store::PutModel(const Model& model) {
   if (absl::Status s = ValidateModelId(model.model_id()); !s.ok()) return s;
   std::string dir = ModelDir(root_, model.model_id());
   if (absl::Status s = MakeDirs(dir + "/versions"); !s.ok()) return s;
-  return WriteJson(root_ + "/tmp", dir + "/model.json", model);
+  absl::Status written = WriteJson(root_ + "/tmp", dir + "/model.json", model);
+  if (written.ok() && listener_) listener_(model.model_id());
+  return written;
 }
 
 absl::StatusOr<Model> Store::GetModel(const std::string& model_id) const {

@@ -89,6 +89,9 @@ class Store final {
   // ---- models ----
   // Creates or overwrites models/<id>/model.json.
   absl::Status PutModel(const weightgate::v1::Model& model);
+  // `fn(model_id)` runs after every model.json this process writes (aliases,
+  // versions, spec); it must not block. Set before the store is shared.
+  void SetModelListener(std::function<void(const std::string&)> fn) { listener_ = std::move(fn); }
   // NOT_FOUND when absent.
   absl::StatusOr<weightgate::v1::Model> GetModel(const std::string& model_id) const;
   // Sorted by id.
@@ -122,6 +125,7 @@ class Store final {
   absl::Status CollectGarbage();
 
  private:
+  std::function<void(const std::string&)> listener_;
   explicit Store(std::string root) : root_(std::move(root)) {}
   std::string root_;
 };

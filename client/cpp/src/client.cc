@@ -109,8 +109,7 @@ class MemorySink final : public Sink {
 // shared mapping of the same file for the hash, which sees the page cache.
 class FileSink final : public Sink {
  public:
-  static absl::StatusOr<std::unique_ptr<FileSink>> Create(const std::string& path,
-                                                          uint64_t size) {
+  static absl::StatusOr<std::unique_ptr<FileSink>> Create(const std::string& path, uint64_t size) {
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", path));
     auto sink = std::unique_ptr<FileSink>(new FileSink(fd, size));
@@ -284,7 +283,8 @@ void FillInfo(const weightgate::v1::Manifest& m, FetchInfo* info) {
 }
 
 void Backoff(int attempt) {
-  std::this_thread::sleep_for(std::chrono::milliseconds(std::min(2000, 50 << std::min(attempt, 6))));
+  std::this_thread::sleep_for(
+      std::chrono::milliseconds(std::min(2000, 50 << std::min(attempt, 6))));
 }
 
 }  // namespace
@@ -322,8 +322,8 @@ struct Client::Impl {
     }
   }
 
-  absl::StatusOr<FetchInfo> Fetch(const std::string& ref,
-                                  const std::function<absl::StatusOr<Sink*>(const FetchInfo&)>& open);
+  absl::StatusOr<FetchInfo> Fetch(
+      const std::string& ref, const std::function<absl::StatusOr<Sink*>(const FetchInfo&)>& open);
 };
 
 namespace {
@@ -483,7 +483,7 @@ class RangeFetch {
           if (kind == Kind::kManifest) {
             weightgate::v1::FetchResponse response;
             if (!grpc::SerializationTraits<weightgate::v1::FetchResponse>::Deserialize(&message,
-                                                                                      &response)
+                                                                                       &response)
                      .ok()) {
               local = absl::InternalError(absl::StrCat("fetch ", ref_, ": malformed manifest"));
             } else if (response.manifest().blob_sha256() != sha256_) {
@@ -501,9 +501,8 @@ class RangeFetch {
             uint32_t crc = 0;
             for (const auto& p : chunk.data) crc = Crc32cExtend(crc, p.iov_base, p.iov_len);
             if (crc != chunk.crc) {
-              local = absl::DataLossError(absl::StrCat("fetch ", ref_,
-                                                       ": checksum mismatch in chunk at offset ",
-                                                       chunk.offset));
+              local = absl::DataLossError(absl::StrCat(
+                  "fetch ", ref_, ": checksum mismatch in chunk at offset ", chunk.offset));
               continue;
             }
           }
@@ -527,8 +526,8 @@ class RangeFetch {
       if (stopped) return absl::OkStatus();
       if (status.ok()) {
         if (pos < end) {
-          return absl::InternalError(
-              absl::StrCat("fetch ", ref_, ": stream ended at ", pos, " of [", begin, ", ", end, ")"));
+          return absl::InternalError(absl::StrCat("fetch ", ref_, ": stream ended at ", pos,
+                                                  " of [", begin, ", ", end, ")"));
         }
         break;
       }
@@ -580,13 +579,14 @@ absl::StatusOr<FetchInfo> Client::Impl::Fetch(
       if (kind == Kind::kManifest) {
         weightgate::v1::FetchResponse response;
         if (grpc::SerializationTraits<weightgate::v1::FetchResponse>::Deserialize(&message,
-                                                                                 &response)
+                                                                                  &response)
                 .ok()) {
           manifest = response.manifest();
           have_manifest = true;
         }
       } else if (kind == Kind::kChunk) {
-        for (const auto& p : chunk.data) head.append(static_cast<const char*>(p.iov_base), p.iov_len);
+        for (const auto& p : chunk.data)
+          head.append(static_cast<const char*>(p.iov_base), p.iov_len);
       } else {
         local = absl::InternalError(absl::StrCat("fetch ", ref, ": malformed response"));
       }
@@ -686,8 +686,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
-absl::StatusOr<FetchInfo> Client::FetchToBuffer(const std::string& ref,
-                                                const Allocator& allocate) {
+absl::StatusOr<FetchInfo> Client::FetchToBuffer(const std::string& ref, const Allocator& allocate) {
   std::unique_ptr<MemorySink> sink;
   return impl_->Fetch(ref, [&](const FetchInfo& info) -> absl::StatusOr<Sink*> {
     absl::StatusOr<char*> base = allocate(info);

@@ -52,8 +52,8 @@ absl::StatusOr<TensorMap> Client::FetchTensors(const std::string& ref, FetchInfo
         out.emplace(t.name, at::empty(t.shape, at::TensorOptions().dtype(*type)));
         continue;
       }
-      at::Tensor raw = buffer.narrow(0, static_cast<int64_t>(t.offset),
-                                     static_cast<int64_t>(t.length));
+      at::Tensor raw =
+          buffer.narrow(0, static_cast<int64_t>(t.offset), static_cast<int64_t>(t.length));
       const uint64_t item = c10::elementSize(*type);
       // Misaligned in the blob: this tensor alone is copied.
       if (t.offset % item != 0 || t.length % item != 0) raw = raw.clone();

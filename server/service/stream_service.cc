@@ -105,9 +105,9 @@ void MarkTies(const weightgate::v1::ValidationReport& report, std::string_view b
 // Registered as a raw method so chunk payloads can be slices of the mapping.
 class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  FetchReactor(const StreamService::Options& options, grpc::CallbackServerContext* context,
-               const grpc::ByteBuffer* request)
-      : options_(options), start_(std::chrono::steady_clock::now()) {
+  FetchReactor(const StreamService::Options& options, ChunkCrcCache* crc_cache,
+               grpc::CallbackServerContext* context, const grpc::ByteBuffer* request)
+      : options_(options), crc_cache_(crc_cache), start_(std::chrono::steady_clock::now()) {
     options_.metrics->StreamStarted();
     grpc::Status auth = options_.auth->Check(context, Role::kReader);
     if (!auth.ok()) {
@@ -189,6 +189,7 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     chunk_bytes_ = request_.chunk_bytes() == 0
                        ? kDefaultChunkBytes
                        : std::clamp(request_.chunk_bytes(), kMinChunkBytes, kMaxChunkBytes);
+    crcs_ = crc_cache_->For(version->blob_sha256(), total, chunk_bytes_);
     FetchResponse response;
     auto* manifest = response.mutable_manifest();
     *manifest = full;
@@ -214,9 +215,16 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       return;
     }
     auto& range = ranges_[range_index_];
-    uint64_t n = std::min<uint64_t>(chunk_bytes_, range.second - range.first);
+    // Chunks are aligned to chunk_bytes_ in the blob (a range that starts
+    // mid-chunk sends a short first one), so whole chunks' CRCs are shared
+    // by every stream through crcs_.
+    uint64_t n =
+        std::min<uint64_t>(chunk_bytes_ - range.first % chunk_bytes_, range.second - range.first);
     std::string_view data = blob_->file->data().substr(range.first, n);
-    buffer_ = ChunkMessage(blob_, range.first, data, store::Crc32c(data));
+    const bool whole = range.first % chunk_bytes_ == 0 &&
+                       (n == chunk_bytes_ || range.first + n == blob_->file->size());
+    uint32_t crc = whole ? crcs_->Get(range.first / chunk_bytes_, data) : store::Crc32c(data);
+    buffer_ = ChunkMessage(blob_, range.first, data, crc);
     range.first += n;
     sent_ += n;
     StartWrite(&buffer_);
@@ -234,6 +242,8 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   }
 
   const StreamService::Options& options_;
+  ChunkCrcCache* const crc_cache_;
+  std::shared_ptr<ChunkCrcs> crcs_;
   weightgate::v1::FetchRequest request_;
   const std::chrono::steady_clock::time_point start_;
   std::shared_ptr<const store::OpenBlob> blob_;  // keeps the mapping alive
@@ -388,7 +398,7 @@ void StreamService::PollLoop() {
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamService::FetchWeights(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  return new FetchReactor(options_, context, request);
+  return new FetchReactor(options_, &crc_cache_, context, request);
 }
 
 grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "server/service/auth.h"
+#include "server/service/chunk_crcs.h"
 #include "server/service/executor.h"
 #include "server/service/metrics.h"
 #include "server/store/blob_cache.h"
@@ -65,6 +66,7 @@ class StreamService final : public weightgate::v1::WeightStream::WithCallbackMet
   void PollLoop();
 
   Options options_;
+  ChunkCrcCache crc_cache_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::set<WatchReactor*> watches_;  // guarded by mu_; owned

@@ -2,7 +2,7 @@
 // prints "N tensors, B bytes, sha256 S".
 //
 //   weightgate-cpp-example [--server ADDR] [--token T] [--tls_ca PEM]
-//       [--tls_cert PEM --tls_key PEM] [--streams N] [--out FILE] REF
+//       [--tls_cert PEM --tls_key PEM] [--streams N] [--out FILE [--sync]] REF
 //
 // Without --out the model is fetched as at::Tensor views of one buffer; with
 // --out it is written to FILE (the safetensors blob). Exit 0 on success, 1 on
@@ -45,9 +45,12 @@ int main(int argc, char** argv) {
     } else if (a == "--streams") {
       value(&streams);
       options.streams = std::atoi(streams.c_str());
+    } else if (a == "--sync") {
+      options.sync_files = true;
     } else if (a == "--help" || a == "-h") {
-      std::cout << "usage: weightgate-cpp-example [--server ADDR] [--token T] [--tls_ca PEM]\n"
-                   "         [--tls_cert PEM --tls_key PEM] [--streams N] [--out FILE] REF\n";
+      std::cout
+          << "usage: weightgate-cpp-example [--server ADDR] [--token T] [--tls_ca PEM]\n"
+             "         [--tls_cert PEM --tls_key PEM] [--streams N] [--out FILE [--sync]] REF\n";
       return 0;
     } else if (!a.empty() && a[0] == '-') {
       std::cerr << "weightgate-cpp-example: unknown flag " << a << "\n";

@@ -63,8 +63,10 @@ struct ClientOptions {
   uint32_t chunk_bytes = 0;
   // CRC32C-check every chunk. The sha256 check always runs. Default true.
   bool verify_chunks = true;
-  // FetchToFile: fsync the file before renaming it into place. Default true.
-  bool sync_files = true;
+  // FetchToFile: fsync the file before renaming it into place. Default
+  // false: the file is renamed only after its sha256 matched, and a fetched
+  // model is a cache a worker can fetch again (like curl -o).
+  bool sync_files = false;
 };
 
 // One tensor of a fetched blob (the safetensors layout the server stores).

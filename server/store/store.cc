@@ -211,11 +211,12 @@ absl::Status StagedFile::Finish() {
   return rc == 0 ? absl::OkStatus() : ErrnoStatus(absl::StrCat("fsync ", path_));
 }
 
-absl::Status StagedFile::AdoptContents() {
+absl::Status StagedFile::AdoptContents(const std::string& known_sha256) {
   if (fd_ >= 0) ::close(fd_);
   sha_.reset();
   // Nothing appended through us: hash what the other writer left at path_.
-  absl::StatusOr<std::string> sha = checkpoint::Sha256File(path_);
+  absl::StatusOr<std::string> sha =
+      known_sha256.empty() ? checkpoint::Sha256File(path_) : known_sha256;
   if (!sha.ok()) return sha.status();
   struct stat st;
   if (::stat(path_.c_str(), &st) != 0) return ErrnoStatus(absl::StrCat("stat ", path_));

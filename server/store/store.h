@@ -44,8 +44,10 @@ class StagedFile final {
 
   // The file at path() was written by another writer (e.g. a normaliser):
   // close our descriptor, then fsync and hash what the file holds, so that
-  // CommitBlob can name it.
-  absl::Status AdoptContents();
+  // CommitBlob can name it. `known_sha256`, when given, is the hash of those
+  // bytes already computed by the caller (e.g. a finished StagedFile's
+  // sha256() moved here): no second pass.
+  absl::Status AdoptContents(const std::string& known_sha256 = "");
 
   const std::string& path() const { return path_; }
   uint64_t size() const { return size_; }

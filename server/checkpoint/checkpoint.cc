@@ -3,9 +3,9 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "common/str_util.h"
 #include "server/checkpoint/json_spec.h"
 #include "server/checkpoint/safetensors.h"
-#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
@@ -48,7 +48,7 @@ std::string_view Checkpoint::TensorStorageBytes(const TensorRecord& tensor) cons
   return bytes.substr(static_cast<size_t>(skip));
 }
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
                                           const ReadOptions& options) {
   if (file == nullptr) return absl::InvalidArgumentError("not a checkpoint: no file");
   std::string_view data = file->data();
@@ -67,7 +67,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok()) return file.status();
   return ReadCheckpoint(*std::move(file), options);
 }

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "server/checkpoint/mapped_file.h"
+#include "common/mapped_file.h"
 #include "server/checkpoint/value.h"
 
 namespace weightgate::checkpoint {
@@ -31,7 +31,7 @@ std::string_view FormatName(Format format);
 struct Checkpoint {
   Format format = Format::kTorchZip;
   std::string archive_prefix;  // zip formats: the top folder ("archive", "model", ...)
-  std::shared_ptr<const MappedFile> file;
+  std::shared_ptr<const common::MappedFile> file;
   std::unique_ptr<ValueArena> arena = std::make_unique<ValueArena>();
   const Value* root = nullptr;
   std::vector<StorageRecord> storages;
@@ -68,7 +68,7 @@ struct ReadOptions {
 // ("zip: entry name contains ..", "pickle: truncated at offset 123", ...).
 // Unsafe globals are NOT an error here: the Checkpoint lists them and callers
 // decide (inspect reports them, validation rejects with reason unsafe_pickle).
-absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
                                           const ReadOptions& options = {});
 
 // Convenience: Open + ReadCheckpoint.

@@ -1,6 +1,6 @@
 #include "server/service/chunk_crcs.h"
 
-#include "server/store/crc32c.h"
+#include "common/crc32c.h"
 
 namespace weightgate::service {
 
@@ -11,10 +11,10 @@ ChunkCrcs::ChunkCrcs(uint64_t total_bytes, uint64_t chunk_bytes)
       crcs_(chunk_bytes == 0 ? 0 : (total_bytes + chunk_bytes - 1) / chunk_bytes) {}
 
 uint32_t ChunkCrcs::Get(uint64_t index, std::string_view data) {
-  if (index >= crcs_.size()) return store::Crc32c(data);
+  if (index >= crcs_.size()) return common::Crc32c(data);
   uint64_t v = crcs_[index].load(std::memory_order_relaxed);
   if (v & kKnown) return static_cast<uint32_t>(v);
-  uint32_t crc = store::Crc32c(data);
+  uint32_t crc = common::Crc32c(data);
   crcs_[index].store(kKnown | crc, std::memory_order_relaxed);
   return crc;
 }

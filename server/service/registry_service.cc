@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/model_ref.h"
 #include "server/registry/canonical.h"
 #include "server/service/status_util.h"
 #include "server/service/upload_reactor.h"
@@ -129,67 +130,74 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
                      });
 }
 
+// An upload that already is the canonical stored form (e.g. a fetched blob)
+// is only checked, then moved to `output_path` as it is (`*as_uploaded`): its
+// bytes were hashed as they arrived and nothing is rewritten. Anything else:
+// the normaliser writes `output_path` itself and the store hashes it when
+// committing. Either way report.input_sha256 is the staged upload's hash.
+absl::StatusOr<ValidationReport> RegistryService::CheckAndWrite(const UploadHeader& header,
+                                                                store::StagedFile& staged,
+                                                                const std::string& output_path,
+                                                                bool* as_uploaded) {
+  absl::StatusOr<ValidationReport> report;
+  *as_uploaded = false;
+  absl::StatusOr<Model> model = options_.store->GetModel(header.model_id());
+  if (model.ok() && !header.has_policy_override() &&
+      registry::IsCanonicalSafetensors(model->spec(), staged.path())) {
+    report = options_.registry->Validate(header, staged.path());
+    *as_uploaded = report.ok() && report->verdict() == weightgate::v1::VALID &&
+                   report->fixes_size() == 0 &&
+                   ::rename(staged.path().c_str(), output_path.c_str()) == 0;
+  }
+  if (!*as_uploaded) report = options_.registry->NormalizeTo(header, staged.path(), output_path);
+  if (report.ok()) report->set_input_sha256(staged.sha256());
+  return report;
+}
+
 grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
     grpc::CallbackServerContext* context, weightgate::v1::UploadResponse* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
-  return new Reactor(Upload("UploadCheckpoint", context), [this, response](
-                                                              const UploadHeader& header,
-                                                              store::StagedFile& staged) {
-    if (!header.alias().empty()) {
-      if (absl::Status s = store::ValidateModelId(header.alias()); !s.ok()) {
-        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                            absl::StrCat("invalid alias '", header.alias(), "'"));
-      }
-    }
-    auto start = std::chrono::steady_clock::now();
-    absl::StatusOr<std::unique_ptr<store::StagedFile>> output = options_.store->NewStagedFile();
-    if (!output.ok()) return ToGrpcStatus(output.status());
-    // An upload that already is the canonical stored form (e.g. a fetched
-    // blob) is only checked, then committed as it is: its bytes were
-    // hashed as they arrived and nothing is rewritten. Anything else:
-    // the normaliser writes the output file itself and the store hashes
-    // it when committing.
-    absl::StatusOr<ValidationReport> report;
-    bool as_uploaded = false;
-    if (absl::StatusOr<weightgate::v1::Model> model = options_.store->GetModel(header.model_id());
-        model.ok() && !header.has_policy_override() &&
-        registry::IsCanonicalSafetensors(model->spec(), staged.path())) {
-      report = options_.registry->Validate(header, staged.path());
-      as_uploaded = report.ok() && report->verdict() == weightgate::v1::VALID &&
-                    report->fixes_size() == 0 &&
-                    ::rename(staged.path().c_str(), (*output)->path().c_str()) == 0;
-    }
-    if (!as_uploaded) {
-      report = options_.registry->NormalizeTo(header, staged.path(), (*output)->path());
-    }
-    if (!report.ok()) return ToGrpcStatus(report.status());
-    report->set_input_sha256(staged.sha256());
-    RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
-    *response->mutable_report() = *report;
-    if (report->verdict() == weightgate::v1::INVALID) {
-      // The report travels in the status details (a serialized ValidationReport).
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          absl::StrCat("checkpoint is INVALID for model '", header.model_id(),
-                                       "': ", absl::StrJoin(report->reasons(), ", ")),
-                          report->SerializeAsString());
-    }
-    if (absl::Status s = (*output)->AdoptContents(as_uploaded ? staged.sha256() : ""); !s.ok()) {
-      return ToGrpcStatus(s);
-    }
-    absl::StatusOr<std::string> sha = options_.store->CommitBlob(std::move(*output));
-    if (!sha.ok()) return ToGrpcStatus(sha.status());
-    weightgate::v1::Version version;
-    version.set_blob_sha256(*sha);
-    version.set_size_bytes(static_cast<int64_t>(options_.store->BlobSize(*sha)));
-    version.set_filename(header.filename());
-    *version.mutable_report() = *report;
-    absl::StatusOr<weightgate::v1::Version> added =
-        options_.store->AddVersion(header.model_id(), version, header.alias());
-    if (!added.ok()) return ToGrpcStatus(added.status());
-    *response->mutable_version() = *std::move(added);
-    options_.metrics->SetStoreBytes(static_cast<double>(options_.store->BlobBytes()));
-    return grpc::Status::OK;
-  });
+  return new Reactor(
+      Upload("UploadCheckpoint", context),
+      [this, response](const UploadHeader& header, store::StagedFile& staged) {
+        if (!header.alias().empty()) {
+          if (absl::Status s = common::ValidateModelId(header.alias()); !s.ok()) {
+            return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                absl::StrCat("invalid alias '", header.alias(), "'"));
+          }
+        }
+        auto start = std::chrono::steady_clock::now();
+        absl::StatusOr<std::unique_ptr<store::StagedFile>> output = options_.store->NewStagedFile();
+        if (!output.ok()) return ToGrpcStatus(output.status());
+        bool as_uploaded = false;
+        absl::StatusOr<ValidationReport> report =
+            CheckAndWrite(header, staged, (*output)->path(), &as_uploaded);
+        if (!report.ok()) return ToGrpcStatus(report.status());
+        RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
+        *response->mutable_report() = *report;
+        if (report->verdict() == weightgate::v1::INVALID) {
+          // The report travels in the status details (a serialized ValidationReport).
+          return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                              absl::StrCat("checkpoint is INVALID for model '", header.model_id(),
+                                           "': ", absl::StrJoin(report->reasons(), ", ")),
+                              report->SerializeAsString());
+        }
+        const std::string known_sha = as_uploaded ? staged.sha256() : "";
+        if (absl::Status s = (*output)->AdoptContents(known_sha); !s.ok()) return ToGrpcStatus(s);
+        absl::StatusOr<std::string> sha = options_.store->CommitBlob(std::move(*output));
+        if (!sha.ok()) return ToGrpcStatus(sha.status());
+        weightgate::v1::Version version;
+        version.set_blob_sha256(*sha);
+        version.set_size_bytes(static_cast<int64_t>(options_.store->BlobSize(*sha)));
+        version.set_filename(header.filename());
+        *version.mutable_report() = *report;
+        absl::StatusOr<weightgate::v1::Version> added =
+            options_.store->AddVersion(header.model_id(), version, header.alias());
+        if (!added.ok()) return ToGrpcStatus(added.status());
+        *response->mutable_version() = *std::move(added);
+        options_.metrics->SetStoreBytes(static_cast<double>(options_.store->BlobBytes()));
+        return grpc::Status::OK;
+      });
 }
 
 grpc::ServerUnaryReactor* RegistryService::ListVersions(

@@ -69,6 +69,12 @@ class RegistryService final : public weightgate::v1::ModelRegistry::CallbackServ
   // The parts of an upload stream that come from this service.
   UploadSetup Upload(const char* method, grpc::CallbackServerContext* context);
 
+  // Validates an upload and writes its stored form to `output_path` (see
+  // registry_service.cc).
+  absl::StatusOr<weightgate::v1::ValidationReport> CheckAndWrite(
+      const weightgate::v1::UploadHeader& header, store::StagedFile& staged,
+      const std::string& output_path, bool* as_uploaded);
+
   Options options_;
 };
 

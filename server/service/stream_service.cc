@@ -4,8 +4,10 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "common/crc32c.h"
+#include "common/model_ref.h"
+#include "common/time_util.h"
 #include "server/service/status_util.h"
-#include "server/store/crc32c.h"
 
 namespace weightgate::service {
 namespace {
@@ -16,12 +18,6 @@ using weightgate::v1::WatchEvent;
 constexpr uint32_t kDefaultChunkBytes = 1 << 20;
 constexpr uint32_t kMinChunkBytes = 4 << 10;
 constexpr uint32_t kMaxChunkBytes = 8 << 20;
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 template <typename Response>
 class FinishedWriter final : public grpc::ServerWriteReactor<Response> {
@@ -223,7 +219,7 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     std::string_view data = blob_->file->data().substr(range.first, n);
     const bool whole = range.first % chunk_bytes_ == 0 &&
                        (n == chunk_bytes_ || range.first + n == blob_->file->size());
-    uint32_t crc = whole ? crcs_->Get(range.first / chunk_bytes_, data) : store::Crc32c(data);
+    uint32_t crc = whole ? crcs_->Get(range.first / chunk_bytes_, data) : common::Crc32c(data);
     buffer_ = ChunkMessage(blob_, range.first, data, crc);
     range.first += n;
     sent_ += n;
@@ -285,7 +281,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
     event_.set_alias(alias_);
     event_.set_version(version);
     event_.set_previous_version(last_sent_);
-    event_.set_unix_ms(NowMs());
+    event_.set_unix_ms(common::NowMs());
     last_sent_ = version;
     writing_ = true;
     StartWrite(&event_);
@@ -404,7 +400,7 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamService::FetchWeights(
 grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(
     grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) {
   grpc::Status auth = options_.auth->Check(context, Role::kReader);
-  absl::StatusOr<store::ParsedRef> ref = store::ParseRef(request->ref());
+  absl::StatusOr<common::ParsedRef> ref = common::ParseRef(request->ref());
   if (auth.ok() && !ref.ok()) auth = ToGrpcStatus(ref.status());
   if (auth.ok() && ref->version != 0) {
     auth = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

@@ -17,8 +17,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "server/checkpoint/mapped_file.h"
-#include "server/checkpoint/sha256.h"
+#include "common/mapped_file.h"
+#include "common/sha256.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
@@ -221,15 +221,15 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
 
   // ---- read ----
   Clock::time_point phase = Clock::now();
-  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
-      checkpoint::MappedFile::Open(checkpoint_path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+      common::MappedFile::Open(checkpoint_path);
   if (!file.ok()) {
     AddReason(&report, "unreadable");
     report.set_error(std::string(file.status().message()));
     return finish();
   }
   if (options.compute_input_sha256) {
-    absl::StatusOr<std::string> sha = checkpoint::Sha256File(checkpoint_path);
+    absl::StatusOr<std::string> sha = common::Sha256File(checkpoint_path);
     if (sha.ok()) report.set_input_sha256(*sha);
   }
   absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(*file, options.read_options);

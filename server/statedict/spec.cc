@@ -7,8 +7,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/sha256.h"
 #include "server/checkpoint/dtype.h"
-#include "server/checkpoint/sha256.h"
 #include "server/statedict/matcher.h"
 
 namespace weightgate::statedict {
@@ -53,7 +53,7 @@ absl::StatusOr<v1::ModelSpec> SpecFromFile(const std::string& path,
     }
   }
   if (!spec.ok()) return spec.status();
-  absl::StatusOr<std::string> sha = checkpoint::Sha256File(path);
+  absl::StatusOr<std::string> sha = common::Sha256File(path);
   if (!sha.ok()) return sha.status();
   spec->set_source_sha256(*sha);
   if (!example_inputs.empty()) {

@@ -1,7 +1,6 @@
 #include "weightgate/client.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -18,7 +17,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "client/cpp/src/crc32c.h"
+#include "common/crc32c.h"
+#include "common/sha256.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/impl/codegen/proto_utils.h"
@@ -27,7 +27,6 @@
 namespace weightgate {
 namespace {
 
-using client_internal::Crc32cExtend;
 
 constexpr char kFetchMethod[] = "/weightgate.v1.WeightStream/FetchWeights";
 // A blob is a safetensors file: its first 8 bytes (the header length) exist.
@@ -55,29 +54,6 @@ std::string EnvOr(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
   return v != nullptr && *v != '\0' ? std::string(v) : fallback;
 }
-
-// Incremental sha256 (OpenSSL EVP: SHA-NI where the CPU has it).
-class Sha256 final {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  void Update(const char* p, size_t n) { EVP_DigestUpdate(ctx_, p, n); }
-  std::string Hex() {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx_, md, &len);
-    static const char kHex[] = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < len; ++i) {
-      out.push_back(kHex[md[i] >> 4]);
-      out.push_back(kHex[md[i] & 15]);
-    }
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
 
 // Where fetched bytes go. Write() may be called from several threads for
 // disjoint ranges; data() reads bytes already written (for hashing).
@@ -404,7 +380,7 @@ class RangeFetch {
   }
 
   // Hashes the contiguous prefix as it grows; returns how far it got.
-  uint64_t HashPrefix(Sha256* sha, uint64_t from, uint64_t total) {
+  uint64_t HashPrefix(common::Sha256* sha, uint64_t from, uint64_t total) {
     uint64_t done = from;
     while (done < total) {
       uint64_t upto;
@@ -417,7 +393,7 @@ class RangeFetch {
       }
       while (done < upto) {
         uint64_t step = std::min(upto - done, kHashStep);
-        sha->Update(sink_->data() + done, step);
+        sha->Update(std::string_view(sink_->data() + done, step));
         done += step;
       }
     }
@@ -499,7 +475,8 @@ class RangeFetch {
           }
           if (o.verify_chunks) {
             uint32_t crc = 0;
-            for (const auto& p : chunk.data) crc = Crc32cExtend(crc, p.iov_base, p.iov_len);
+            for (const auto& p : chunk.data) crc = common::Crc32c(
+                  std::string_view(static_cast<const char*>(p.iov_base), p.iov_len), crc);
             if (crc != chunk.crc) {
               local = absl::DataLossError(absl::StrCat(
                   "fetch ", ref_, ": checksum mismatch in chunk at offset ", chunk.offset));
@@ -631,15 +608,15 @@ absl::StatusOr<FetchInfo> Client::Impl::Fetch(
   RangeFetch fetch(this, pinned, *sink, info.sha256, ranges);
   std::vector<std::thread> threads;
   for (int i = 0; i < n; ++i) threads.emplace_back([&fetch, i] { fetch.Run(i); });
-  Sha256 sha;
-  if (start > 0) sha.Update((*sink)->data(), start);
+  common::Sha256 sha;
+  if (start > 0) sha.Update(std::string_view((*sink)->data(), start));
   uint64_t hashed = fetch.HashPrefix(&sha, start, total);
   for (std::thread& t : threads) t.join();
   if (absl::Status s = fetch.error(); !s.ok()) return s;
   if (hashed != total) {
     return absl::InternalError(absl::StrCat("fetch ", pinned, ": only ", hashed, " of ", total));
   }
-  std::string got = sha.Hex();
+  std::string got = sha.HexDigest();
   if (got != info.sha256) {
     return absl::DataLossError(absl::StrCat("fetch ", pinned, ": sha256 mismatch (got ",
                                             got.substr(0, 16), ", want ", info.sha256.substr(0, 16),

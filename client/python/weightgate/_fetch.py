@@ -23,9 +23,11 @@ _FETCH = "/weightgate.v1.WeightStream/FetchWeights"
 _MIB = 1 << 20
 # A blob is a safetensors file: its first 8 bytes (the header length) always exist.
 _HEAD_BYTES = 8
-# One range stream per this many bytes, up to the cores and _MAX_STREAMS.
+# One range stream per this many bytes, up to the cores and _MAX_STREAMS. Two
+# streams already keep the copy loop (which holds the GIL) busy; each more
+# adds ~20 MiB of gRPC receive buffers for little speed.
 _BYTES_PER_STREAM = 64 * _MIB
-_MAX_STREAMS = 8
+_MAX_STREAMS = 2
 _RANGE_ALIGN = _MIB
 
 _DTYPES = {
@@ -63,7 +65,7 @@ class FetchOptions:
 
 
 def default_streams(total_bytes, cores=None):
-    """Streams for a blob of `total_bytes`: one per 64 MiB, at most one per core, at most 8."""
+    """Streams for a blob of `total_bytes`: one per 64 MiB, at most one per core, at most 2."""
     cores = cores or os.cpu_count() or 1
     return max(1, min(cores, _MAX_STREAMS, total_bytes // _BYTES_PER_STREAM))
 

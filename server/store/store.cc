@@ -190,11 +190,11 @@ absl::Status StagedFile::Append(std::string_view bytes) {
   return absl::OkStatus();
 }
 
-absl::Status StagedFile::Finish() {
+absl::Status StagedFile::Finish(bool sync) {
   if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
   sha256_ = sha_ != nullptr ? sha_->HexDigest() : common::Sha256Hex("");
   sha_.reset();
-  int rc = ::fsync(fd_);
+  int rc = sync ? ::fsync(fd_) : 0;
   ::close(fd_);
   fd_ = -1;
   return rc == 0 ? absl::OkStatus() : ErrnoStatus(absl::StrCat("fsync ", path_));

@@ -39,8 +39,10 @@ class StagedFile final {
 
   // Appends bytes (and feeds the running sha256).
   absl::Status Append(std::string_view bytes);
-  // fsyncs and closes; the file stays at path() until committed or destroyed.
-  absl::Status Finish();
+  // fsyncs (unless !sync) and closes; the file stays at path() until
+  // committed or destroyed. A file finished without sync must be made
+  // durable before it is committed (AdoptContents does).
+  absl::Status Finish(bool sync = true);
 
   // The file at path() was written by another writer (e.g. a normaliser):
   // close our descriptor, then fsync and hash what the file holds, so that

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <iostream>
 
+#include "common/exit_codes.h"
 #include "common/file_util.h"
 
 namespace weightgate::cli {
@@ -48,7 +49,7 @@ int ReportRpcError(const std::string& what, const grpc::Status& status) {
   std::cerr << "weightgate: " << what << ": " << status.error_message();
   if (status.error_code() == grpc::StatusCode::UNAVAILABLE) std::cerr << " (server unavailable)";
   std::cerr << "\n";
-  return kExitUsage;
+  return common::kExitUsage;
 }
 
 }  // namespace weightgate::cli

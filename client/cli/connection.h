@@ -6,7 +6,6 @@
 #include <memory>
 #include <string>
 
-#include "common/exit_codes.h"
 #include "grpcpp/grpcpp.h"
 #include "weightgate/v1/registry.grpc.pb.h"
 #include "weightgate/v1/stream.grpc.pb.h"
@@ -20,10 +19,6 @@ struct GlobalOptions {
   std::string tls_ca;  // --tls_ca: PEM roots; enables TLS
   int connect_timeout_s = 5;
 };
-
-using common::kExitInvalid;
-using common::kExitOk;
-using common::kExitUsage;
 
 class Connection final {
  public:
@@ -46,7 +41,7 @@ class Connection final {
 };
 
 // Prints "weightgate: <what>: <status message>" and returns the exit code:
-// kExitUsage for transport/usage problems (UNAVAILABLE, INVALID_ARGUMENT, ...).
+// common::kExitUsage for transport/usage problems (UNAVAILABLE, INVALID_ARGUMENT, ...).
 int ReportRpcError(const std::string& what, const grpc::Status& status);
 
 }  // namespace weightgate::cli

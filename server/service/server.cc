@@ -11,6 +11,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/service/call_log.h"
 
 namespace weightgate::service {
 namespace {
@@ -42,13 +43,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key must be given together");
   }
-  if (!IsLoopbackAddress(options.listen) && !tls && options.tokens_file.empty() &&
-      !options.insecure) {
-    return absl::InvalidArgumentError(absl::StrCat("refusing to listen on non-loopback address ",
-                                                   options.listen,
-                                                   " without TLS (--tls_cert/--tls_key) or tokens "
-                                                   "(--tokens_file); pass --insecure to override"));
+  if (!IsLoopbackAddress(options.listen) && !tls && !options.insecure) {
+    // Bearer tokens over cleartext can be read off the wire and replayed.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "refusing to listen on non-loopback address ", options.listen,
+        options.tokens_file.empty()
+            ? " without TLS (--tls_cert/--tls_key) or tokens (--tokens_file)"
+            : " with bearer tokens but without TLS (--tls_cert/--tls_key): tokens would cross "
+              "the network in cleartext",
+        "; pass --insecure to override"));
   }
+  if (options.max_uploads < 1 || options.max_streams < 1 || options.max_chunk_bytes < 4096 ||
+      options.max_message_bytes < static_cast<int64_t>(options.max_chunk_bytes) + 4096) {
+    return absl::InvalidArgumentError(
+        "--max_uploads and --max_streams must be >= 1, --max_chunk_bytes >= 4096, and "
+        "--max_message_bytes larger than --max_chunk_bytes");
+  }
+  SetAccessLogEnabled(options.access_log);
   if (options.device != "auto" && options.device != "cpu" &&
       !absl::StartsWith(options.device, "cuda")) {
     return absl::InvalidArgumentError(
@@ -81,6 +92,16 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
     s->metrics_->SetModels(static_cast<double>(models->size()));
   }
 
+  Limits::Options limits;
+  limits.max_uploads = options.max_uploads;
+  limits.max_streams = options.max_streams;
+  limits.max_staged_bytes = options.max_staged_bytes;
+  limits.min_free_bytes = options.min_free_bytes;
+  limits.store_root = options.store;
+  limits.idle_upload_timeout = std::chrono::milliseconds(options.idle_upload_timeout_ms);
+  limits.stalled_reader_timeout = std::chrono::milliseconds(options.stalled_reader_timeout_ms);
+  s->limits_ = std::make_unique<Limits>(limits);
+
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   s->io_ = std::make_unique<Executor>(4);
   s->heavy_ =
@@ -94,6 +115,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   rs.executor = s->io_.get();
   rs.heavy = s->heavy_.get();
   rs.max_upload_bytes = options.max_upload_bytes;
+  rs.limits = s->limits_.get();
   s->registry_service_ = std::make_unique<RegistryService>(rs);
 
   s->cache_ = std::make_unique<store::BlobCache>(s->store_.get(), options.cache_bytes);
@@ -115,6 +137,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   ss.metrics = s->metrics_.get();
   ss.auth = s->auth_.get();
   ss.executor = s->io_.get();
+  ss.limits = s->limits_.get();
+  ss.max_chunk_bytes = options.max_chunk_bytes;
   s->stream_service_ = std::make_unique<StreamService>(ss);
   s->store_->SetModelListener(
       [service = s->stream_service_.get()](const std::string& id) { service->ModelChanged(id); });
@@ -144,8 +168,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   builder.RegisterService(s->stream_service_.get());
   // Without this a second server on the same port would share it silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(16 << 20);
-  builder.SetMaxSendMessageSize(16 << 20);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  // Dead peers (a worker host that vanished) are found by keepalive pings,
+  // not by a stream that waits forever.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(
@@ -174,6 +204,7 @@ Server::~Server() {
   // Executors join after the server: no reactor can schedule work any more.
   heavy_.reset();
   io_.reset();
+  limits_.reset();
 }
 
 }  // namespace weightgate::service

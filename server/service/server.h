@@ -18,6 +18,7 @@
 #include "server/registry/registry.h"
 #include "server/service/auth.h"
 #include "server/service/executor.h"
+#include "server/service/limits.h"
 #include "server/service/metrics.h"
 #include "server/service/registry_service.h"
 #include "server/service/stream_service.h"
@@ -53,6 +54,23 @@ class Server final {
     std::vector<std::string> preload;
     // Threads for checkpoint parsing and validation (0 = number of cores).
     int worker_threads = 0;
+    // Edge limits (see Limits::Options for each default).
+    int max_uploads = 32;
+    int max_streams = 1024;
+    uint64_t max_staged_bytes = uint64_t{64} << 30;
+    uint64_t min_free_bytes = uint64_t{1} << 30;
+    int64_t idle_upload_timeout_ms = 60000;
+    int64_t stalled_reader_timeout_ms = 60000;
+    // Largest FetchWeights chunk; requests are clamped to it. Default 1 MiB.
+    uint32_t max_chunk_bytes = 1 << 20;
+    // Largest gRPC message either way. Default 16 MiB.
+    int max_message_bytes = 16 << 20;
+    // HTTP/2 keepalive pings on idle connections, and how long to wait for
+    // the answer before closing. Defaults 60 s and 20 s.
+    int keepalive_ms = 60000;
+    int keepalive_timeout_ms = 20000;
+    // One access-log line per RPC on stderr. Default on.
+    bool access_log = true;
   };
 
   // Validates options, opens the store, binds ports, starts serving.
@@ -61,6 +79,10 @@ class Server final {
 
   // The bound gRPC port (useful with ":0").
   int port() const { return port_; }
+  // Calls cancelled by the watchdog (idle uploads, stalled readers).
+  uint64_t timeouts() const { return limits_->timeouts(); }
+  // Re-reads the tokens file (SIGHUP); on error the old tokens stay.
+  absl::Status ReloadTokens() { return auth_->Reload(); }
   // Stops accepting, lets running RPCs finish until `deadline`, then cancels them.
   void Shutdown(std::chrono::system_clock::time_point deadline);
 
@@ -73,6 +95,7 @@ class Server final {
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Authorizer> auth_;
+  std::unique_ptr<Limits> limits_;
   std::unique_ptr<Executor> io_;
   std::unique_ptr<Executor> heavy_;
   std::unique_ptr<store::BlobCache> cache_;

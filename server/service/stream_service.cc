@@ -7,6 +7,7 @@
 #include "common/crc32c.h"
 #include "common/model_ref.h"
 #include "common/time_util.h"
+#include "server/service/call_log.h"
 #include "server/service/status_util.h"
 
 namespace weightgate::service {
@@ -103,42 +104,78 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
   FetchReactor(const StreamService::Options& options, ChunkCrcCache* crc_cache,
                grpc::CallbackServerContext* context, const grpc::ByteBuffer* request)
-      : options_(options), crc_cache_(crc_cache), start_(std::chrono::steady_clock::now()) {
+      : options_(options),
+        crc_cache_(crc_cache),
+        request_(ParseRequest(request, &request_ok_)),
+        start_(std::chrono::steady_clock::now()),
+        log_(options.metrics, "FetchWeights", context) {
     options_.metrics->StreamStarted();
-    grpc::Status auth = options_.auth->Check(context, Role::kReader);
+    log_.set_ref(request_.ref());
+    Caller caller;
+    grpc::Status auth = options_.auth->Check(context, Role::kReader, &caller);
+    log_.set_identity(caller.identity);
     if (!auth.ok()) {
       Done(auth);
       return;
     }
-    std::vector<grpc::Slice> slices;
-    std::string bytes;
-    if (request->Dump(&slices).ok()) {
-      for (const grpc::Slice& s : slices) {
-        bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-      }
-    }
-    if (!request_.ParseFromString(bytes)) {
+    if (!request_ok_) {
       Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed FetchRequest"));
       return;
     }
+    if (grpc::Status slot = options_.limits->AcquireStream(context); !slot.ok()) {
+      options_.metrics->RecordLimited("streams");
+      Done(slot);
+      return;
+    }
+    have_slot_ = true;
+    watch_id_ = options_.limits->Watch(context, options_.limits->options().stalled_reader_timeout);
     // Resolving reads metadata files: off the gRPC thread.
     options_.executor->Schedule([this] { Begin(); });
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) {  // the client went away
+    options_.limits->Disarm(watch_id_);
+    if (!ok) {  // the client went away, or never took the chunk in time
+      if (options_.limits->TimedOut(watch_id_)) {
+        options_.metrics->RecordTimeout("stalled_reader");
+        Done(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "client left a chunk unread longer than --stalled_reader_timeout_ms"));
+        return;
+      }
       Done(grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled the fetch"));
       return;
     }
-    NextChunk();
+    // Reading the blob may fault pages in from a slow volume: not on a gRPC
+    // callback thread.
+    options_.executor->Schedule([this] { NextChunk(); });
+  }
+
+  void OnCancel() override {
+    // The write in flight completes with ok=false and ends the stream.
   }
 
   void OnDone() override {
+    if (watch_id_ != 0) options_.limits->Unwatch(watch_id_);
+    blob_.reset();
+    if (have_slot_) options_.limits->ReleaseStream();
     options_.metrics->StreamFinished();
     delete this;
   }
 
  private:
+  static weightgate::v1::FetchRequest ParseRequest(const grpc::ByteBuffer* raw, bool* ok) {
+    std::vector<grpc::Slice> slices;
+    std::string bytes;
+    if (raw->Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) {
+        bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+    }
+    weightgate::v1::FetchRequest request;
+    *ok = request.ParseFromString(bytes);
+    return request;
+  }
+
   void Begin() {
     absl::StatusOr<weightgate::v1::Version> version = options_.store->Resolve(request_.ref());
     if (!version.ok()) {
@@ -182,9 +219,11 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       }
       std::sort(ranges_.begin(), ranges_.end());
     }
+    // Per-stream memory is one chunk: clamp to the server's maximum.
+    uint32_t max_chunk = std::max(kMinChunkBytes, options_.max_chunk_bytes);
     chunk_bytes_ = request_.chunk_bytes() == 0
-                       ? kDefaultChunkBytes
-                       : std::clamp(request_.chunk_bytes(), kMinChunkBytes, kMaxChunkBytes);
+                       ? std::min(kDefaultChunkBytes, max_chunk)
+                       : std::clamp(request_.chunk_bytes(), kMinChunkBytes, max_chunk);
     crcs_ = crc_cache_->For(version->blob_sha256(), total, chunk_bytes_);
     FetchResponse response;
     auto* manifest = response.mutable_manifest();
@@ -198,7 +237,7 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       Done(s);
       return;
     }
-    StartWrite(&buffer_);
+    Write();
   }
 
   void NextChunk() {
@@ -220,14 +259,28 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     const bool whole = range.first % chunk_bytes_ == 0 &&
                        (n == chunk_bytes_ || range.first + n == blob_->file->size());
     uint32_t crc = whole ? crcs_->Get(range.first / chunk_bytes_, data) : common::Crc32c(data);
+    if (blob_->damaged()) {
+      // The file under the mapping went away (GC on another replica, NFS):
+      // the guard mapped zeros in place of the lost pages. End this stream.
+      Done(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("blob ", blob_->manifest.blob_sha256(),
+                                     " became unreadable while streaming; retry the fetch")));
+      return;
+    }
     buffer_ = ChunkMessage(blob_, range.first, data, crc);
     range.first += n;
     sent_ += n;
+    Write();
+  }
+
+  void Write() {
+    options_.limits->Arm(watch_id_);
     StartWrite(&buffer_);
   }
 
   void Done(const grpc::Status& status) {
-    options_.metrics->RecordRpc("FetchWeights", CodeName(status.error_code()));
+    log_.add_bytes(sent_);
+    log_.Finish(status);
     if (status.ok()) {
       options_.metrics->AddBytesOut(static_cast<double>(sent_));
       options_.metrics->RecordCache(hit_, static_cast<double>(sent_));
@@ -240,7 +293,8 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   const StreamService::Options& options_;
   ChunkCrcCache* const crc_cache_;
   std::shared_ptr<ChunkCrcs> crcs_;
-  weightgate::v1::FetchRequest request_;
+  bool request_ok_ = false;  // set by ParseRequest in the initialiser list
+  const weightgate::v1::FetchRequest request_;
   const std::chrono::steady_clock::time_point start_;
   std::shared_ptr<const store::OpenBlob> blob_;  // keeps the mapping alive
   bool hit_ = false;
@@ -249,6 +303,9 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
   uint32_t chunk_bytes_ = kDefaultChunkBytes;
   uint64_t sent_ = 0;
   grpc::ByteBuffer buffer_;  // the message being written
+  CallLog log_;
+  bool have_slot_ = false;
+  uint64_t watch_id_ = 0;
 };
 
 }  // namespace
@@ -258,8 +315,13 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
 // once, at its newest version.
 class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
  public:
-  WatchReactor(StreamService* service, std::string model_id, std::string alias)
-      : service_(service), model_id_(std::move(model_id)), alias_(std::move(alias)) {
+  // `log` accounts for the call; the caller took a stream slot for it.
+  WatchReactor(StreamService* service, std::string model_id, std::string alias,
+               std::unique_ptr<CallLog> log)
+      : service_(service),
+        model_id_(std::move(model_id)),
+        alias_(std::move(alias)),
+        log_(std::move(log)) {
     service_->options_.metrics->StreamStarted();
   }
 
@@ -304,6 +366,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   }
 
   void OnDone() override {
+    service_->options_.limits->ReleaseStream();
     service_->options_.metrics->StreamFinished();
     done_.store(true);
   }
@@ -314,7 +377,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   void FinishLocked(const grpc::Status& status) {
     if (finished_) return;
     finished_ = true;
-    service_->options_.metrics->RecordRpc("WatchModel", CodeName(status.error_code()));
+    log_->Finish(status);
     Finish(status);
   }
 
@@ -322,10 +385,11 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   const std::string model_id_;
   const std::string alias_;
   std::mutex mu_;
-  WatchEvent event_;       // guarded by mu_
-  int64_t last_sent_ = 0;  // guarded by mu_
-  bool writing_ = false;   // guarded by mu_
-  bool finished_ = false;  // guarded by mu_
+  std::unique_ptr<CallLog> log_;  // guarded by mu_
+  WatchEvent event_;              // guarded by mu_
+  int64_t last_sent_ = 0;         // guarded by mu_
+  bool writing_ = false;          // guarded by mu_
+  bool finished_ = false;         // guarded by mu_
   std::atomic<bool> done_{false};
 };
 
@@ -399,18 +463,26 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamService::FetchWeights(
 
 grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(
     grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) {
-  grpc::Status auth = options_.auth->Check(context, Role::kReader);
+  auto log = std::make_unique<CallLog>(options_.metrics, "WatchModel", context);
+  log->set_ref(request->ref());
+  Caller caller;
+  grpc::Status auth = options_.auth->Check(context, Role::kReader, &caller);
+  log->set_identity(caller.identity);
   absl::StatusOr<common::ParsedRef> ref = common::ParseRef(request->ref());
   if (auth.ok() && !ref.ok()) auth = ToGrpcStatus(ref.status());
   if (auth.ok() && ref->version != 0) {
     auth = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "watch takes MODEL or MODEL@ALIAS; a version number never moves");
   }
+  if (auth.ok()) {
+    auth = options_.limits->AcquireStream(context);
+    if (!auth.ok()) options_.metrics->RecordLimited("streams");
+  }
   if (!auth.ok()) {
-    options_.metrics->RecordRpc("WatchModel", CodeName(auth.error_code()));
+    log->Finish(auth);
     return new FinishedWriter<WatchEvent>(auth);
   }
-  auto* watch = new WatchReactor(this, ref->model_id, ref->alias);
+  auto* watch = new WatchReactor(this, ref->model_id, ref->alias, std::move(log));
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) {
     watch->Stop();

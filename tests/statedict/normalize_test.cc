@@ -201,11 +201,9 @@ TEST_P(NormalizeTest, VerdictFixesAndStrictLoad) {
   const Case& c = GetParam();
   absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx(c.spec));
   ASSERT_TRUE(spec.ok()) << spec.status();
-  v1::NormalizationPolicy policy;
-  for (size_t i = 0; i < c.flags.size(); ++i) {
-    absl::StatusOr<bool> used = weightgate::client::ConsumePolicyFlag(c.flags, i, &policy, nullptr);
-    ASSERT_TRUE(used.ok() && *used) << c.flags[i];
-  }
+  absl::StatusOr<v1::NormalizationPolicy> flags = weightgate::client::PolicyFromFlags(c.flags);
+  ASSERT_TRUE(flags.ok()) << flags.status();
+  const v1::NormalizationPolicy& policy = *flags;
   for (const char* ext : {".safetensors", ".pt"}) {
     SCOPED_TRACE(ext);
     NormalizeOptions options;

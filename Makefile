@@ -36,6 +36,12 @@ load: build
 bench: build
 	tests/bench/run_all.sh $(BUILD_DIR)
 
+# The hostile-upload storm of `make test`, ten times longer.
+load: build
+	cd tests/integration && WG_HOSTILE_UPLOADS=2000 WG_SOURCE_DIR=$(CURDIR) \
+	  WG_BINARY_DIR=$(abspath $(BUILD_DIR)) PYTHONPATH=$(abspath $(BUILD_DIR))/python:. \
+	  PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m unittest -v test_hostile.HostileStormTest
+
 fuzz:
 	scripts/install-deps.sh build fuzz
 	tests/fuzz/run.sh $(FUZZ_SECONDS)

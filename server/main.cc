@@ -14,6 +14,7 @@
 #include "absl/strings/strip.h"
 #include "server/service/server.h"
 #include "server/store/fsck.h"
+#include "server/worker/worker_main.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port)");
 ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
@@ -34,7 +35,16 @@ ABSL_FLAG(bool, insecure, false,
           "allow a non-loopback --listen address without TLS (with or without tokens)");
 ABSL_FLAG(std::vector<std::string>, preload, {},
           "comma-separated references (MODEL@ALIAS) to open into the cache at startup");
-ABSL_FLAG(int, worker_threads, 0, "threads for checkpoint validation (0 = number of cores)");
+ABSL_FLAG(int, validation_workers, 0,
+          "validation worker processes, i.e. validations running at once (0 = number of cores)");
+ABSL_FLAG(int, worker_threads, 0, "deprecated alias of --validation_workers");
+ABSL_FLAG(uint64_t, validation_memory_bytes, uint64_t{4} << 30,
+          "anonymous memory one validation may use beyond its worker's baseline; 0 = unlimited");
+ABSL_FLAG(absl::Duration, validation_timeout, absl::Minutes(10),
+          "wall-clock (and CPU) time one validation may take, e.g. 90s or 10m");
+ABSL_FLAG(int, max_pending_validations, 64,
+          "uploads that may wait for a validation worker; more are refused with "
+          "RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, drain_seconds, 20, "on SIGTERM, how long running streams may finish");
 ABSL_FLAG(int, max_uploads, 32,
           "concurrent upload/validate/register streams; more get RESOURCE_EXHAUSTED");
@@ -90,6 +100,10 @@ bool CheckFlagNames(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The server re-executes itself as its validation workers.
+  if (weightgate::worker::IsValidationWorker(argc, argv)) {
+    return weightgate::worker::ValidationWorkerMain(argc, argv);
+  }
   absl::FlagsUsageConfig config;
   config.contains_helpshort_flags = OnlyOurFlags;
   config.contains_help_flags = OnlyOurFlags;
@@ -135,7 +149,13 @@ int main(int argc, char** argv) {
   options.tls_client_ca = absl::GetFlag(FLAGS_tls_client_ca);
   options.tokens_file = absl::GetFlag(FLAGS_tokens_file);
   options.insecure = absl::GetFlag(FLAGS_insecure);
-  options.worker_threads = absl::GetFlag(FLAGS_worker_threads);
+  options.validation_workers = absl::GetFlag(FLAGS_validation_workers) > 0
+                                   ? absl::GetFlag(FLAGS_validation_workers)
+                                   : absl::GetFlag(FLAGS_worker_threads);
+  options.validation_memory_bytes = absl::GetFlag(FLAGS_validation_memory_bytes);
+  options.validation_timeout = absl::GetFlag(FLAGS_validation_timeout);
+  options.max_pending_validations = absl::GetFlag(FLAGS_max_pending_validations);
+  options.prestart_validation_workers = true;
   options.preload = absl::GetFlag(FLAGS_preload);
   options.max_uploads = absl::GetFlag(FLAGS_max_uploads);
   options.max_streams = absl::GetFlag(FLAGS_max_streams);

@@ -17,13 +17,19 @@ struct GlobalOptions {
   bool json = false;
   std::string token;   // --token or $WEIGHTGATE_TOKEN
   std::string tls_ca;  // --tls_ca: PEM roots; enables TLS
+  // --tls_cert/--tls_key: PEM client certificate and key for mutual TLS
+  // (enable TLS too; without --tls_ca the system roots verify the server).
+  std::string tls_cert;
+  std::string tls_key;
   int connect_timeout_s = 5;
 };
 
 class Connection final {
  public:
   // Connects (waiting up to connect_timeout_s). On failure prints one line
-  // "weightgate: cannot connect to ADDR: ..." and returns nullptr.
+  // "weightgate: cannot connect to ADDR: ..." and returns nullptr; a server
+  // that accepts TCP but fails the TLS (or plaintext) handshake is named as
+  // such, not as "no server answered".
   static std::unique_ptr<Connection> Open(const GlobalOptions& options);
 
   // A context carrying the token.

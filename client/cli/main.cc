@@ -17,7 +17,8 @@ using weightgate::cli::Args;
 using weightgate::cli::GlobalOptions;
 
 constexpr char kUsage[] =
-    "usage: weightgate [--server ADDR] [--json] [--token TOKEN] [--tls_ca PEM] COMMAND [ARGS]\n"
+    "usage: weightgate [--server ADDR] [--json] [--token TOKEN] [--tls_ca PEM] [--tls_cert PEM "
+    "--tls_key PEM]\n                  COMMAND [ARGS]\n"
     "\n"
     "Offline (no server):\n"
     "  inspect FILE                     format, container, wrappers, tensors, unsafe globals\n"
@@ -59,6 +60,11 @@ const std::vector<GlobalFlag>& GlobalFlags() {
        [](GlobalOptions& g, const std::string& v) { g.token = v; }},
       {{.name = "--tls_ca", .value_name = "PEM", .help = "CA roots; enables TLS"},
        [](GlobalOptions& g, const std::string& v) { g.tls_ca = v; }},
+      {{.name = "--tls_cert", .value_name = "PEM",
+        .help = "client certificate for mutual TLS (with --tls_key); enables TLS"},
+       [](GlobalOptions& g, const std::string& v) { g.tls_cert = v; }},
+      {{.name = "--tls_key", .value_name = "PEM", .help = "client private key (with --tls_cert)"},
+       [](GlobalOptions& g, const std::string& v) { g.tls_key = v; }},
   };
   return *flags;
 }

@@ -184,6 +184,13 @@ int RunUpload(const GlobalOptions& global, const Args& args) {
   }
   if (!s.ok()) return ReportRpcError("upload", s);
   if (!sent.ok()) return UsageError("upload", sent.message());
+  if (response.report().verdict() == weightgate::v1::INVALID) {
+    // The server answers INVALID in the response body, report whole.
+    std::cout << (global.json ? ProtoToJson(response) : FormatReport(response.report()));
+    std::cerr << "weightgate: upload: checkpoint is INVALID for model '" << header.model_id()
+              << "' (" << absl::StrJoin(response.report().reasons(), ", ") << "); nothing stored\n";
+    return kExitInvalid;
+  }
   if (global.json) {
     std::cout << ProtoToJson(response);
     return kExitOk;

@@ -41,6 +41,17 @@ void RecordReport(Metrics& metrics, const char* rpc, const ValidationReport& rep
       static_cast<double>(report.total_bytes()) / (1 << 20), seconds, report.device());
 }
 
+// A validation stops (its worker is killed) when the client cancels or the
+// call's deadline passes.
+worker::CallControl Control(grpc::CallbackServerContext* context) {
+  worker::CallControl control;
+  if (context->deadline() != std::chrono::system_clock::time_point::max()) {
+    control.deadline = absl::FromChrono(context->deadline());
+  }
+  control.cancelled = [context] { return context->IsCancelled(); };
+  return control;
+}
+
 }  // namespace
 
 grpc::ServerUnaryReactor* RegistryService::Unary(grpc::CallbackServerContext* context,
@@ -81,9 +92,10 @@ grpc::ServerReadReactor<RegisterModelRequest>* RegistryService::RegisterModel(
   // Registering sets the model's spec and policy: admins only.
   return new Reactor(
       Upload("RegisterModel", context, Role::kAdmin),
-      [this, response](const RegisterModelHeader& header, store::StagedFile& staged,
-                       const Caller&) {
-        absl::StatusOr<Model> model = options_.registry->RegisterModel(header, staged.path());
+      [this, response, context](const RegisterModelHeader& header, store::StagedFile& staged,
+                                const Caller&) {
+        absl::StatusOr<Model> model =
+            options_.registry->RegisterModel(header, staged.path(), Control(context));
         if (!model.ok()) return ToGrpcStatus(model.status());
         *response = *std::move(model);
         if (absl::StatusOr<std::vector<Model>> all = options_.store->ListModels(); all.ok()) {
@@ -139,13 +151,13 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
     grpc::CallbackServerContext* context, ValidationReport* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
   return new Reactor(Upload("ValidateCheckpoint", context, Role::kWriter),
-                     [this, response](const UploadHeader& header, store::StagedFile& staged,
-                                      const Caller& caller) {
+                     [this, response, context](const UploadHeader& header,
+                                               store::StagedFile& staged, const Caller& caller) {
                        if (absl::Status s = CheckOverride(header, caller); !s.ok())
                          return ToGrpcStatus(s);
                        auto start = std::chrono::steady_clock::now();
                        absl::StatusOr<ValidationReport> report =
-                           options_.registry->Validate(header, staged.path());
+                           options_.registry->Validate(header, staged.path(), Control(context));
                        if (!report.ok()) return ToGrpcStatus(report.status());
                        RecordReport(*options_.metrics, "ValidateCheckpoint", *report,
                                     SecondsSince(start));
@@ -159,21 +171,22 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
 // bytes were hashed as they arrived and nothing is rewritten. Anything else:
 // the normaliser writes `output_path` itself and the store hashes it when
 // committing. Either way report.input_sha256 is the staged upload's hash.
-absl::StatusOr<ValidationReport> RegistryService::CheckAndWrite(const UploadHeader& header,
-                                                                store::StagedFile& staged,
-                                                                const std::string& output_path,
-                                                                bool* as_uploaded) {
+absl::StatusOr<ValidationReport> RegistryService::CheckAndWrite(
+    const UploadHeader& header, store::StagedFile& staged, const std::string& output_path,
+    const registry::Registry::CallControl& control, bool* as_uploaded) {
   absl::StatusOr<ValidationReport> report;
   *as_uploaded = false;
   absl::StatusOr<Model> model = options_.store->GetModel(header.model_id());
   if (model.ok() && !header.has_policy_override() &&
       registry::IsCanonicalSafetensors(model->spec(), staged.path())) {
-    report = options_.registry->Validate(header, staged.path());
+    report = options_.registry->Validate(header, staged.path(), control);
     *as_uploaded = report.ok() && report->verdict() == weightgate::v1::VALID &&
                    report->fixes_size() == 0 &&
                    ::rename(staged.path().c_str(), output_path.c_str()) == 0;
   }
-  if (!*as_uploaded) report = options_.registry->NormalizeTo(header, staged.path(), output_path);
+  if (!*as_uploaded) {
+    report = options_.registry->NormalizeTo(header, staged.path(), output_path, control);
+  }
   if (report.ok()) report->set_input_sha256(staged.sha256());
   return report;
 }
@@ -183,8 +196,8 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
   return new Reactor(
       Upload("UploadCheckpoint", context, Role::kWriter),
-      [this, response](const UploadHeader& header, store::StagedFile& staged,
-                       const Caller& caller) {
+      [this, response, context](const UploadHeader& header, store::StagedFile& staged,
+                                const Caller& caller) {
         if (!header.alias().empty()) {
           if (absl::Status s = common::ValidateModelId(header.alias()); !s.ok()) {
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
@@ -197,7 +210,7 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
         if (!output.ok()) return ToGrpcStatus(output.status());
         bool as_uploaded = false;
         absl::StatusOr<ValidationReport> report =
-            CheckAndWrite(header, staged, (*output)->path(), &as_uploaded);
+            CheckAndWrite(header, staged, (*output)->path(), Control(context), &as_uploaded);
         if (!report.ok()) return ToGrpcStatus(report.status());
         RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
         *response->mutable_report() = *report;

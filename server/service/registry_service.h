@@ -80,7 +80,8 @@ class RegistryService final : public weightgate::v1::ModelRegistry::CallbackServ
   // registry_service.cc).
   absl::StatusOr<weightgate::v1::ValidationReport> CheckAndWrite(
       const weightgate::v1::UploadHeader& header, store::StagedFile& staged,
-      const std::string& output_path, bool* as_uploaded);
+      const std::string& output_path, const registry::Registry::CallControl& control,
+      bool* as_uploaded);
 
   Options options_;
 };

@@ -76,9 +76,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   if (!store.ok()) return store.status();
   s->store_ = *std::move(store);
 
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  worker::ValidationPool::Options pool_options;
+  pool_options.argv = options.validation_worker_argv;
+  pool_options.workers = options.validation_workers > 0 ? options.validation_workers : cores;
+  pool_options.memory_bytes = options.validation_memory_bytes;
+  pool_options.timeout = options.validation_timeout;
+  pool_options.prestart = options.prestart_validation_workers;
+  if (options.max_pending_validations < 1) {
+    return absl::InvalidArgumentError("--max_pending_validations must be at least 1");
+  }
+  absl::StatusOr<std::unique_ptr<worker::ValidationPool>> pool =
+      worker::ValidationPool::Create(pool_options);
+  if (!pool.ok()) return pool.status();
+  s->pool_ = *std::move(pool);
+
   registry::Registry::Options registry_options;
   registry_options.store = s->store_.get();
   registry_options.device = options.device;
+  registry_options.pool = s->pool_.get();
   absl::StatusOr<std::unique_ptr<registry::Registry>> registry =
       registry::Registry::Create(registry_options);
   if (!registry.ok()) return registry.status();
@@ -101,11 +117,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   limits.idle_upload_timeout = std::chrono::milliseconds(options.idle_upload_timeout_ms);
   limits.stalled_reader_timeout = std::chrono::milliseconds(options.stalled_reader_timeout_ms);
   s->limits_ = std::make_unique<Limits>(limits);
-
-  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   s->io_ = std::make_unique<Executor>(4);
-  s->heavy_ =
-      std::make_unique<Executor>(options.worker_threads > 0 ? options.worker_threads : cores);
+  // One thread per worker process; uploads beyond that wait in a bounded queue.
+  s->heavy_ = std::make_unique<Executor>(pool_options.workers,
+                                         static_cast<size_t>(options.max_pending_validations));
 
   RegistryService::Options rs;
   rs.registry = s->registry_.get();

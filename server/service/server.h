@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "server/registry/registry.h"
 #include "server/service/auth.h"
@@ -23,6 +24,7 @@
 #include "server/service/registry_service.h"
 #include "server/service/stream_service.h"
 #include "server/store/store.h"
+#include "server/worker/validation_pool.h"
 
 namespace weightgate::service {
 
@@ -52,8 +54,6 @@ class Server final {
     // References (MODEL@ALIAS, ...) whose blobs are opened into the cache at
     // startup, so the first workers do not pay for it. Missing ones are logged.
     std::vector<std::string> preload;
-    // Threads for checkpoint parsing and validation (0 = number of cores).
-    int worker_threads = 0;
     // Edge limits (see Limits::Options for each default).
     int max_uploads = 32;
     int max_streams = 1024;
@@ -71,6 +71,22 @@ class Server final {
     int keepalive_timeout_ms = 20000;
     // One access-log line per RPC on stderr. Default on.
     bool access_log = true;
+    // Validation worker processes, i.e. validations running at once
+    // (0 = number of cores). See worker::ValidationPool.
+    int validation_workers = 0;
+    // Anonymous memory one validation may add to its worker's baseline
+    // (RLIMIT_DATA); 0 = unlimited.
+    uint64_t validation_memory_bytes = uint64_t{4} << 30;
+    // Wall-clock (and CPU) time of one validation.
+    absl::Duration validation_timeout = absl::Minutes(10);
+    // Uploads waiting for a worker beyond this are refused with
+    // RESOURCE_EXHAUSTED and a retry hint (at least 1).
+    int max_pending_validations = 64;
+    // Worker command line; default this executable in worker mode, which
+    // must then be weightgate-server (main() dispatches --validation_worker).
+    std::vector<std::string> validation_worker_argv = {"/proc/self/exe", "--validation_worker"};
+    // Start the workers in Start() instead of on the first validation.
+    bool prestart_validation_workers = false;
   };
 
   // Validates options, opens the store, binds ports, starts serving.
@@ -92,6 +108,8 @@ class Server final {
   Options options_;
   int port_ = 0;
   std::unique_ptr<store::Store> store_;
+  // Outlives the registry and the executors that call it.
+  std::unique_ptr<worker::ValidationPool> pool_;
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Authorizer> auth_;

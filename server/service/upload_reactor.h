@@ -37,7 +37,7 @@ struct UploadSetup {
   Metrics* metrics;
   const Authorizer* auth;
   Executor* executor;  // chunk writes
-  Executor* heavy;     // the completion (parsing, tensor checks)
+  Executor* heavy;     // the completion (parsing, tensor checks); bounded queue
   uint64_t max_bytes;
   Limits* limits;
   Role role;  // needed to call
@@ -97,7 +97,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
                                       " bytes, received ", staged_->size())));
         return;
       }
-      setup_.heavy->Schedule([this] {
+      bool queued = setup_.heavy->TrySchedule([this] {
         // No fsync: an upload is read back at once, and whatever of it is
         // committed (the normalised output, or the upload itself when it
         // already is canonical) is fsynced by AdoptContents.
@@ -108,6 +108,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         }
         Fail(complete_(header_, *staged_, caller_));
       });
+      if (!queued) Fail(Busy());
       return;
     }
     if (!have_header_) {
@@ -188,6 +189,15 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("upload larger than the server's limit of ", setup_.max_bytes,
                                      " bytes (--max_upload_bytes)"));
+  }
+
+  // The validation queue is full: the client should come back later.
+  grpc::Status Busy() const {
+    setup_.context->AddTrailingMetadata("retry-after-ms", "1000");
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("server busy: ", setup_.heavy->max_queued(),
+                                     " validations already waiting (--max_pending_validations); "
+                                     "retry in about 1 s"));
   }
 
   void Fail(const grpc::Status& status) {

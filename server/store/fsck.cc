@@ -5,15 +5,14 @@
 
 #include <algorithm>
 #include <cctype>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/file_util.h"
 #include "common/sha256.h"
 #include "google/protobuf/util/json_util.h"
 #include "weightgate/v1/registry.pb.h"
@@ -34,22 +33,14 @@ std::vector<std::string> Entries(const std::string& dir) {
   return names;
 }
 
-bool IsHexSha256(const std::string& s) {
-  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
-           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-         });
-}
-
 // Parses a metadata file; empty string on success, else the reason.
 template <typename Message>
 std::string ReadJson(const std::string& path, Message* message) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return "unreadable";
-  std::stringstream ss;
-  ss << in.rdbuf();
+  absl::StatusOr<std::string> text = common::ReadFile(path);
+  if (!text.ok()) return "unreadable";
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = true;
-  auto status = google::protobuf::util::JsonStringToMessage(ss.str(), message, options);
+  auto status = google::protobuf::util::JsonStringToMessage(*text, message, options);
   return status.ok() ? "" : std::string(status.message());
 }
 
@@ -71,7 +62,7 @@ FsckResult Fsck(const std::string& root, std::ostream* progress) {
   std::set<std::string> blobs;
   for (const std::string& name : Entries(root + "/blobs")) {
     std::string path = absl::StrCat(root, "/blobs/", name);
-    if (!IsHexSha256(name)) {
+    if (!common::IsSha256Hex(name)) {
       problem(absl::StrCat("stray file in blobs/: ", name));
       continue;
     }

@@ -141,13 +141,6 @@ std::vector<std::string> ListDir(const std::string& dir) {
   return names;
 }
 
-bool IsHexSha256(const std::string& s) {
-  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
-           return std::isxdigit(static_cast<unsigned char>(c)) &&
-                  !std::isupper(static_cast<unsigned char>(c));
-         });
-}
-
 std::string HostName() {
   char host[256] = {0};
   if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return "host";
@@ -331,7 +324,7 @@ std::string Store::BlobPath(const std::string& sha256) const {
 
 bool Store::HasBlob(const std::string& sha256) const {
   struct stat st;
-  return IsHexSha256(sha256) && ::stat(BlobPath(sha256).c_str(), &st) == 0;
+  return common::IsSha256Hex(sha256) && ::stat(BlobPath(sha256).c_str(), &st) == 0;
 }
 
 absl::StatusOr<std::string> Store::CommitBlob(std::unique_ptr<StagedFile> staged) {
@@ -370,7 +363,7 @@ absl::StatusOr<std::string> Store::PlaceBlobLocked(StagedFile& staged) {
 
 uint64_t Store::BlobSize(const std::string& sha256) const {
   struct stat st;
-  if (!IsHexSha256(sha256) || ::stat(BlobPath(sha256).c_str(), &st) != 0) return 0;
+  if (!common::IsSha256Hex(sha256) || ::stat(BlobPath(sha256).c_str(), &st) != 0) return 0;
   return static_cast<uint64_t>(st.st_size);
 }
 
@@ -473,7 +466,7 @@ absl::StatusOr<Version> Store::AddVersion(const std::string& model_id, Version v
     // The caller committed the blob earlier: refresh it, or fail rather than
     // record a version whose bytes are gone.
     std::string path = BlobPath(version.blob_sha256());
-    if (!IsHexSha256(version.blob_sha256()) ||
+    if (!common::IsSha256Hex(version.blob_sha256()) ||
         ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) != 0) {
       return absl::AbortedError(
           absl::StrCat("blob ", version.blob_sha256(), " vanished before its version was added"));

@@ -3,10 +3,6 @@
 // once offered --tensor NAME and the parser rejected it). No server needed:
 // each run also passes too many positional arguments, which the parser
 // reports only after every flag was accepted.
-#include <sys/wait.h>
-
-#include <cstdio>
-#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -14,14 +10,12 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "gtest/gtest.h"
+#include "tests/fixtures/fixture_dir.h"
 
 namespace weightgate::cli {
 namespace {
 
-std::string BinDir() {
-  const char* env = std::getenv("WG_BINARY_DIR");
-  return std::string(env != nullptr && *env ? env : WG_BINARY_DIR) + "/bin";
-}
+std::string BinDir() { return testing::BinaryDir() + "/bin"; }
 
 struct RunResult {
   int code = -1;
@@ -30,13 +24,7 @@ struct RunResult {
 
 RunResult RunCommand(const std::string& command) {
   RunResult r;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, pipe)) > 0) r.out.append(buf, n);
-  int status = ::pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.code = testing::RunCommand(command, &r.out);
   return r;
 }
 

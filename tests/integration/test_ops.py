@@ -174,7 +174,9 @@ class TlsTest(unittest.TestCase):
 
     def creds(self, client_cert=False):
         import grpc
-        read = lambda n: open(self.p(n), "rb").read()  # noqa: E731
+        def read(name):
+            with open(self.p(name), "rb") as f:
+                return f.read()
         if client_cert:
             return grpc.ssl_channel_credentials(read("ca.pem"), read("client.key"), read("client.pem"))
         return grpc.ssl_channel_credentials(read("ca.pem"))

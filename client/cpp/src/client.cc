@@ -62,6 +62,8 @@ class Sink {
   virtual ~Sink() = default;
   virtual absl::Status Write(uint64_t offset, const struct iovec* pieces, int count) = 0;
   virtual const char* data() const = 0;
+  // Bytes at the start already in place (a partial file being resumed).
+  virtual uint64_t present() const { return 0; }
 };
 
 class MemorySink final : public Sink {
@@ -85,10 +87,19 @@ class MemorySink final : public Sink {
 // shared mapping of the same file for the hash, which sees the page cache.
 class FileSink final : public Sink {
  public:
-  static absl::StatusOr<std::unique_ptr<FileSink>> Create(const std::string& path, uint64_t size) {
-    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // `resume`: keep what `path` holds (when not longer than `size`) as the
+  // blob's first bytes.
+  static absl::StatusOr<std::unique_ptr<FileSink>> Create(const std::string& path, uint64_t size,
+                                                          bool resume) {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | (resume ? 0 : O_TRUNC) | O_CLOEXEC, 0644);
     if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", path));
     auto sink = std::unique_ptr<FileSink>(new FileSink(fd, size));
+    struct stat st;
+    if (resume && ::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) <= size) {
+      sink->present_ = static_cast<uint64_t>(st.st_size);
+    } else if (resume && ::ftruncate(fd, 0) != 0) {
+      return absl::ErrnoToStatus(errno, absl::StrCat("truncate ", path));
+    }
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
       return absl::ErrnoToStatus(errno, absl::StrCat("truncate ", path));
     }
@@ -119,6 +130,9 @@ class FileSink final : public Sink {
     return absl::OkStatus();
   }
   const char* data() const override { return map_; }
+  uint64_t present() const override { return present_; }
+  // Keeps only the first `n` bytes (what a later fetch can resume from).
+  void KeepPrefix(uint64_t n) { (void)::ftruncate(fd_, static_cast<off_t>(n)); }
   absl::Status Sync() {
     if (::fsync(fd_) != 0) return absl::ErrnoToStatus(errno, "fsync");
     return absl::OkStatus();
@@ -128,6 +142,7 @@ class FileSink final : public Sink {
   FileSink(int fd, uint64_t size) : fd_(fd), size_(size) {}
   int fd_;
   uint64_t size_;
+  uint64_t present_ = 0;
   const char* map_ = nullptr;
 };
 
@@ -298,8 +313,11 @@ struct Client::Impl {
     }
   }
 
+  // `*contiguous`: on return, how many bytes from the start are in place
+  // and checked (all of them on success).
   absl::StatusOr<FetchInfo> Fetch(
-      const std::string& ref, const std::function<absl::StatusOr<Sink*>(const FetchInfo&)>& open);
+      const std::string& ref, const std::function<absl::StatusOr<Sink*>(const FetchInfo&)>& open,
+      uint64_t* contiguous);
 };
 
 namespace {
@@ -398,6 +416,12 @@ class RangeFetch {
       }
     }
     return done;
+  }
+
+  // End of the contiguous received prefix.
+  uint64_t Prefix() const ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return PrefixLocked();
   }
 
   absl::Status error() const ABSL_LOCKS_EXCLUDED(mu_) {
@@ -535,7 +559,9 @@ class RangeFetch {
 }  // namespace
 
 absl::StatusOr<FetchInfo> Client::Impl::Fetch(
-    const std::string& ref, const std::function<absl::StatusOr<Sink*>(const FetchInfo&)>& open) {
+    const std::string& ref, const std::function<absl::StatusOr<Sink*>(const FetchInfo&)>& open,
+    uint64_t* contiguous) {
+  *contiguous = 0;
   // 1. The manifest and the first bytes, with one short call.
   weightgate::v1::Manifest manifest;
   std::string head;
@@ -586,11 +612,13 @@ absl::StatusOr<FetchInfo> Client::Impl::Fetch(
   const uint64_t total = info.total_bytes;
   absl::StatusOr<Sink*> sink = open(info);
   if (!sink.ok()) return sink.status();
-  const uint64_t start = std::min<uint64_t>(head.size(), total);
-  if (start > 0) {
-    struct iovec piece = {head.data(), start};
-    if (absl::Status s = (*sink)->Write(0, &piece, 1); !s.ok()) return s;
+  const uint64_t present = (*sink)->present();
+  const uint64_t start = std::max(std::min<uint64_t>(head.size(), total), present);
+  if (present < start) {
+    struct iovec piece = {head.data() + present, start - present};
+    if (absl::Status s = (*sink)->Write(present, &piece, 1); !s.ok()) return s;
   }
+  info.resumed_from = present;
 
   // 3. Range streams, pinned to the version the manifest named.
   int n = options.streams > 0 ? options.streams : DefaultStreams(total);
@@ -612,12 +640,14 @@ absl::StatusOr<FetchInfo> Client::Impl::Fetch(
   if (start > 0) sha.Update(std::string_view((*sink)->data(), start));
   uint64_t hashed = fetch.HashPrefix(&sha, start, total);
   for (std::thread& t : threads) t.join();
+  *contiguous = fetch.Prefix();
   if (absl::Status s = fetch.error(); !s.ok()) return s;
   if (hashed != total) {
     return absl::InternalError(absl::StrCat("fetch ", pinned, ": only ", hashed, " of ", total));
   }
   std::string got = sha.HexDigest();
   if (got != info.sha256) {
+    *contiguous = 0;
     return absl::DataLossError(absl::StrCat("fetch ", pinned, ": sha256 mismatch (got ",
                                             got.substr(0, 16), ", want ", info.sha256.substr(0, 16),
                                             ")"));
@@ -665,7 +695,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
 
 absl::StatusOr<FetchInfo> Client::FetchToBuffer(const std::string& ref, const Allocator& allocate) {
   std::unique_ptr<MemorySink> sink;
-  return impl_->Fetch(ref, [&](const FetchInfo& info) -> absl::StatusOr<Sink*> {
+  uint64_t contiguous = 0;
+  return impl_->Fetch(
+      ref,
+      [&](const FetchInfo& info) -> absl::StatusOr<Sink*> {
     absl::StatusOr<char*> base = allocate(info);
     if (!base.ok()) return base.status();
     if (*base == nullptr && info.total_bytes > 0) {
@@ -673,22 +706,35 @@ absl::StatusOr<FetchInfo> Client::FetchToBuffer(const std::string& ref, const Al
     }
     sink = std::make_unique<MemorySink>(*base);
     return sink.get();
-  });
+      },
+      &contiguous);
 }
 
 absl::StatusOr<FetchInfo> Client::FetchToFile(const std::string& ref, const std::string& path) {
   const std::string part = path + ".part";
+  const bool resume = impl_->options.resume_files;
   std::unique_ptr<FileSink> sink;
-  absl::StatusOr<FetchInfo> info =
-      impl_->Fetch(ref, [&](const FetchInfo& info) -> absl::StatusOr<Sink*> {
-        absl::StatusOr<std::unique_ptr<FileSink>> s = FileSink::Create(part, info.total_bytes);
+  uint64_t contiguous = 0;
+  absl::StatusOr<FetchInfo> info = impl_->Fetch(
+      ref,
+      [&](const FetchInfo& info) -> absl::StatusOr<Sink*> {
+        absl::StatusOr<std::unique_ptr<FileSink>> s =
+            FileSink::Create(part, info.total_bytes, resume);
         if (!s.ok()) return s.status();
         sink = *std::move(s);
         return sink.get();
-      });
+      },
+      &contiguous);
   if (!info.ok()) {
-    sink.reset();
-    ::unlink(part.c_str());
+    if (sink != nullptr) {  // a failure before the file was opened leaves it as it was
+      if (resume && contiguous > 0) {
+        sink->KeepPrefix(contiguous);
+        sink.reset();
+      } else {
+        sink.reset();
+        ::unlink(part.c_str());
+      }
+    }
     return info.status();
   }
   if (impl_->options.sync_files) {

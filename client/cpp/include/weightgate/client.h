@@ -67,6 +67,12 @@ struct ClientOptions {
   // false: the file is renamed only after its sha256 matched, and a fetched
   // model is a cache a worker can fetch again (like curl -o).
   bool sync_files = false;
+  // FetchToFile: an existing PATH.part is taken as the blob's first bytes
+  // (re-hashed, then only the rest is fetched), and a failed fetch leaves
+  // PATH.part holding the bytes received contiguously from the start, so
+  // the next call resumes; the sha256 check catches a PATH.part of another
+  // blob. Default false: PATH.part is started afresh and removed on failure.
+  bool resume_files = false;
 };
 
 // One tensor of a fetched blob (the safetensors layout the server stores).
@@ -88,6 +94,7 @@ struct FetchInfo {
   std::vector<TensorInfo> tensors;
   int streams = 0;  // range streams used
   int resumes = 0;  // streams resumed after UNAVAILABLE
+  uint64_t resumed_from = 0;  // bytes already in PATH.part (FetchToFile, resume_files)
 };
 
 // The default stream count for a blob of `total_bytes`: one per 64 MiB, at

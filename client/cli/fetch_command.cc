@@ -228,9 +228,8 @@ int FetchWhole(const GlobalOptions& global, const std::string& ref, const std::s
     std::cout << client::ProtoToJson(m);
     return kExitOk;
   }
-  std::cout << "fetched " << info->model_id << "@" << info->version << ": "
-            << info->tensors.size() << " tensors, "
-            << common::HumanBytes(static_cast<double>(info->total_bytes))
+  std::cout << "fetched " << info->model_id << "@" << info->version << ": " << info->tensors.size()
+            << " tensors, " << common::HumanBytes(static_cast<double>(info->total_bytes))
             << (info->resumed_from > 0 ? absl::StrCat(" (resumed at ", info->resumed_from, ")")
                                        : std::string())
             << " -> " << out << "\n";
@@ -251,8 +250,8 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
     return UsageError("fetch", r.status().message());
   }
   int streams = 0;
-  if (p.Has("--streams") && (!absl::SimpleAtoi(p.Get("--streams"), &streams) || streams < 1 ||
-                             streams > 64)) {
+  if (p.Has("--streams") &&
+      (!absl::SimpleAtoi(p.Get("--streams"), &streams) || streams < 1 || streams > 64)) {
     return UsageError("fetch", "--streams takes a number from 1 to 64");
   }
   auto conn = Connection::Open(global);
@@ -263,7 +262,8 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   std::string part = out + ".tensors.tmp";
   Received got = FetchSubset(*conn, ref, tensors, part);
   if (!got.local.ok() || !got.rpc.ok()) ::unlink(part.c_str());
-  if (!got.local.ok()) return UsageError("fetch", absl::StrCat(got.local.message(), " (run again)"));
+  if (!got.local.ok())
+    return UsageError("fetch", absl::StrCat(got.local.message(), " (run again)"));
   if (!got.rpc.ok()) return ReportRpcError("fetch", got.rpc);
   if (absl::Status s = Deliver(part, out, format); !s.ok()) return UsageError("fetch", s.message());
   const Manifest& m = got.manifest;

@@ -259,8 +259,7 @@ absl::Status StagedFile::AdoptContents(const std::string& known_sha256) {
   if (fd_ >= 0) ::close(fd_);
   sha_.reset();
   // Nothing appended through us: hash what the other writer left at path_.
-  absl::StatusOr<std::string> sha =
-      known_sha256.empty() ? common::Sha256File(path_) : known_sha256;
+  absl::StatusOr<std::string> sha = known_sha256.empty() ? common::Sha256File(path_) : known_sha256;
   if (!sha.ok()) return sha.status();
   struct stat st;
   if (::stat(path_.c_str(), &st) != 0) return ErrnoStatus(absl::StrCat("stat ", path_));

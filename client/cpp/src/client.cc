@@ -27,7 +27,6 @@
 namespace weightgate {
 namespace {
 
-
 constexpr char kFetchMethod[] = "/weightgate.v1.WeightStream/FetchWeights";
 // A blob is a safetensors file: its first 8 bytes (the header length) exist.
 constexpr uint64_t kHeadBytes = 8;
@@ -499,7 +498,8 @@ class RangeFetch {
           }
           if (o.verify_chunks) {
             uint32_t crc = 0;
-            for (const auto& p : chunk.data) crc = common::Crc32c(
+            for (const auto& p : chunk.data)
+              crc = common::Crc32c(
                   std::string_view(static_cast<const char*>(p.iov_base), p.iov_len), crc);
             if (crc != chunk.crc) {
               local = absl::DataLossError(absl::StrCat(
@@ -699,13 +699,13 @@ absl::StatusOr<FetchInfo> Client::FetchToBuffer(const std::string& ref, const Al
   return impl_->Fetch(
       ref,
       [&](const FetchInfo& info) -> absl::StatusOr<Sink*> {
-    absl::StatusOr<char*> base = allocate(info);
-    if (!base.ok()) return base.status();
-    if (*base == nullptr && info.total_bytes > 0) {
-      return absl::InvalidArgumentError("the allocator returned no memory");
-    }
-    sink = std::make_unique<MemorySink>(*base);
-    return sink.get();
+        absl::StatusOr<char*> base = allocate(info);
+        if (!base.ok()) return base.status();
+        if (*base == nullptr && info.total_bytes > 0) {
+          return absl::InvalidArgumentError("the allocator returned no memory");
+        }
+        sink = std::make_unique<MemorySink>(*base);
+        return sink.get();
       },
       &contiguous);
 }

@@ -92,8 +92,8 @@ struct FetchInfo {
   std::string sha256;  // of the whole blob, verified
   uint64_t total_bytes = 0;
   std::vector<TensorInfo> tensors;
-  int streams = 0;  // range streams used
-  int resumes = 0;  // streams resumed after UNAVAILABLE
+  int streams = 0;            // range streams used
+  int resumes = 0;            // streams resumed after UNAVAILABLE
   uint64_t resumed_from = 0;  // bytes already in PATH.part (FetchToFile, resume_files)
 };
 

@@ -2,6 +2,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "absl/strings/str_cat.h"
 
 namespace weightgate {
@@ -32,7 +35,13 @@ absl::StatusOr<TensorMap> Client::FetchTensors(const std::string& ref, FetchInfo
     if (!info.ok()) return info.status();
     const uint64_t total = info->total_bytes;
     TensorMap out;
-    for (const TensorInfo& t : info->tensors) {
+    // Tied entries last, so their partners exist whatever the manifest order.
+    std::vector<const TensorInfo*> order;
+    for (const TensorInfo& t : info->tensors) order.push_back(&t);
+    std::stable_partition(order.begin(), order.end(),
+                          [](const TensorInfo* t) { return t->tied_to.empty(); });
+    for (const TensorInfo* tp : order) {
+      const TensorInfo& t = *tp;
       std::optional<at::ScalarType> type = ScalarTypeOf(t.dtype);
       if (!type) {
         return absl::UnimplementedError(absl::StrCat("tensor '", t.name, "': dtype ", t.dtype));

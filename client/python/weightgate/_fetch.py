@@ -398,7 +398,8 @@ def _torch():
 def _tensor_views(torch, buf, manifest, device):
     """name -> tensor, each a view of `buf` (ties share their partner's bytes)."""
     out = {}
-    for entry in manifest.tensors:
+    # Tied entries last, so their partners exist whatever the manifest order.
+    for entry in sorted(manifest.tensors, key=lambda e: bool(e.tied_to)):
         name = _DTYPES.get(entry.dtype)
         if name is None or not hasattr(torch, name):
             raise Error(grpc.StatusCode.UNIMPLEMENTED, f"tensor '{entry.name}': dtype {entry.dtype}")

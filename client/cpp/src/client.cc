@@ -63,6 +63,8 @@ class Sink {
   virtual const char* data() const = 0;
   // Bytes at the start already in place (a partial file being resumed).
   virtual uint64_t present() const { return 0; }
+  // data()[offset, offset + n) has been hashed and will not be read again.
+  virtual void Hashed(uint64_t offset, uint64_t n) {}
 };
 
 class MemorySink final : public Sink {
@@ -130,6 +132,16 @@ class FileSink final : public Sink {
   }
   const char* data() const override { return map_; }
   uint64_t present() const override { return present_; }
+  // Hashed pages leave this process's mapping (they stay in the page cache):
+  // a fetch to a file keeps a small resident set whatever the blob's size.
+  void Hashed(uint64_t offset, uint64_t n) override {
+    const uint64_t page = 4096;
+    uint64_t begin = (offset + page - 1) / page * page;
+    uint64_t end = (offset + n) / page * page;
+    if (map_ != nullptr && end > begin) {
+      ::madvise(const_cast<char*>(map_) + begin, end - begin, MADV_DONTNEED);
+    }
+  }
   // Keeps only the first `n` bytes (what a later fetch can resume from).
   void KeepPrefix(uint64_t n) { (void)::ftruncate(fd_, static_cast<off_t>(n)); }
   absl::Status Sync() {
@@ -411,6 +423,7 @@ class RangeFetch {
       while (done < upto) {
         uint64_t step = std::min(upto - done, kHashStep);
         sha->Update(std::string_view(sink_->data() + done, step));
+        sink_->Hashed(done, step);
         done += step;
       }
     }

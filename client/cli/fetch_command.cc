@@ -1,7 +1,9 @@
-// `weightgate fetch REF -o OUT [--format safetensors|pt] [--tensor NAME]...`:
-// FetchWeights into OUT. The whole blob is written at its own offsets into
-// OUT.part (so an interrupted fetch resumes) and sha256-checked; a
-// --tensor subset is rewritten as a smaller safetensors file.
+// `weightgate fetch REF -o OUT [--format safetensors|pt] [--streams N] [--tensor NAME]...`:
+// FetchWeights into OUT. The whole blob goes through the C++ client library
+// (weightgate::Client::FetchToFile: concurrent byte-range streams written at
+// their offsets into OUT.part, resumed on UNAVAILABLE, sha256-checked; an
+// interrupted fetch leaves the received prefix in OUT.part for the next run);
+// a --tensor subset is rewritten as a smaller safetensors file.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -11,6 +13,7 @@
 #include <iostream>
 #include <set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "client/cli/command_line.h"
 #include "client/cli/commands.h"
@@ -20,9 +23,9 @@
 #include "common/file_util.h"
 #include "common/human_bytes.h"
 #include "common/model_ref.h"
-#include "common/sha256.h"
 #include "server/checkpoint/dtype.h"
 #include "server/checkpoint/safetensors.h"
+#include "weightgate/client.h"
 
 namespace weightgate::cli {
 namespace {
@@ -49,6 +52,9 @@ const CommandSpec kFetchSpec = {
          .help = "output format (default safetensors)", .choices = "safetensors|pt"},
         {.name = "--tensor", .value_name = "NAME", .help = "fetch only this tensor; repeatable",
          .repeatable = true},
+        {.name = "--streams", .value_name = "N",
+         .help = "concurrent byte-range streams (default: one per 64 MiB, at most one per core "
+                 "and 8)"},
     },
     .min_args = 1, .max_args = 1, .args_error = "expected REF"};
 // clang-format on
@@ -69,48 +75,6 @@ struct Received {
   absl::Status local;
   grpc::Status rpc;
 };
-
-// Whole blob: chunks are written at their offsets into `part`, which may
-// already hold the first `have` bytes.
-Received FetchBlob(Connection& conn, const std::string& ref, const std::string& part,
-                   int64_t have) {
-  weightgate::v1::FetchRequest request;
-  request.set_ref(ref);
-  request.set_start_offset(static_cast<uint64_t>(have));
-  auto ctx = conn.NewContext();
-  auto reader = conn.stream().FetchWeights(ctx.get(), request);
-  Received got;
-  bool have_manifest = false;
-  int fd = -1;
-  FetchResponse response;
-  while (got.local.ok() && reader->Read(&response)) {
-    if (response.has_manifest()) {
-      got.manifest = response.manifest();
-      have_manifest = true;
-      fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-      if (fd < 0) got.local = absl::InternalError(absl::StrCat("cannot write ", part));
-      continue;
-    }
-    const auto& chunk = response.chunk();
-    if (!have_manifest) {
-      got.local = absl::DataLossError("server sent data before the manifest");
-      continue;
-    }
-    got.local = CheckChunk(chunk);
-    if (got.local.ok() &&
-        ::pwrite(fd, chunk.data().data(), chunk.data().size(),
-                 static_cast<off_t>(chunk.offset())) != static_cast<ssize_t>(chunk.data().size())) {
-      got.local = absl::InternalError(absl::StrCat("write ", part, ": ", std::strerror(errno)));
-    }
-  }
-  if (!got.local.ok()) ctx->TryCancel();
-  got.rpc = reader->Finish();
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-  return got;
-}
 
 // The requested tensors of `manifest`, in blob order (the order the server
 // sends their bytes in).
@@ -216,15 +180,60 @@ absl::Status Deliver(const std::string& from, const std::string& out, const std:
   return absl::OkStatus();
 }
 
-// The whole-file check: the blob is named by its sha256.
-absl::Status CheckBlobSha256(const std::string& part, const Manifest& manifest) {
-  absl::StatusOr<std::string> sha = common::Sha256File(part);
-  if (!sha.ok()) return sha.status();
-  if (*sha == manifest.blob_sha256()) return absl::OkStatus();
-  ::unlink(part.c_str());
-  return absl::DataLossError(absl::StrCat("sha256 mismatch (got ", sha->substr(0, 16), ", want ",
-                                          manifest.blob_sha256().substr(0, 16),
-                                          "); partial file removed, run again"));
+// The whole blob through weightgate::Client. For --format pt the blob lands
+// in OUT.blob first and is converted.
+int FetchWhole(const GlobalOptions& global, const std::string& ref, const std::string& out,
+               const std::string& format, int streams) {
+  weightgate::ClientOptions options;
+  options.server = global.server;
+  options.token = global.token;
+  options.tls_ca = global.tls_ca;
+  options.tls_cert = global.tls_cert;
+  options.tls_key = global.tls_key;
+  options.streams = streams;
+  options.resume_files = true;
+  absl::StatusOr<std::unique_ptr<weightgate::Client>> client = weightgate::Client::Create(options);
+  if (!client.ok()) return UsageError("fetch", client.status().message());
+  const std::string blob = format == "pt" ? out + ".blob" : out;
+  absl::StatusOr<weightgate::FetchInfo> info = (*client)->FetchToFile(ref, blob);
+  if (!info.ok()) {
+    std::string message(info.status().message());
+    if (absl::IsDataLoss(info.status())) {
+      message += " (run again)";
+    } else if (absl::IsUnavailable(info.status())) {
+      message += " (server unavailable; run again to resume)";
+    }
+    return UsageError("fetch", message);
+  }
+  if (format == "pt") {
+    if (absl::Status s = Deliver(blob, out, format); !s.ok()) {
+      return UsageError("fetch", s.message());
+    }
+  }
+  if (global.json) {
+    Manifest m;
+    m.set_model_id(info->model_id);
+    m.set_version(info->version);
+    m.set_blob_sha256(info->sha256);
+    m.set_total_bytes(info->total_bytes);
+    for (const weightgate::TensorInfo& t : info->tensors) {
+      auto* e = m.add_tensors();
+      e->set_name(t.name);
+      e->set_dtype(t.dtype);
+      for (int64_t d : t.shape) e->add_shape(d);
+      e->set_offset(t.offset);
+      e->set_length(t.length);
+      e->set_tied_to(t.tied_to);
+    }
+    std::cout << client::ProtoToJson(m);
+    return kExitOk;
+  }
+  std::cout << "fetched " << info->model_id << "@" << info->version << ": " << info->tensors.size()
+            << " tensors, " << common::HumanBytes(static_cast<double>(info->total_bytes))
+            << (info->resumed_from > 0 ? absl::StrCat(" (resumed at ", info->resumed_from, ")")
+                                       : std::string())
+            << " -> " << out << "\n";
+  return kExitOk;
 }
 
 }  // namespace
@@ -240,37 +249,31 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   if (absl::StatusOr<common::ParsedRef> r = common::ParseRef(ref); !r.ok()) {
     return UsageError("fetch", r.status().message());
   }
+  int streams = 0;
+  if (p.Has("--streams") &&
+      (!absl::SimpleAtoi(p.Get("--streams"), &streams) || streams < 1 || streams > 64)) {
+    return UsageError("fetch", "--streams takes a number from 1 to 64");
+  }
   auto conn = Connection::Open(global);
   if (!conn) return kExitUsage;
+  if (tensors.empty()) return FetchWhole(global, ref, out, format, streams);
 
-  std::string part = out + (tensors.empty() ? ".part" : ".tensors.tmp");
-  int64_t have = tensors.empty() ? std::max<int64_t>(common::RegularFileSize(part), 0) : 0;
-  Received got =
-      tensors.empty() ? FetchBlob(*conn, ref, part, have) : FetchSubset(*conn, ref, tensors, part);
-  // A subset file cannot be resumed: drop it on any failure.
-  if (!tensors.empty() && (!got.local.ok() || !got.rpc.ok())) ::unlink(part.c_str());
-  if (!got.local.ok()) {
-    return UsageError("fetch", absl::StrCat(got.local.message(), " (run again",
-                                            tensors.empty() ? " to resume)" : ")"));
-  }
+  // A --tensor subset: not the stored blob, so not resumable or sha256-checked.
+  std::string part = out + ".tensors.tmp";
+  Received got = FetchSubset(*conn, ref, tensors, part);
+  if (!got.local.ok() || !got.rpc.ok()) ::unlink(part.c_str());
+  if (!got.local.ok())
+    return UsageError("fetch", absl::StrCat(got.local.message(), " (run again)"));
   if (!got.rpc.ok()) return ReportRpcError("fetch", got.rpc);
-  if (tensors.empty()) {
-    if (absl::Status s = CheckBlobSha256(part, got.manifest); !s.ok()) {
-      return UsageError("fetch", s.message());
-    }
-  }
   if (absl::Status s = Deliver(part, out, format); !s.ok()) return UsageError("fetch", s.message());
   const Manifest& m = got.manifest;
   if (global.json) {
     std::cout << client::ProtoToJson(m);
     return kExitOk;
   }
-  uint64_t bytes = tensors.empty() ? m.total_bytes() : common::RegularFileSize(out);
   std::cout << "fetched " << m.model_id() << "@" << m.version() << ": "
-            << (tensors.empty() ? m.tensors_size()
-                                : std::set<std::string>(tensors.begin(), tensors.end()).size())
-            << " tensors, " << common::HumanBytes(static_cast<double>(bytes))
-            << (have > 0 ? absl::StrCat(" (resumed at ", have, ")") : std::string()) << " -> "
+            << std::set<std::string>(tensors.begin(), tensors.end()).size() << " tensors, "
+            << common::HumanBytes(static_cast<double>(common::RegularFileSize(out))) << " -> "
             << out << "\n";
   return kExitOk;
 }

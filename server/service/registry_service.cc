@@ -1,12 +1,14 @@
 #include "server/service/registry_service.h"
 
 #include <chrono>
+#include <cstdio>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/model_ref.h"
+#include "server/registry/canonical.h"
 #include "server/service/call_log.h"
 #include "server/service/policy_check.h"
 #include "server/service/status_util.h"
@@ -164,6 +166,31 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
                      });
 }
 
+// An upload that already is the canonical stored form (e.g. a fetched blob)
+// is only checked, then moved to `output_path` as it is (`*as_uploaded`): its
+// bytes were hashed as they arrived and nothing is rewritten. Anything else:
+// the normaliser writes `output_path` itself and the store hashes it when
+// committing. Either way report.input_sha256 is the staged upload's hash.
+absl::StatusOr<ValidationReport> RegistryService::CheckAndWrite(
+    const UploadHeader& header, store::StagedFile& staged, const std::string& output_path,
+    const registry::Registry::CallControl& control, bool* as_uploaded) {
+  absl::StatusOr<ValidationReport> report;
+  *as_uploaded = false;
+  absl::StatusOr<Model> model = options_.store->GetModel(header.model_id());
+  if (model.ok() && !header.has_policy_override() &&
+      registry::IsCanonicalSafetensors(model->spec(), staged.path())) {
+    report = options_.registry->Validate(header, staged.path(), control);
+    *as_uploaded = report.ok() && report->verdict() == weightgate::v1::VALID &&
+                   report->fixes_size() == 0 &&
+                   ::rename(staged.path().c_str(), output_path.c_str()) == 0;
+  }
+  if (!*as_uploaded) {
+    report = options_.registry->NormalizeTo(header, staged.path(), output_path, control);
+  }
+  if (report.ok()) report->set_input_sha256(staged.sha256());
+  return report;
+}
+
 grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
     grpc::CallbackServerContext* context, weightgate::v1::UploadResponse* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
@@ -181,10 +208,9 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
         auto start = std::chrono::steady_clock::now();
         absl::StatusOr<std::unique_ptr<store::StagedFile>> output = options_.store->NewStagedFile();
         if (!output.ok()) return ToGrpcStatus(output.status());
-        // The normaliser writes the output file itself; close our descriptor and
-        // let the store hash it when committing.
-        absl::StatusOr<ValidationReport> report = options_.registry->NormalizeTo(
-            header, staged.path(), (*output)->path(), Control(context));
+        bool as_uploaded = false;
+        absl::StatusOr<ValidationReport> report =
+            CheckAndWrite(header, staged, (*output)->path(), Control(context), &as_uploaded);
         if (!report.ok()) return ToGrpcStatus(report.status());
         RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
         *response->mutable_report() = *report;
@@ -194,7 +220,8 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
           // unset. (Status details and trailers are size-limited.)
           return grpc::Status::OK;
         }
-        if (absl::Status s = (*output)->AdoptContents(); !s.ok()) return ToGrpcStatus(s);
+        const std::string known_sha = as_uploaded ? staged.sha256() : "";
+        if (absl::Status s = (*output)->AdoptContents(known_sha); !s.ok()) return ToGrpcStatus(s);
         weightgate::v1::Version version;
         version.set_filename(header.filename());
         *version.mutable_report() = *report;

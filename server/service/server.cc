@@ -155,6 +155,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   ss.limits = s->limits_.get();
   ss.max_chunk_bytes = options.max_chunk_bytes;
   s->stream_service_ = std::make_unique<StreamService>(ss);
+  s->store_->SetModelListener(
+      [service = s->stream_service_.get()](const std::string& id) { service->ModelChanged(id); });
 
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
   if (tls) {

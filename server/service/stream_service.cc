@@ -28,13 +28,86 @@ class FinishedWriter final : public grpc::ServerWriteReactor<Response> {
   void OnDone() override { delete this; }
 };
 
+// Appends `v` as a protobuf varint.
+void AppendVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7F) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// A chunk's bytes are sent straight from the blob's mapping: the slice holds a
+// reference to the blob until gRPC has written it out, so an evicted blob
+// stays mapped for as long as the transport needs its bytes.
+void ReleaseBlob(void* holder) {
+  delete static_cast<std::shared_ptr<const store::OpenBlob>*>(holder);
+}
+
+// FetchResponse{chunk: Chunk{offset, crc32c, data}} as two slices: a few
+// header bytes, then the blob's own bytes (no copy). Fields may come in any
+// order on the wire; `data` goes last so the payload is one slice.
+grpc::ByteBuffer ChunkMessage(const std::shared_ptr<const store::OpenBlob>& blob, uint64_t offset,
+                              std::string_view data, uint32_t crc) {
+  std::string inner;
+  inner.push_back(0x08);  // Chunk.offset, varint
+  AppendVarint(&inner, offset);
+  inner.push_back(0x18);  // Chunk.crc32c, varint
+  AppendVarint(&inner, crc);
+  inner.push_back(0x12);  // Chunk.data, length-delimited
+  AppendVarint(&inner, data.size());
+  std::string head;
+  head.push_back(0x12);  // FetchResponse.chunk, length-delimited
+  AppendVarint(&head, inner.size() + data.size());
+  head += inner;
+  grpc::Slice slices[2] = {
+      grpc::Slice(head),
+      grpc::Slice(const_cast<char*>(data.data()), data.size(), &ReleaseBlob,
+                  new std::shared_ptr<const store::OpenBlob>(blob)),
+  };
+  return grpc::ByteBuffer(slices, 2);
+}
+
+// Names, in `manifest`, the tensors the upload had tied (the report's shared
+// storages) whose dtype, shape and bytes equal an earlier member's.
+void MarkTies(const weightgate::v1::ValidationReport& report, std::string_view blob,
+              weightgate::v1::Manifest* manifest) {
+  if (report.shared_storages().empty()) return;
+  std::map<std::string, weightgate::v1::TensorEntry*> by_name;
+  for (auto& t : *manifest->mutable_tensors()) by_name[t.name()] = &t;
+  auto bytes = [&](const weightgate::v1::TensorEntry& t) -> std::string_view {
+    if (t.offset() > blob.size() || t.length() > blob.size() - t.offset()) return {};
+    return blob.substr(t.offset(), t.length());
+  };
+  for (const auto& group : report.shared_storages()) {
+    std::vector<weightgate::v1::TensorEntry*> members;
+    for (const std::string& name : group.names()) {
+      auto it = by_name.find(name);
+      if (it == by_name.end()) continue;
+      weightgate::v1::TensorEntry* t = it->second;
+      for (const weightgate::v1::TensorEntry* first : members) {
+        if (first->tied_to().empty() && first->dtype() == t->dtype() &&
+            std::equal(first->shape().begin(), first->shape().end(), t->shape().begin(),
+                       t->shape().end()) &&
+            first->length() == t->length() && bytes(*first) == bytes(*t)) {
+          t->set_tied_to(first->name());
+          break;
+        }
+      }
+      members.push_back(t);
+    }
+  }
+}
+
 // Streams one blob: manifest first, then chunks of the requested byte ranges.
-class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
+// Registered as a raw method so chunk payloads can be slices of the mapping.
+class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  FetchReactor(const StreamService::Options& options, grpc::CallbackServerContext* context,
-               const weightgate::v1::FetchRequest* request)
+  FetchReactor(const StreamService::Options& options, ChunkCrcCache* crc_cache,
+               grpc::CallbackServerContext* context, const grpc::ByteBuffer* request)
       : options_(options),
-        request_(*request),
+        crc_cache_(crc_cache),
+        request_(ParseRequest(request, &request_ok_)),
         start_(std::chrono::steady_clock::now()),
         log_(options.metrics, "FetchWeights", context) {
     options_.metrics->StreamStarted();
@@ -44,6 +117,10 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
     log_.set_identity(caller.identity);
     if (!auth.ok()) {
       Done(auth);
+      return;
+    }
+    if (!request_ok_) {
+      Done(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "malformed FetchRequest"));
       return;
     }
     if (grpc::Status slot = options_.limits->AcquireStream(context); !slot.ok()) {
@@ -87,6 +164,19 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
   }
 
  private:
+  static weightgate::v1::FetchRequest ParseRequest(const grpc::ByteBuffer* raw, bool* ok) {
+    std::vector<grpc::Slice> slices;
+    std::string bytes;
+    if (raw->Dump(&slices).ok()) {
+      for (const grpc::Slice& s : slices) {
+        bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+      }
+    }
+    weightgate::v1::FetchRequest request;
+    *ok = request.ParseFromString(bytes);
+    return request;
+  }
+
   void Begin() {
     absl::StatusOr<weightgate::v1::Version> version = options_.store->Resolve(request_.ref());
     if (!version.ok()) {
@@ -104,21 +194,24 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
     hit_ = hit;
     const auto& full = blob_->manifest;
     uint64_t total = full.total_bytes();
-    if (request_.start_offset() > total) {
+    uint64_t start = request_.start_offset();
+    uint64_t end = request_.end_offset() == 0 ? total : request_.end_offset();
+    if (end > total || start > end) {
       Done(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
-                        absl::StrCat("start_offset ", request_.start_offset(), " is past the end (",
-                                     total, " bytes)")));
+                        absl::StrCat("byte range [", start, ", ", end, ") is not within the ",
+                                     total, " bytes of ", request_.ref())));
       return;
     }
     // Byte ranges to send, in blob order.
     if (request_.tensor_names().empty()) {
-      ranges_.push_back({request_.start_offset(), total});
+      ranges_.push_back({start, end});
     } else {
       std::set<std::string> wanted(request_.tensor_names().begin(), request_.tensor_names().end());
       for (const auto& t : full.tensors()) {
         if (!wanted.erase(t.name())) continue;
-        uint64_t begin = std::max<uint64_t>(t.offset(), request_.start_offset());
-        if (begin < t.offset() + t.length()) ranges_.push_back({begin, t.offset() + t.length()});
+        uint64_t begin = std::max<uint64_t>(t.offset(), start);
+        uint64_t stop = std::min<uint64_t>(t.offset() + t.length(), end);
+        if (begin < stop) ranges_.push_back({begin, stop});
       }
       if (!wanted.empty()) {
         Done(grpc::Status(grpc::StatusCode::NOT_FOUND,
@@ -132,10 +225,19 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
     chunk_bytes_ = request_.chunk_bytes() == 0
                        ? std::min(kDefaultChunkBytes, max_chunk)
                        : std::clamp(request_.chunk_bytes(), kMinChunkBytes, max_chunk);
-    auto* manifest = response_.mutable_manifest();
+    crcs_ = crc_cache_->For(version->blob_sha256(), total, chunk_bytes_);
+    FetchResponse response;
+    auto* manifest = response.mutable_manifest();
     *manifest = full;
     manifest->set_model_id(version->model_id());
     manifest->set_version(version->version());
+    MarkTies(version->report(), blob_->file->data(), manifest);
+    bool own = false;
+    grpc::Status s = grpc::SerializationTraits<FetchResponse>::Serialize(response, &buffer_, &own);
+    if (!s.ok()) {
+      Done(s);
+      return;
+    }
     Write();
   }
 
@@ -149,12 +251,15 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
       return;
     }
     auto& range = ranges_[range_index_];
-    uint64_t n = std::min<uint64_t>(chunk_bytes_, range.second - range.first);
+    // Chunks are aligned to chunk_bytes_ in the blob (a range that starts
+    // mid-chunk sends a short first one), so whole chunks' CRCs are shared
+    // by every stream through crcs_.
+    uint64_t n =
+        std::min<uint64_t>(chunk_bytes_ - range.first % chunk_bytes_, range.second - range.first);
     std::string_view data = blob_->file->data().substr(range.first, n);
-    auto* chunk = response_.mutable_chunk();
-    chunk->set_offset(range.first);
-    chunk->set_data(data.data(), data.size());
-    chunk->set_crc32c(common::Crc32c(data));
+    const bool whole = range.first % chunk_bytes_ == 0 &&
+                       (n == chunk_bytes_ || range.first + n == blob_->file->size());
+    uint32_t crc = whole ? crcs_->Get(range.first / chunk_bytes_, data) : common::Crc32c(data);
     if (blob_->damaged()) {
       // The file under the mapping went away (GC on another replica, NFS):
       // the guard mapped zeros in place of the lost pages. End this stream.
@@ -163,6 +268,7 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
                                      " became unreadable while streaming; retry the fetch")));
       return;
     }
+    buffer_ = ChunkMessage(blob_, range.first, data, crc);
     range.first += n;
     sent_ += n;
     Write();
@@ -170,7 +276,7 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
 
   void Write() {
     options_.limits->Arm(watch_id_);
-    StartWrite(&response_);
+    StartWrite(&buffer_);
   }
 
   void Done(const grpc::Status& status) {
@@ -186,6 +292,9 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
   }
 
   const StreamService::Options& options_;
+  ChunkCrcCache* const crc_cache_;
+  std::shared_ptr<ChunkCrcs> crcs_;
+  bool request_ok_ = false;  // set by ParseRequest in the initialiser list
   const weightgate::v1::FetchRequest request_;
   const std::chrono::steady_clock::time_point start_;
   std::shared_ptr<const store::OpenBlob> blob_;  // keeps the mapping alive
@@ -194,7 +303,7 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
   size_t range_index_ = 0;
   uint32_t chunk_bytes_ = kDefaultChunkBytes;
   uint64_t sent_ = 0;
-  FetchResponse response_;
+  grpc::ByteBuffer buffer_;  // the message being written
   CallLog log_;
   bool have_slot_ = false;
   uint64_t watch_id_ = 0;
@@ -306,6 +415,12 @@ void StreamService::StopWatches() {
   for (WatchReactor* w : watches_) w->Stop();
 }
 
+void StreamService::ModelChanged(const std::string& model_id) {
+  absl::MutexLock lock(&mu_);
+  if (watches_.empty()) return;
+  changed_ = true;  // PollLoop's Await re-checks its condition on unlock
+}
+
 void StreamService::PollLoop() {
   absl::MutexLock lock(&mu_);
   for (;;) {
@@ -333,13 +448,15 @@ void StreamService::PollLoop() {
       auto it = models.find(w->model_id());
       if (it != models.end()) w->Poll(it->second);  // watches added meanwhile: next round
     }
-    mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::FromChrono(options_.watch_poll));
+    mu_.AwaitWithTimeout(absl::Condition(this, &StreamService::StoppingOrChanged),
+                         absl::FromChrono(options_.watch_poll));
+    changed_ = false;
   }
 }
 
-grpc::ServerWriteReactor<FetchResponse>* StreamService::FetchWeights(
-    grpc::CallbackServerContext* context, const weightgate::v1::FetchRequest* request) {
-  return new FetchReactor(options_, context, request);
+grpc::ServerWriteReactor<grpc::ByteBuffer>* StreamService::FetchWeights(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+  return new FetchReactor(options_, &crc_cache_, context, request);
 }
 
 grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(

@@ -98,7 +98,10 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         return;
       }
       bool queued = setup_.heavy->TrySchedule([this] {
-        absl::Status finished = staged_->Finish();
+        // No fsync: an upload is read back at once, and whatever of it is
+        // committed (the normalised output, or the upload itself when it
+        // already is canonical) is fsynced by AdoptContents.
+        absl::Status finished = staged_->Finish(/*sync=*/false);
         if (!finished.ok()) {
           Fail(ToGrpcStatus(finished));
           return;

@@ -245,21 +245,21 @@ absl::Status StagedFile::Append(std::string_view bytes) {
   return absl::OkStatus();
 }
 
-absl::Status StagedFile::Finish() {
+absl::Status StagedFile::Finish(bool sync) {
   if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
   sha256_ = sha_ != nullptr ? sha_->HexDigest() : common::Sha256Hex("");
   sha_.reset();
-  int rc = ::fsync(fd_);
+  int rc = sync ? ::fsync(fd_) : 0;
   ::close(fd_);
   fd_ = -1;
   return rc == 0 ? absl::OkStatus() : ErrnoStatus(absl::StrCat("fsync ", path_));
 }
 
-absl::Status StagedFile::AdoptContents() {
+absl::Status StagedFile::AdoptContents(const std::string& known_sha256) {
   if (fd_ >= 0) ::close(fd_);
   sha_.reset();
   // Nothing appended through us: hash what the other writer left at path_.
-  absl::StatusOr<std::string> sha = common::Sha256File(path_);
+  absl::StatusOr<std::string> sha = known_sha256.empty() ? common::Sha256File(path_) : known_sha256;
   if (!sha.ok()) return sha.status();
   struct stat st;
   if (::stat(path_.c_str(), &st) != 0) return ErrnoStatus(absl::StrCat("stat ", path_));
@@ -405,7 +405,9 @@ absl::Status Store::PutModelLocked(const Model& model) {
     if (absl::Status s = FsyncDir(dir); !s.ok()) return s;
     if (absl::Status s = FsyncDir(root_ + "/models"); !s.ok()) return s;
   }
-  return WriteJson(staging_dir_, dir + "/model.json", model);
+  absl::Status written = WriteJson(staging_dir_, dir + "/model.json", model);
+  if (written.ok() && listener_) listener_(model.model_id());
+  return written;
 }
 
 absl::StatusOr<Model> Store::GetModel(const std::string& model_id) const {

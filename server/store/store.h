@@ -54,13 +54,17 @@ class StagedFile final {
 
   // Appends bytes (and feeds the running sha256).
   absl::Status Append(std::string_view bytes);
-  // fsyncs and closes; the file stays at path() until committed or destroyed.
-  absl::Status Finish();
+  // fsyncs (unless !sync) and closes; the file stays at path() until
+  // committed or destroyed. A file finished without sync must be made
+  // durable before it is committed (AdoptContents does).
+  absl::Status Finish(bool sync = true);
 
   // The file at path() was written by another writer (e.g. a normaliser):
   // close our descriptor, then fsync and hash what the file holds, so that
-  // CommitBlob can name it.
-  absl::Status AdoptContents();
+  // CommitBlob can name it. `known_sha256`, when given, is the hash of those
+  // bytes already computed by the caller (e.g. a finished StagedFile's
+  // sha256() moved here): no second pass.
+  absl::Status AdoptContents(const std::string& known_sha256 = "");
 
   const std::string& path() const { return path_; }
   uint64_t size() const { return size_; }
@@ -120,6 +124,10 @@ class Store final {
   // ---- models ----
   // Creates or overwrites models/<id>/model.json.
   absl::Status PutModel(const weightgate::v1::Model& model) ABSL_LOCKS_EXCLUDED(mu_);
+  // `fn(model_id)` runs after every model.json this process writes (aliases,
+  // versions, spec), with the store's lock held: it must not block or call
+  // back into the store. Set before the store is shared.
+  void SetModelListener(std::function<void(const std::string&)> fn) { listener_ = std::move(fn); }
   // NOT_FOUND when absent.
   absl::StatusOr<weightgate::v1::Model> GetModel(const std::string& model_id) const;
   // Sorted by id.
@@ -188,6 +196,7 @@ class Store final {
   std::string staging_dir_;
   // Serialises this process's metadata writers; LOCK's flock serialises processes.
   absl::Mutex mu_;
+  std::function<void(const std::string&)> listener_;
 };
 
 }  // namespace weightgate::store

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Fetch throughput: `weightgate fetch` (gRPC stream, CRC32C per chunk, sha256
-# of the whole file) against nginx + curl serving the same stored blob as a
-# static file, side by side in one run. Prints medians and ratios for one
-# client and for 8 concurrent clients.
-#   tests/bench/fetch_bench.sh [BUILD_DIR] [SIZE_MIB]
+# Fetch throughput: `weightgate fetch` and the C++ client's FetchToFile
+# (weightgate-cpp-example --out; concurrent range streams, CRC32C per chunk,
+# sha256 of the whole file) against bare nginx + curl (sendfile, no checksum)
+# serving the same stored blob as a static file, side by side in one run.
+# Prints medians and ratios for one client and for 8 concurrent clients.
+#   tests/bench/fetch_bench.sh [BUILD_DIR] [SIZE_MIB]   (default 1024 MiB)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
-size_mib=${2:-256}
+size_mib=${2:-1024}
 reps=${REPS:-3}
 "$root/scripts/install-deps.sh" bench >/dev/null
 work=$(mktemp -d /tmp/wg-fetch-bench.XXXXXX)
@@ -63,18 +64,24 @@ sleep 0.3
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 one_wg() { rm -f "$work/out.$1"*; wg fetch bench -o "$work/out.$1" >/dev/null; }
-one_curl() { curl -sf -o "$work/curl.$1" "http://127.0.0.1:$nginx_port/weights.safetensors"; sha256sum "$work/curl.$1" >/dev/null; }
+one_cpp() { rm -f "$work/cpp.$1"*; "$build/bin/weightgate-cpp-example" --server "127.0.0.1:$port" --out "$work/cpp.$1" bench >/dev/null 2>&1; }
+one_curl() { curl -sf -o "$work/curl.$1" "http://127.0.0.1:$nginx_port/weights.safetensors"; }
 timed() { local t0; t0=$(now); "$@"; echo "$(now) - $t0" | bc -l; }
 # Waits for its own clients only (a bare `wait` would also wait for the server).
 parallel() { local f=$1 pids=(); for i in $(seq 8); do $f "$i" & pids+=($!); done; wait "${pids[@]}"; }
 
-: > "$work/wg1"; : > "$work/curl1"; : > "$work/wg8"; : > "$work/curl8"
+: > "$work/wg1"; : > "$work/cpp1"; : > "$work/curl1"; : > "$work/wg8"; : > "$work/cpp8"; : > "$work/curl8"
 for r in $(seq "$reps"); do
   timed one_wg 0 >> "$work/wg1"
+  timed one_cpp 0 >> "$work/cpp1"
   timed one_curl 0 >> "$work/curl1"
+  rm -f "$work"/out.* "$work"/cpp.* "$work"/curl.*
   timed parallel one_wg >> "$work/wg8"
+  rm -f "$work"/out.*
+  timed parallel one_cpp >> "$work/cpp8"
+  rm -f "$work"/cpp.*
   timed parallel one_curl >> "$work/curl8"
-  rm -f "$work"/out.* "$work"/curl.*
+  rm -f "$work"/curl.*
 done
 bytes=$(stat -c %s "$work/store/blobs/$blob")
 report() {
@@ -82,11 +89,15 @@ report() {
   local m; m=$(median < "$file")
   printf '%-34s median %6.3f s  %7.0f MiB/s\n' "$name" "$m" "$(echo "$bytes * $clients / 1048576 / $m" | bc -l)"
 }
-echo "blob: $((bytes >> 20)) MiB, $reps repetitions, alternating"
+echo "blob: $((bytes >> 20)) MiB, $reps repetitions, alternating; $(nproc) cores"
 report "weightgate fetch, 1 client" "$work/wg1" 1
-report "nginx + curl + sha256sum, 1 client" "$work/curl1" 1
+report "C++ client FetchToFile, 1 client" "$work/cpp1" 1
+report "nginx + curl, 1 client" "$work/curl1" 1
 report "weightgate fetch, 8 clients" "$work/wg8" 8
-report "nginx + curl + sha256sum, 8 clients" "$work/curl8" 8
-printf 'ratio weightgate/nginx wall time: 1 client %.2fx, 8 clients %.2fx\n' \
-  "$(echo "$(median < "$work/wg1") / $(median < "$work/curl1")" | bc -l)" \
-  "$(echo "$(median < "$work/wg8") / $(median < "$work/curl8")" | bc -l)"
+report "C++ client FetchToFile, 8 clients" "$work/cpp8" 8
+report "nginx + curl, 8 clients" "$work/curl8" 8
+ratio() { echo "$(median < "$work/$1") / $(median < "$work/$2")" | bc -l; }
+printf 'ratio weightgate fetch / nginx+curl wall time: 1 client %.2fx, 8 clients %.2fx\n' \
+  "$(ratio wg1 curl1)" "$(ratio wg8 curl8)"
+printf 'ratio C++ FetchToFile / nginx+curl wall time:  1 client %.2fx, 8 clients %.2fx\n' \
+  "$(ratio cpp1 curl1)" "$(ratio cpp8 curl8)"

@@ -129,13 +129,12 @@ class WorkflowTest(unittest.TestCase):
         self.assertLess(dy, 1e-5)
 
         # The Python client gives tensors that load strictly.
-        code = ("import sys; sys.path[:0] = [%r, %r]\n"
-                "from weightgate_client import fetch_state_dict\n"
+        code = ("import sys; sys.path[:0] = [%r]\n"
+                "from weightgate import fetch_state_dict\n"
                 "sd = fetch_state_dict('tiny@prod', server=%r)\n"
                 "import torch; sys.path.insert(0, %r); from tiny_model import TinyNet\n"
                 "m = TinyNet(); m.load_state_dict(sd, strict=True); print(len(sd))\n") % (
-            os.path.join(BINARY_DIR, "python"), os.path.join(HERE, "..", "..", "client", "python"),
-            self.server.address, HERE)
+            os.path.join(BINARY_DIR, "python"), self.server.address, HERE)
         r = subprocess.run([TORCH_PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(int(r.stdout), 9)  # conv 2, bn 5, fc 2

@@ -1,0 +1,48 @@
+#include "server/registry/canonical.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <vector>
+
+#include "server/checkpoint/dtype.h"
+#include "server/checkpoint/safetensors.h"
+
+namespace weightgate::registry {
+
+bool IsCanonicalSafetensors(const weightgate::v1::ModelSpec& spec, const std::string& path) {
+  std::vector<checkpoint::SafetensorsEntry> entries;
+  for (const auto& t : spec.tensors()) {
+    std::optional<checkpoint::DType> dtype = checkpoint::DTypeFromName(t.dtype());
+    if (!dtype) return false;
+    entries.push_back({t.name(), *dtype, {t.shape().begin(), t.shape().end()}});
+  }
+  // The metadata statedict::Normalize gives every output it writes. Were the
+  // two to differ, no upload would match: the normal path runs, nothing breaks.
+  const std::vector<std::pair<std::string, std::string>> metadata = {{"format", "pt"},
+                                                                     {"producer", "weightgate"}};
+  if (!checkpoint::ValidateSafetensorsLayout(entries, metadata).ok()) return false;
+  const std::string header = checkpoint::SafetensorsHeader(entries, metadata);
+  const uint64_t data = checkpoint::SafetensorsDataSize(entries);
+
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st;
+  bool same = ::fstat(fd, &st) == 0 && static_cast<uint64_t>(st.st_size) >= header.size() &&
+              static_cast<uint64_t>(st.st_size) - header.size() == data;
+  if (same) {
+    std::string head(header.size(), '\0');
+    size_t got = 0;
+    while (got < head.size()) {
+      ssize_t n = ::pread(fd, head.data() + got, head.size() - got, static_cast<off_t>(got));
+      if (n <= 0) break;
+      got += static_cast<size_t>(n);
+    }
+    same = got == head.size() && head == header;
+  }
+  ::close(fd);
+  return same;
+}
+
+}  // namespace weightgate::registry

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Python client: weightgate.fetch_state_dict (range streams into one buffer,
+# CRC32C per chunk, sha256) against `weightgate fetch` of the same model to a
+# file, side by side in one run, with the peak RSS of each above its
+# process's baseline (for Python: after `import torch, weightgate`). A
+# torch.load of a local copy of the same weights is the reference line.
+#   tests/bench/python_fetch_bench.sh [BUILD_DIR] [SIZE_MIB]   (default 512 MiB)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=$(cd "${1:-$root/build}" && pwd)
+size_mib=${2:-512}
+reps=${REPS:-3}
+work=$(mktemp -d /tmp/wg-pyfetch-bench.XXXXXX)
+cleanup() {
+  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+/usr/bin/python3 - "$work" "$size_mib" <<'PY'
+import json, sys, torch
+work, size_mib = sys.argv[1], int(sys.argv[2])
+n = 64
+per = size_mib * (1 << 20) // 4 // n
+sd = {f"layers.{i}.weight": torch.randn(per) for i in range(n)}
+torch.save(sd, f"{work}/ckpt.pt")
+json.dump({"tensors": {k: {"dtype": "F32", "shape": [per]} for k in sd}}, open(f"{work}/spec.json", "w"))
+PY
+
+"$build/bin/weightgate-server" --listen "127.0.0.1:$port" --metrics_listen "" --store "$work/store" 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do "$build/bin/weightgate" --server "127.0.0.1:$port" ls >/dev/null 2>&1 && break; sleep 0.1; done
+wg() { "$build/bin/weightgate" --server "127.0.0.1:$port" "$@"; }
+wg register bench --from "$work/spec.json" >/dev/null
+wg upload bench "$work/ckpt.pt" >/dev/null
+wg fetch bench -o "$work/local.pt" --format pt >/dev/null
+
+# Each line: seconds and peak RSS above the baseline, in MiB.
+cat > "$work/py_fetch.py" <<'PY'
+import resource, sys, time
+import torch, weightgate
+def rss_mib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / (1 << 20)
+base = rss_mib()
+t0 = time.perf_counter()
+if sys.argv[1] == "fetch_state_dict":
+    sd = weightgate.fetch_state_dict("bench", server=sys.argv[2])
+else:
+    sd = torch.load(sys.argv[2], weights_only=True)
+t = time.perf_counter() - t0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+assert len(sd) == 64
+print(f"{t:.4f} {peak - base:.1f}")
+PY
+cli_fetch() {
+  rm -f "$work/out.st"*
+  /usr/bin/time -f "%e %M" -o "$work/time" "$build/bin/weightgate" --server "127.0.0.1:$port" fetch bench -o "$work/out.st" >/dev/null
+  read -r secs kib < "$work/time"
+  echo "$secs $(echo "$kib / 1024" | bc -l)"
+}
+py() { PYTHONPATH="$build/python" /usr/bin/python3 "$work/py_fetch.py" "$@"; }
+
+: > "$work/cli"; : > "$work/py"; : > "$work/load"
+for r in $(seq "$reps"); do
+  cli_fetch >> "$work/cli"
+  py fetch_state_dict "127.0.0.1:$port" >> "$work/py"
+  py torch_load "$work/local.pt" >> "$work/load"
+done
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+col() { awk -v c="$2" '{print $c}' "$work/$1" | median; }
+echo "model: $size_mib MiB (64 F32 tensors), $reps repetitions, alternating; $(nproc) cores"
+printf '%-40s median %6.3f s  peak RSS %7.1f MiB (whole process)\n' "weightgate fetch -o FILE" "$(col cli 1)" "$(col cli 2)"
+printf '%-40s median %6.3f s  peak RSS %7.1f MiB above baseline\n' "weightgate.fetch_state_dict" "$(col py 1)" "$(col py 2)"
+printf '%-40s median %6.3f s  peak RSS %7.1f MiB above baseline\n' "torch.load(local copy) (reference)" "$(col load 1)" "$(col load 2)"
+printf 'ratio fetch_state_dict / weightgate fetch: %.2fx; RSS above baseline - model size: %.1f MiB\n' \
+  "$(echo "$(col py 1) / $(col cli 1)" | bc -l)" "$(echo "$(col py 2) - $size_mib" | bc -l)"

@@ -1,0 +1,70 @@
+"""Upload of a file that already is the canonical stored form: validated,
+then committed as uploaded (no normaliser output written); anything else is
+still rewritten into the canonical form."""
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import unittest
+
+from client_model import make
+from harness import WeightgateServer
+
+
+def safetensors_header(blob):
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8:8 + n]), 8 + n
+
+
+class FastUploadTest(unittest.TestCase):
+    def test_canonical_upload_is_committed_as_uploaded(self):
+        with tempfile.TemporaryDirectory(prefix="wg-fastup-") as tmp, WeightgateServer() as server:
+            make(tmp, 1024)
+            ref = os.path.join(tmp, "reference.pt")
+
+            def cli(*args):
+                r = server.cli(*args)
+                self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+                return r
+
+            cli("register", "lm", "--from", ref)
+            first = json.loads(cli("--json", "upload", "lm", ref).stdout)
+            self.assertIn("write_ms", first["report"]["timings"])  # torch.save: normalised and written
+            fetched = os.path.join(tmp, "fetched.safetensors")
+            cli("fetch", "lm", "-o", fetched)
+            with open(fetched, "rb") as f:
+                blob = bytearray(f.read())
+            header, data_start = safetensors_header(blob)
+
+            # New bytes in the canonical layout: one weight changed, still finite.
+            begin = data_start + header["mix.weight"]["data_offsets"][0]
+            blob[begin:begin + 4] = struct.pack("<f", 0.25)
+            canonical = os.path.join(tmp, "canonical.safetensors")
+            with open(canonical, "wb") as f:
+                f.write(blob)
+            sha = hashlib.sha256(blob).hexdigest()
+            second = json.loads(cli("--json", "upload", "lm", canonical).stdout)
+            self.assertEqual(second["report"]["verdict"], "VALID")
+            self.assertNotIn("write_ms", second["report"]["timings"])  # nothing rewritten
+            self.assertEqual(second["version"]["blob_sha256"], sha)
+            self.assertEqual(second["report"]["input_sha256"], sha)
+            with open(os.path.join(server.store, "blobs", sha), "rb") as f:
+                self.assertEqual(f.read(), bytes(blob))
+
+            # Same tensors, other metadata: not canonical, so normalised.
+            meta = dict(header)
+            meta["__metadata__"] = {"format": "pt", "producer": "someone-else"}
+            text = json.dumps(meta).encode()
+            other = struct.pack("<Q", len(text)) + text + bytes(blob[data_start:])
+            path = os.path.join(tmp, "other.safetensors")
+            with open(path, "wb") as f:
+                f.write(other)
+            third = json.loads(cli("--json", "upload", "lm", path).stdout)
+            self.assertIn("write_ms", third["report"]["timings"])
+            self.assertEqual(third["version"]["blob_sha256"], sha)  # rewritten to the canonical bytes
+            self.assertEqual(third["report"]["input_sha256"], hashlib.sha256(other).hexdigest())
+
+
+if __name__ == "__main__":
+    unittest.main()

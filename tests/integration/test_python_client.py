@@ -1,0 +1,162 @@
+"""The Python package against the real server: strict round trip with
+identical outputs, one buffer, ties, range streams, resume after a cut
+connection, a flipped byte caught by the chunk check, errors, TLS and mTLS,
+and `pip install ./client/python` into a fresh venv."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+
+import weightgate
+from client_model import TiedLM, make, outputs_differ
+from client_support import TlsServer, WireProxy, make_certs
+from harness import SOURCE_DIR, WeightgateServer
+
+# 8192 rows x 256 x F32 = 8 MiB embedding: enough for several chunks per stream.
+ROWS = 8192
+
+
+class PythonClientTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="wg-pyclient-")
+        cls.dir = cls.tmp.name
+        make(cls.dir, ROWS)
+        cls.server = WeightgateServer().start()
+        for args in (("register", "lm", "--from", cls.path("reference.pt")),
+                     ("upload", "lm", cls.path("reference.pt"), "--alias", "prod")):
+            r = cls.server.cli(*args)
+            assert r.returncode == 0, r.stdout + r.stderr
+        out = cls.path("lm.safetensors")
+        r = cls.server.cli("fetch", "lm@prod", "-o", out)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with open(out, "rb") as f:
+            cls.blob = f.read()
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.server.stop()
+        cls.tmp.cleanup()
+        assert code == 0, cls.server.log()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.dir, name)
+
+    def fetch(self, ref="lm@prod", **kwargs):
+        kwargs.setdefault("server", self.server.address)
+        return weightgate.fetch_state_dict(ref, **kwargs)
+
+    def test_round_trip_loads_strictly_with_identical_outputs(self):
+        for streams in (1, 3):
+            sd = self.fetch(streams=streams)
+            self.assertEqual(outputs_differ(sd, self.path("io.pt")), 0.0)
+
+    def test_tensors_are_views_of_one_buffer_and_ties_share_storage(self):
+        sd = self.fetch(streams=2)
+        bases = {t.storage().data_ptr() for t in sd.values() if t.numel() > 0}
+        self.assertEqual(len(bases), 1)
+        self.assertEqual(sd["head.weight"].data_ptr(), sd["embed.weight"].data_ptr())
+        self.assertEqual(sd["steps"].item(), 7)
+        reference = torch.load(self.path("reference.pt"))
+        self.assertEqual(sorted(sd), sorted(reference))
+        for name, tensor in reference.items():
+            self.assertTrue(torch.equal(sd[name], tensor), name)
+
+    def test_load_into(self):
+        model = TiedLM(ROWS)
+        result = weightgate.load_into(model, "lm@prod", server=self.server.address)
+        self.assertEqual((result.missing_keys, result.unexpected_keys), ([], []))
+        self.assertIs(model.head.weight, model.embed.weight)
+        self.assertEqual(outputs_differ(model.state_dict(), self.path("io.pt")), 0.0)
+
+    def test_fetch_bytes_match_the_cli(self):
+        manifest, blob = weightgate.fetch_bytes("lm", server=self.server.address, streams=4)
+        self.assertEqual(bytes(blob), self.blob)
+        self.assertEqual(hashlib.sha256(blob).hexdigest(), manifest.blob_sha256)
+
+    def test_cut_connection_resumes_and_sha256_matches(self):
+        half = len(self.blob) // 2
+        with WireProxy(self.server.address, cut_after=half) as proxy:
+            manifest, blob = weightgate.fetch_bytes("lm@prod", server=proxy.address, streams=1)
+            self.assertEqual(proxy.cuts, 1)
+            self.assertGreaterEqual(proxy.connections, 2)
+            # Resumed, not restarted: well under 1.5x the blob crossed the wire.
+            self.assertLess(proxy.data_bytes, len(self.blob) * 1.4)
+        self.assertEqual(hashlib.sha256(blob).hexdigest(), manifest.blob_sha256)
+        self.assertEqual(bytes(blob), self.blob)
+
+    def test_flipped_byte_is_caught_by_the_chunk_check(self):
+        with WireProxy(self.server.address, flip_after=len(self.blob) // 3) as proxy:
+            with self.assertRaises(weightgate.Error) as caught:
+                self.fetch(server=proxy.address, streams=1)
+            self.assertEqual(proxy.flips, 1)
+        self.assertEqual(caught.exception.code.name, "DATA_LOSS")
+        self.assertIn("checksum mismatch", str(caught.exception))
+
+    def test_flipped_byte_without_chunk_check_is_caught_by_sha256(self):
+        with WireProxy(self.server.address, flip_after=len(self.blob) // 3) as proxy:
+            with self.assertRaises(weightgate.Error) as caught:
+                self.fetch(server=proxy.address, streams=1, verify_chunks=False)
+            self.assertEqual(proxy.flips, 1)
+        self.assertEqual(caught.exception.code.name, "DATA_LOSS")
+        self.assertIn("sha256 mismatch", str(caught.exception))
+
+    def test_errors_carry_the_grpc_code(self):
+        with self.assertRaises(weightgate.Error) as caught:
+            self.fetch("nosuch@prod")
+        self.assertEqual(caught.exception.code.name, "NOT_FOUND")
+        with self.assertRaises(weightgate.Error) as caught:
+            self.fetch(tls_ca="/nonexistent/ca.pem")
+        self.assertEqual(caught.exception.code.name, "INVALID_ARGUMENT")
+        with self.assertRaises(weightgate.Error) as caught:
+            self.fetch(server="127.0.0.1:1", retries=1, timeout=5)
+        self.assertEqual(caught.exception.code.name, "UNAVAILABLE")
+
+    def test_tls_and_mtls(self):
+        certs = make_certs(self.dir)
+        for mtls in (False, True):
+            with TlsServer(certs, mtls=mtls, store=self.server.store) as tls:
+                extra = {"tls_cert": certs["client.pem"], "tls_key": certs["client.key"]} if mtls else {}
+                sd = self.fetch(server=f"localhost:{tls.port}", tls_ca=certs["ca.pem"], streams=2, **extra)
+                self.assertEqual(outputs_differ(sd, self.path("io.pt")), 0.0)
+                if mtls:  # no client certificate: refused
+                    with self.assertRaises(weightgate.Error) as caught:
+                        self.fetch(server=f"localhost:{tls.port}", tls_ca=certs["ca.pem"], retries=0,
+                                   timeout=10)
+                    self.assertEqual(caught.exception.code.name, "UNAVAILABLE")
+
+
+class PipInstallTest(unittest.TestCase):
+    def test_pip_install_into_a_system_site_packages_venv(self):
+        with tempfile.TemporaryDirectory(prefix="wg-venv-") as tmp:
+            # A copy of the package and the protos, laid out as in the source
+            # tree, so the in-tree build leaves no files in the checkout.
+            src = os.path.join(tmp, "src")
+            shutil.copytree(os.path.join(SOURCE_DIR, "client", "python"), os.path.join(src, "client", "python"),
+                            ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+            shutil.copytree(os.path.join(SOURCE_DIR, "proto"), os.path.join(src, "proto"))
+            venv = os.path.join(tmp, "venv")
+            subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", venv], check=True)
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            r = subprocess.run([os.path.join(venv, "bin", "pip"), "install", "--no-build-isolation", "--no-deps",
+                                "--no-index", os.path.join(src, "client", "python")],
+                               capture_output=True, text=True, env=env, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            code = ("import weightgate, weightgate.v1.stream_pb2 as s; "
+                    "print(weightgate.__file__); print(s.FetchRequest(end_offset=5).end_offset)")
+            r = subprocess.run([os.path.join(venv, "bin", "python"), "-c", code], capture_output=True, text=True,
+                               env=env, cwd=tmp, timeout=120)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            path, end = r.stdout.split()
+            self.assertTrue(path.startswith(venv), path)
+            self.assertEqual(end, "5")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/json_spec.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/str_util.h"
@@ -22,6 +23,13 @@ std::string_view FormatName(Format format) {
   return "unknown";
 }
 
+const MappedFile* Checkpoint::FileOf(const StorageRecord& record) const {
+  if (record.inflated_index >= 0 || record.file_index < 0) return nullptr;
+  if (record.file_index == 0) return file.get();
+  if (static_cast<size_t>(record.file_index) > more_files.size()) return nullptr;
+  return more_files[static_cast<size_t>(record.file_index) - 1].get();
+}
+
 std::string_view Checkpoint::StorageBytes(int index) const {
   if (index < 0 || static_cast<size_t>(index) >= storages.size()) return {};
   const StorageRecord& r = storages[static_cast<size_t>(index)];
@@ -30,8 +38,9 @@ std::string_view Checkpoint::StorageBytes(int index) const {
     std::string_view bytes = inflated[static_cast<size_t>(r.inflated_index)];
     return bytes.substr(0, std::min<uint64_t>(r.nbytes, bytes.size()));
   }
-  if (file == nullptr) return {};
-  std::string_view data = file->data();
+  const MappedFile* f = FileOf(r);
+  if (f == nullptr) return {};
+  std::string_view data = f->data();
   if (r.file_offset > data.size() || r.nbytes > data.size() - r.file_offset) return {};
   return data.substr(static_cast<size_t>(r.file_offset), static_cast<size_t>(r.nbytes));
 }
@@ -67,6 +76,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {
+  if (IsCheckpointSetPath(path)) return ReadCheckpointSet(path, options);
   absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
   if (!file.ok()) return file.status();
   return ReadCheckpoint(*std::move(file), options);

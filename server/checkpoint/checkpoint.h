@@ -32,6 +32,7 @@ struct Checkpoint {
   Format format = Format::kTorchZip;
   std::string archive_prefix;  // zip formats: the top folder ("archive", "model", ...)
   std::shared_ptr<const MappedFile> file;
+  std::vector<std::shared_ptr<const MappedFile>> more_files;  // file sets (checkpoint_set.h)
   std::unique_ptr<ValueArena> arena = std::make_unique<ValueArena>();
   const Value* root = nullptr;
   std::vector<StorageRecord> storages;
@@ -41,6 +42,9 @@ struct Checkpoint {
   std::vector<std::string> metadata;  // safetensors __metadata__ as key=value, zip "version", ...
 
   bool unsafe() const { return !unsafe_globals.empty(); }
+
+  // The file storage `record` lies in (nullptr for inflated or bad indices).
+  const MappedFile* FileOf(const StorageRecord& record) const;
 
   // The bytes of storage `index` (file or inflated); empty view when out of range.
   std::string_view StorageBytes(int index) const;
@@ -71,7 +75,8 @@ struct ReadOptions {
 absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
                                           const ReadOptions& options = {});
 
-// Convenience: Open + ReadCheckpoint.
+// Convenience: Open + ReadCheckpoint. A directory or an index file is read
+// as a set of files (ReadCheckpointSet, checkpoint_set.h).
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path,
                                               const ReadOptions& options = {});
 

@@ -1,0 +1,228 @@
+// Multi-file checkpoints read as one: HF sharded (both index formats and an
+// un-indexed series) and torch.distributed.checkpoint (torch 1.13's writer
+// and the torch >= 2.0 layout), against the tensors torch wrote; broken sets
+// fail with a reason that names what is wrong.
+#include "server/checkpoint/checkpoint_set.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/checkpoint/checkpoint.h"
+#include "server/checkpoint/hf_sharded.h"
+#include "server/checkpoint/inspect.h"
+#include "tests/checkpoint/checkpoint_test_util.h"
+
+namespace weightgate::checkpoint {
+namespace {
+
+using testing::EnvOr;
+using testing::FileExists;
+using testing::GatherTensorBytes;
+
+// Runs make_multifile_fixtures.py once per build tree (again when it changes).
+std::string SetFixtureDir() {
+  static const std::string dir = [] {
+    std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
+    std::string src = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
+    std::string script = src + "/tests/fixtures/make_multifile_fixtures.py";
+    std::string out = bin + "/fixtures/multifile";
+    struct stat st {};
+    ::stat(script.c_str(), &st);
+    std::string stamp = std::to_string(st.st_mtime) + ":" + std::to_string(st.st_size) + "\n";
+    auto fresh = [&] {
+      if (!FileExists(out + "/DONE")) return false;
+      std::ifstream in(out + "/STAMP");
+      std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      return have == stamp;
+    };
+    if (fresh()) return out;
+    ::mkdir((bin + "/fixtures").c_str(), 0755);
+    std::string tmp = out + ".tmp." + std::to_string(::getpid());
+    std::string cmd = "/usr/bin/python3 '" + script + "' '" + tmp + "' >'" + tmp + ".log' 2>&1";
+    if (std::system(cmd.c_str()) != 0) {
+      std::ifstream log(tmp + ".log");
+      std::stringstream ss;
+      ss << log.rdbuf();
+      ADD_FAILURE() << "fixture generator failed: " << ss.str();
+    } else {
+      std::ofstream(tmp + "/STAMP") << stamp;
+      std::string old = out + ".old." + std::to_string(::getpid());
+      if (!fresh()) std::rename(out.c_str(), old.c_str());
+      if (std::rename(tmp.c_str(), out.c_str()) != 0) std::system(("rm -rf '" + tmp + "'").c_str());
+      std::system(("rm -rf '" + old + "'").c_str());
+    }
+    std::remove((tmp + ".log").c_str());
+    return out;
+  }();
+  return dir;
+}
+
+std::string Fx(const std::string& name) { return SetFixtureDir() + "/" + name; }
+
+struct Expected {
+  std::string dtype;
+  std::string shape;
+  std::string sha256;
+};
+
+std::map<std::string, Expected> ReadExpected(const std::string& layout) {
+  std::map<std::string, Expected> out;
+  std::ifstream in(Fx(layout + ".expected.tsv"));
+  std::string line;
+  while (std::getline(in, line)) {
+    std::stringstream ss(line);
+    std::string name;
+    Expected e;
+    std::getline(ss, name, '\t');
+    std::getline(ss, e.dtype, '\t');
+    std::getline(ss, e.shape, '\t');
+    std::getline(ss, e.sha256, '\t');
+    out[name] = e;
+  }
+  return out;
+}
+
+std::string Shape(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
+  return s;
+}
+
+// Every tensor torch wrote is there, once, with its bytes.
+void ExpectSameTensors(const std::string& layout, const std::string& path) {
+  std::map<std::string, Expected> expected = ReadExpected(layout);
+  ASSERT_FALSE(expected.empty()) << layout;
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path);
+  ASSERT_TRUE(ckpt.ok()) << path << ": " << ckpt.status();
+  EXPECT_TRUE(ckpt->opaque_globals.empty()) << ckpt->opaque_globals.front();
+  EXPECT_FALSE(ckpt->unsafe());
+  std::vector<NamedTensor> tensors = FlattenTensors(ckpt->root);
+  EXPECT_EQ(tensors.size(), expected.size());
+  for (const NamedTensor& t : tensors) {
+    auto it = expected.find(t.name);
+    ASSERT_NE(it, expected.end()) << "unexpected " << t.name;
+    EXPECT_EQ(DTypeName(t.tensor->dtype), it->second.dtype) << t.name;
+    EXPECT_EQ(Shape(t.tensor->shape), it->second.shape) << t.name;
+    EXPECT_EQ(Sha256Hex(GatherTensorBytes(*ckpt, *t.tensor)), it->second.sha256) << t.name;
+  }
+}
+
+void ExpectError(const std::string& path, const std::string& needle) {
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path);
+  ASSERT_FALSE(ckpt.ok()) << path;
+  EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(ckpt.status().message()).find(needle), std::string::npos)
+      << ckpt.status().message();
+}
+
+TEST(CheckpointSetTest, HfBinIndexDirectory) { ExpectSameTensors("hf_bin", Fx("hf_bin")); }
+
+TEST(CheckpointSetTest, HfBinIndexFile) {
+  ExpectSameTensors("hf_bin", Fx("hf_bin/pytorch_model.bin.index.json"));
+}
+
+TEST(CheckpointSetTest, HfSafetensorsIndex) {
+  ExpectSameTensors("hf_st", Fx("hf_st"));
+  ExpectSameTensors("hf_st", Fx("hf_st/model.safetensors.index.json"));
+}
+
+TEST(CheckpointSetTest, HfSeriesWithoutIndex) { ExpectSameTensors("hf_series", Fx("hf_series")); }
+
+TEST(CheckpointSetTest, OneShardAloneIsOneFile) {
+  absl::StatusOr<Checkpoint> ckpt =
+      ReadCheckpointFile(Fx("hf_st/model-00001-of-00002.safetensors"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_LT(FlattenTensors(ckpt->root).size(), ReadExpected("hf_st").size());
+}
+
+TEST(CheckpointSetTest, MergedStoragesPointIntoEveryShard) {
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("hf_bin"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ(ckpt->more_files.size(), 2u);
+  Inspection in = Inspect(*ckpt);
+  EXPECT_TRUE(in.state_dict_found);
+  EXPECT_EQ(in.tensors.size(), ReadExpected("hf_bin").size());
+}
+
+TEST(CheckpointSetTest, MissingShard) {
+  ExpectError(Fx("hf_missing_shard"), "missing shard pytorch_model-00002-of-00003.bin");
+}
+
+TEST(CheckpointSetTest, ExtraShard) {
+  ExpectError(Fx("hf_extra_shard"), "extra shard model-00002-of-00002.safetensors");
+}
+
+TEST(CheckpointSetTest, TensorNamedByIndexAbsentFromShard) {
+  ExpectError(Fx("hf_absent_tensor"),
+              "tensor lm_head.weight named by model.safetensors.index.json "
+              "is absent from its shard model-00001-of-00002.safetensors");
+}
+
+TEST(CheckpointSetTest, TotalSizeMismatch) {
+  ExpectError(Fx("hf_total_size"), "metadata.total_size");
+}
+
+TEST(CheckpointSetTest, SeriesMissingShard) {
+  ExpectError(Fx("series_missing"), "missing shard 2 of 3");
+}
+
+TEST(CheckpointSetTest, ShardNames) {
+  ShardName s;
+  ASSERT_TRUE(ParseShardName("pytorch_model-00002-of-00003.bin", &s));
+  EXPECT_EQ(s.stem, "pytorch_model");
+  EXPECT_EQ(s.k, 2);
+  EXPECT_EQ(s.n, 3);
+  EXPECT_EQ(s.ext, "bin");
+  EXPECT_FALSE(ParseShardName("model-00004-of-00003.safetensors", &s));
+  EXPECT_FALSE(ParseShardName("model-0001-of-0003.safetensors", &s));
+  EXPECT_FALSE(ParseShardName("model-00001-of-00003", &s));
+  EXPECT_FALSE(ParseShardName("-00001-of-00003.bin", &s));
+}
+
+TEST(CheckpointSetTest, PlainFileNames) {
+  EXPECT_TRUE(IsPlainFileName("__0_0.distcp"));
+  EXPECT_FALSE(IsPlainFileName("../x.bin"));
+  EXPECT_FALSE(IsPlainFileName("a/b.bin"));
+  EXPECT_FALSE(IsPlainFileName(".."));
+  EXPECT_FALSE(IsPlainFileName(""));
+  EXPECT_FALSE(IsPlainFileName(std::string("a\0b", 3)));
+}
+
+TEST(DcpTest, Torch113Writer) { ExpectSameTensors("dcp_113", Fx("dcp_113")); }
+
+TEST(DcpTest, MetadataFileNamesTheDirectory) {
+  ExpectSameTensors("dcp_113", Fx("dcp_113/.metadata"));
+}
+
+TEST(DcpTest, Torch2LayoutRowColumnAndGridSharded) {
+  ExpectSameTensors("dcp_v2", Fx("dcp_v2"));
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("dcp_v2"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  bool counted = false;
+  for (const std::string& m : ckpt->metadata) counted = counted || m == "dcp_bytes_entries=1";
+  EXPECT_TRUE(counted);
+}
+
+TEST(DcpTest, OverlappingChunks) {
+  ExpectError(Fx("dcp_overlap"), "embed.weight: overlapping chunks");
+}
+
+TEST(DcpTest, MissingChunk) { ExpectError(Fx("dcp_gap"), "proj.weight: missing chunks"); }
+
+TEST(DcpTest, ChunkOutsideTensor) { ExpectError(Fx("dcp_outside"), "norm.weight: chunk"); }
+
+TEST(DcpTest, MissingRankFile) {
+  ExpectError(Fx("dcp_missing_file"), "missing storage file __1_0.distcp");
+}
+
+}  // namespace
+}  // namespace weightgate::checkpoint

@@ -5,12 +5,22 @@
 #include "absl/status/status.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/json_spec.h"
+#include "server/checkpoint/module_pickle.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/str_util.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
 namespace weightgate::checkpoint {
+namespace {
+
+// Pickled nn.Modules read as their state_dicts (module_pickle.h).
+absl::StatusOr<Checkpoint> WithModulesAsStateDicts(absl::StatusOr<Checkpoint> ckpt) {
+  if (ckpt.ok()) ReadModulesAsStateDicts(&*ckpt);
+  return ckpt;
+}
+
+}  // namespace
 
 std::string_view FormatName(Format format) {
   switch (format) {
@@ -65,9 +75,11 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file
   if (LooksLikeZip(data)) {
     absl::StatusOr<ZipReader> zip = ZipReader::Open(data, ZipLimitsFrom(options));
     if (!zip.ok()) return zip.status();
-    return ReadTorchZip(std::move(file), *zip, options);
+    return WithModulesAsStateDicts(ReadTorchZip(std::move(file), *zip, options));
   }
-  if (LooksLikeTorchLegacy(data)) return ReadTorchLegacy(std::move(file), options);
+  if (LooksLikeTorchLegacy(data)) {
+    return WithModulesAsStateDicts(ReadTorchLegacy(std::move(file), options));
+  }
   if (LooksLikeSafetensors(data)) return ReadSafetensors(std::move(file), options);
   if (LooksLikeJsonSpec(data)) return ReadJsonSpec(std::move(file), options);
   return absl::InvalidArgumentError(

@@ -97,15 +97,19 @@ std::string Shape(const std::vector<int64_t>& shape) {
   return s;
 }
 
-// Every tensor torch wrote is there, once, with its bytes.
-void ExpectSameTensors(const std::string& layout, const std::string& path) {
+// Every tensor torch wrote is there, once, with its bytes (under `key` of
+// the root when given).
+void ExpectSameTensors(const std::string& layout, const std::string& path,
+                       const std::string& key = "", bool no_opaque = true) {
   std::map<std::string, Expected> expected = ReadExpected(layout);
   ASSERT_FALSE(expected.empty()) << layout;
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path);
   ASSERT_TRUE(ckpt.ok()) << path << ": " << ckpt.status();
-  EXPECT_TRUE(ckpt->opaque_globals.empty()) << ckpt->opaque_globals.front();
+  if (no_opaque) EXPECT_TRUE(ckpt->opaque_globals.empty()) << ckpt->opaque_globals.front();
   EXPECT_FALSE(ckpt->unsafe());
-  std::vector<NamedTensor> tensors = FlattenTensors(ckpt->root);
+  const Value* root = key.empty() ? ckpt->root : ckpt->root->Get(key);
+  ASSERT_NE(root, nullptr) << key;
+  std::vector<NamedTensor> tensors = FlattenTensors(root);
   EXPECT_EQ(tensors.size(), expected.size());
   for (const NamedTensor& t : tensors) {
     auto it = expected.find(t.name);
@@ -222,6 +226,35 @@ TEST(DcpTest, ChunkOutsideTensor) { ExpectError(Fx("dcp_outside"), "norm.weight:
 
 TEST(DcpTest, MissingRankFile) {
   ExpectError(Fx("dcp_missing_file"), "missing storage file __1_0.distcp");
+}
+
+TEST(ModulePickleTest, YoloHalfModelReadsAsStateDict) {
+  ExpectSameTensors("yolo", Fx("yolo.pt"), "model", /*no_opaque=*/false);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("yolo.pt"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  Inspection in = Inspect(*ckpt);
+  EXPECT_TRUE(in.state_dict_found);
+  EXPECT_EQ(in.state_dict_path, "model");
+  EXPECT_EQ(in.tensors.size(), ReadExpected("yolo").size());
+  bool noted = false;
+  for (const std::string& m : ckpt->metadata) noted = noted || m == "module_pickle=model";
+  EXPECT_TRUE(noted);
+  // Neither the plain attribute tensor nor the non-persistent buffer.
+  const Value* sd = ckpt->root->Get("model");
+  EXPECT_EQ(sd->Get("stride"), nullptr);
+  EXPECT_EQ(sd->Get("model.2.grid"), nullptr);
+  EXPECT_NE(sd->Get("model.2.anchors"), nullptr);
+}
+
+TEST(ModulePickleTest, EmaModule) {
+  ExpectSameTensors("yolo_ema", Fx("yolo_ema.pt"), "ema", /*no_opaque=*/false);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("yolo_ema.pt"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_EQ(Inspect(*ckpt).state_dict_path, "ema");
+}
+
+TEST(ModulePickleTest, ModuleAtTheRoot) {
+  ExpectSameTensors("yolo_ema", Fx("module_root.pt"), "", /*no_opaque=*/false);
 }
 
 }  // namespace

@@ -155,6 +155,8 @@ TEST(CheckpointSetTest, MergedStoragesPointIntoEveryShard) {
   Inspection in = Inspect(*ckpt);
   EXPECT_TRUE(in.state_dict_found);
   EXPECT_EQ(in.tensors.size(), ReadExpected("hf_bin").size());
+  EXPECT_NE(RenderInspectionText(in).find("set_layout=hf_index, set_files=3"), std::string::npos)
+      << RenderInspectionText(in);
 }
 
 TEST(CheckpointSetTest, MissingShard) {

@@ -55,6 +55,12 @@ struct Checkpoint {
   std::string_view TensorStorageBytes(const TensorRecord& tensor) const;
 };
 
+// Which weights a DeepSpeed ZeRO set yields (zero_reader.h).
+enum class ZeroWeights {
+  kFp32,    // the fp32 master weights rebuilt from the optimizer partitions
+  kModule,  // the (often half-precision) module weights saved beside them; stages 1-2
+};
+
 // Caps applied while reading; defaults suit checkpoints up to hundreds of GB.
 struct ReadOptions {
   uint64_t max_pickle_bytes = uint64_t{256} << 20;  // one data.pkl / legacy pickle
@@ -66,6 +72,7 @@ struct ReadOptions {
   uint64_t max_memo_entries = 1 << 24;
   uint64_t max_values = uint64_t{1} << 24;  // arena nodes (~176 bytes each)
   uint64_t max_safetensors_header = 100 << 20;
+  ZeroWeights zero_weights = ZeroWeights::kFp32;
 };
 
 // Reads any supported format. Errors are InvalidArgument with a short reason

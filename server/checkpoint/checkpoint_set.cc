@@ -15,6 +15,7 @@
 #include "server/checkpoint/dcp_reader.h"
 #include "server/checkpoint/hf_sharded.h"
 #include "server/checkpoint/str_util.h"
+#include "server/checkpoint/zero_reader.h"
 
 namespace weightgate::checkpoint {
 namespace {
@@ -77,9 +78,8 @@ absl::StatusOr<Checkpoint> ReadDirectory(const std::string& dir, const ReadOptio
       megatron = true;
     }
   }
-  if (megatron && !zero) {
-    return Invalid(Cat(dir, ": a Megatron tensor-parallel layout; not read yet"));
-  }
+  if (zero) return ReadZero(dir, options);
+  if (megatron) return Invalid(Cat(dir, ": a Megatron tensor-parallel layout; not read yet"));
 
   std::vector<std::string> indexes;
   for (const std::string& name : *files) {
@@ -116,7 +116,6 @@ absl::StatusOr<Checkpoint> ReadDirectory(const std::string& dir, const ReadOptio
     }
     return ReadHfShardSeries(dir, *pick.front(), options);
   }
-  if (zero) return Invalid(Cat(dir, ": a DeepSpeed ZeRO layout; not read yet"));
 
   std::vector<std::string> candidates;
   for (const std::string& name : *files) {

@@ -69,6 +69,27 @@ absl::Status SetBuilder::AddName(const std::string& name, std::string_view origi
   return absl::OkStatus();
 }
 
+void SetBuilder::Append(const std::string& name, const Value* tensor) {
+  Value* key = out_.arena->New(Value::Kind::kString);
+  key->str = name;
+  root_->items.push_back(key);
+  root_->items.push_back(tensor);
+  values_[name] = tensor;
+}
+
+absl::Status SetBuilder::AddAlias(const std::string& name, const std::string& target,
+                                  std::string_view origin) {
+  auto it = values_.find(target);
+  if (it == values_.end()) {
+    return absl::InvalidArgumentError(
+        Cat(origin, ": ", name, " shares ", target, ", which is absent"));
+  }
+  const Value* tensor = it->second;
+  if (absl::Status s = AddName(name, origin); !s.ok()) return s;
+  Append(name, tensor);
+  return absl::OkStatus();
+}
+
 void SetBuilder::MergeGlobals(const Checkpoint& part) {
   auto merge = [](const std::vector<std::string>& from, std::vector<std::string>* to) {
     for (const std::string& g : from) {
@@ -131,12 +152,9 @@ absl::Status SetBuilder::AddPart(Checkpoint part, const std::vector<NamedTensor>
       }
       rec.storage_index = mapped;
     }
-    Value* key = out_.arena->New(Value::Kind::kString);
-    key->str = t.name;
     Value* v = out_.arena->New(Value::Kind::kTensor);
     v->tensor = std::move(rec);
-    root_->items.push_back(key);
-    root_->items.push_back(v);
+    Append(t.name, v);
   }
   return absl::OkStatus();
 }
@@ -173,12 +191,9 @@ absl::Status SetBuilder::AddAssembled(const std::string& name, DType dtype,
   rec.strides.assign(shape.size(), 1);
   for (size_t d = shape.size(); d > 1; --d) rec.strides[d - 2] = rec.strides[d - 1] * shape[d - 1];
   rec.storage_index = static_cast<int>(out_.storages.size()) - 1;
-  Value* key = out_.arena->New(Value::Kind::kString);
-  key->str = name;
   Value* v = out_.arena->New(Value::Kind::kTensor);
   v->tensor = std::move(rec);
-  root_->items.push_back(key);
-  root_->items.push_back(v);
+  Append(name, v);
   return absl::OkStatus();
 }
 

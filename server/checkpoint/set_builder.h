@@ -51,6 +51,11 @@ class SetBuilder final {
   absl::Status AddAssembled(const std::string& name, DType dtype, const std::vector<int64_t>& shape,
                             std::string_view bytes, std::string_view origin);
 
+  // Adds `name` as a second name of the tensor already added as `target`
+  // (same record, same storage), as torch ties shared parameters.
+  absl::Status AddAlias(const std::string& name, const std::string& target,
+                        std::string_view origin);
+
   void AddMetadata(std::string entry) { out_.metadata.push_back(std::move(entry)); }
 
   size_t tensor_count() const { return origin_.size(); }
@@ -62,13 +67,15 @@ class SetBuilder final {
  private:
   int FileIndex(const std::shared_ptr<const MappedFile>& file);
   absl::Status AddName(const std::string& name, std::string_view origin);
+  void Append(const std::string& name, const Value* tensor);
   void MergeGlobals(const Checkpoint& part);
 
   Checkpoint out_;
   Value* root_ = nullptr;
   bool have_format_ = false;
   absl::flat_hash_map<const MappedFile*, int> file_index_;
-  absl::flat_hash_map<std::string, std::string> origin_;  // tensor name -> piece
+  absl::flat_hash_map<std::string, std::string> origin_;   // tensor name -> piece
+  absl::flat_hash_map<std::string, const Value*> values_;  // tensor name -> its value
 
   // Scratch file for assembled tensors: written at scratch_size_, mapped at
   // Finish; its storages get their file index then.

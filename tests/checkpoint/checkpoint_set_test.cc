@@ -100,10 +100,11 @@ std::string Shape(const std::vector<int64_t>& shape) {
 // Every tensor torch wrote is there, once, with its bytes (under `key` of
 // the root when given).
 void ExpectSameTensors(const std::string& layout, const std::string& path,
-                       const std::string& key = "", bool no_opaque = true) {
+                       const std::string& key = "", bool no_opaque = true,
+                       const ReadOptions& options = {}) {
   std::map<std::string, Expected> expected = ReadExpected(layout);
   ASSERT_FALSE(expected.empty()) << layout;
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path, options);
   ASSERT_TRUE(ckpt.ok()) << path << ": " << ckpt.status();
   if (no_opaque) EXPECT_TRUE(ckpt->opaque_globals.empty()) << ckpt->opaque_globals.front();
   EXPECT_FALSE(ckpt->unsafe());
@@ -120,8 +121,16 @@ void ExpectSameTensors(const std::string& layout, const std::string& path,
   }
 }
 
-void ExpectError(const std::string& path, const std::string& needle) {
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path);
+bool HasMetadata(const Checkpoint& ckpt, const std::string& entry) {
+  for (const std::string& m : ckpt.metadata) {
+    if (m == entry) return true;
+  }
+  return false;
+}
+
+void ExpectError(const std::string& path, const std::string& needle,
+                 const ReadOptions& options = {}) {
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path, options);
   ASSERT_FALSE(ckpt.ok()) << path;
   EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(ckpt.status().message()).find(needle), std::string::npos)
@@ -257,6 +266,44 @@ TEST(ModulePickleTest, EmaModule) {
 
 TEST(ModulePickleTest, ModuleAtTheRoot) {
   ExpectSameTensors("yolo_ema", Fx("module_root.pt"), "", /*no_opaque=*/false);
+}
+
+TEST(ZeroTest, Stage1Fp32MasterWeights) {
+  ExpectSameTensors("zero1", Fx("zero1"));
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("zero1"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(HasMetadata(*ckpt, "zero_weights=fp32"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "zero_stage=1"));
+}
+
+TEST(ZeroTest, Stage2FrozenAndSharedParams) {
+  ExpectSameTensors("zero2", Fx("zero2"));
+  // The tag directory itself reads the same.
+  ExpectSameTensors("zero2", Fx("zero2/global_step10"));
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("zero2"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  const Value* tied = ckpt->root->Get("tied.weight");
+  const Value* proj = ckpt->root->Get("proj.weight");
+  ASSERT_NE(tied, nullptr);
+  ASSERT_NE(proj, nullptr);
+  EXPECT_EQ(tied->tensor.storage_index, proj->tensor.storage_index);
+}
+
+TEST(ZeroTest, Stage2ModuleWeightsByPolicy) {
+  ReadOptions options;
+  options.zero_weights = ZeroWeights::kModule;
+  ExpectSameTensors("zero2_module", Fx("zero2"), "", true, options);
+}
+
+TEST(ZeroTest, Stage3PaddedPartitionsAcrossThreeRanks) {
+  ExpectSameTensors("zero3", Fx("zero3"));
+  ReadOptions options;
+  options.zero_weights = ZeroWeights::kModule;
+  ExpectError(Fx("zero3"), "stage 3 partitions module weights", options);
+}
+
+TEST(ZeroTest, MissingRank) {
+  ExpectError(Fx("zero2_missing_rank"), "inconsistent ranks: partition_count is 2 but 1");
 }
 
 }  // namespace

@@ -6,9 +6,12 @@
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_CHECKPOINT_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_CHECKPOINT_H_
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -73,6 +76,13 @@ struct ReadOptions {
   uint64_t max_values = uint64_t{1} << 24;  // arena nodes (~176 bytes each)
   uint64_t max_safetensors_header = 100 << 20;
   ZeroWeights zero_weights = ZeroWeights::kFp32;
+
+  // Tensor-parallel sets (megatron_reader.h): the shape the registered spec
+  // gives a tensor name, when known (MakeSpecShapeLookup builds one); and
+  // per-name merge dims that override everything ("name" -> dim, -1 =
+  // replicated).
+  std::function<std::optional<std::vector<int64_t>>(std::string_view name)> expected_shape;
+  std::vector<std::pair<std::string, int>> tp_merge_dims;
 };
 
 // Reads any supported format. Errors are InvalidArgument with a short reason

@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "server/checkpoint/dcp_reader.h"
 #include "server/checkpoint/hf_sharded.h"
+#include "server/checkpoint/megatron_reader.h"
 #include "server/checkpoint/str_util.h"
 #include "server/checkpoint/zero_reader.h"
 
@@ -79,7 +80,7 @@ absl::StatusOr<Checkpoint> ReadDirectory(const std::string& dir, const ReadOptio
     }
   }
   if (zero) return ReadZero(dir, options);
-  if (megatron) return Invalid(Cat(dir, ": a Megatron tensor-parallel layout; not read yet"));
+  if (megatron) return ReadMegatron(dir, options);
 
   std::vector<std::string> indexes;
   for (const std::string& name : *files) {

@@ -161,50 +161,6 @@ absl::Status CheckCover(const std::string& fqn, const std::vector<int64_t>& size
   return absl::OkStatus();
 }
 
-// Copies the elements of `src` (a strided view whose first element is at
-// src_bytes[0]) into the row-major buffer `dst` of `full` at `offsets`.
-void CopyChunk(const TensorRecord& src, std::string_view src_bytes,
-               const std::vector<int64_t>& offsets, const std::vector<int64_t>& full, char* dst) {
-  const size_t item = ItemSize(src.dtype);
-  const size_t nd = full.size();
-  if (nd == 0) {
-    std::memcpy(dst, src_bytes.data(), item);
-    return;
-  }
-  std::vector<int64_t> dst_strides(nd, 1);
-  for (size_t d = nd; d > 1; --d) dst_strides[d - 2] = dst_strides[d - 1] * full[d - 1];
-  for (int64_t s : src.shape) {
-    if (s == 0) return;
-  }
-  std::vector<int64_t> idx(nd, 0);
-  const int64_t inner = src.shape[nd - 1];
-  while (true) {
-    int64_t s_off = 0;
-    int64_t d_off = 0;
-    for (size_t d = 0; d + 1 < nd; ++d) {
-      s_off += idx[d] * src.strides[d];
-      d_off += (offsets[d] + idx[d]) * dst_strides[d];
-    }
-    d_off += offsets[nd - 1];
-    if (src.strides[nd - 1] == 1) {
-      std::memcpy(dst + d_off * item, src_bytes.data() + s_off * item, inner * item);
-    } else {
-      for (int64_t k = 0; k < inner; ++k) {
-        std::memcpy(dst + (d_off + k) * item,
-                    src_bytes.data() + (s_off + k * src.strides[nd - 1]) * item, item);
-      }
-    }
-    size_t d = nd - 1;
-    while (d > 0) {
-      --d;
-      if (++idx[d] < src.shape[d]) break;
-      idx[d] = 0;
-      if (d == 0) return;
-    }
-    if (nd == 1) return;
-  }
-}
-
 class DcpReader {
  public:
   DcpReader(std::string dir, const ReadOptions& options)
@@ -337,7 +293,7 @@ absl::Status DcpReader::ReadTensor(const std::string& fqn, const Value* meta) {
     }
     std::string_view src = part->TensorStorageBytes(rec);
     if (src.empty() && rec.numel() > 0) return Bad(Cat(fqn, ": chunk bytes missing"));
-    CopyChunk(rec, src, chunks[i].offsets, size, buffer.data());
+    CopyStridedInto(rec, src, chunks[i].offsets, size, buffer.data());
     builder_.AddGlobals(*part);
   }
   return builder_.AddAssembled(fqn, have, size, buffer, "stitched chunks");

@@ -34,6 +34,49 @@ absl::Status WriteAll(int fd, std::string_view bytes) {
 
 }  // namespace
 
+void CopyStridedInto(const TensorRecord& src, std::string_view src_bytes,
+                     const std::vector<int64_t>& offsets, const std::vector<int64_t>& full,
+                     char* dst) {
+  const size_t item = ItemSize(src.dtype);
+  const size_t nd = full.size();
+  if (nd == 0) {
+    std::memcpy(dst, src_bytes.data(), item);
+    return;
+  }
+  std::vector<int64_t> dst_strides(nd, 1);
+  for (size_t d = nd; d > 1; --d) dst_strides[d - 2] = dst_strides[d - 1] * full[d - 1];
+  for (int64_t s : src.shape) {
+    if (s == 0) return;
+  }
+  std::vector<int64_t> idx(nd, 0);
+  const int64_t inner = src.shape[nd - 1];
+  while (true) {
+    int64_t s_off = 0;
+    int64_t d_off = 0;
+    for (size_t d = 0; d + 1 < nd; ++d) {
+      s_off += idx[d] * src.strides[d];
+      d_off += (offsets[d] + idx[d]) * dst_strides[d];
+    }
+    d_off += offsets[nd - 1];
+    if (src.strides[nd - 1] == 1) {
+      std::memcpy(dst + d_off * item, src_bytes.data() + s_off * item, inner * item);
+    } else {
+      for (int64_t k = 0; k < inner; ++k) {
+        std::memcpy(dst + (d_off + k) * item,
+                    src_bytes.data() + (s_off + k * src.strides[nd - 1]) * item, item);
+      }
+    }
+    size_t d = nd - 1;
+    while (d > 0) {
+      --d;
+      if (++idx[d] < src.shape[d]) break;
+      idx[d] = 0;
+      if (d == 0) return;
+    }
+    if (nd == 1) return;
+  }
+}
+
 SetBuilder::SetBuilder(std::string layout) {
   root_ = out_.arena->New(Value::Kind::kDict);
   out_.root = root_;

@@ -27,6 +27,14 @@
 
 namespace weightgate::checkpoint {
 
+// Copies the elements of `src` (a strided view whose first element is at
+// src_bytes[0]) into the row-major buffer `dst` of shape `full` at
+// `offsets`. REQUIRES: the caller checked that the chunk lies inside `full`,
+// that src_bytes covers the view, and that dst holds numel(full) items.
+void CopyStridedInto(const TensorRecord& src, std::string_view src_bytes,
+                     const std::vector<int64_t>& offsets, const std::vector<int64_t>& full,
+                     char* dst);
+
 class SetBuilder final {
  public:
   // `layout` is reported as metadata "set_layout=<layout>".

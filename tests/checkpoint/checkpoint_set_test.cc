@@ -19,6 +19,7 @@
 #include "server/checkpoint/checkpoint.h"
 #include "server/checkpoint/hf_sharded.h"
 #include "server/checkpoint/inspect.h"
+#include "server/checkpoint/megatron_reader.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
 
 namespace weightgate::checkpoint {
@@ -304,6 +305,65 @@ TEST(ZeroTest, Stage3PaddedPartitionsAcrossThreeRanks) {
 
 TEST(ZeroTest, MissingRank) {
   ExpectError(Fx("zero2_missing_rank"), "inconsistent ranks: partition_count is 2 but 1");
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> ReadSpec(const std::string& name) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> spec;
+  std::ifstream in(Fx(name));
+  std::string line;
+  while (std::getline(in, line)) {
+    size_t tab = line.find('\t');
+    std::vector<int64_t> shape;
+    std::stringstream ss(line.substr(tab + 1));
+    std::string d;
+    while (std::getline(ss, d, ',')) shape.push_back(std::stoll(d));
+    spec.emplace_back(line.substr(0, tab), shape);
+  }
+  return spec;
+}
+
+TEST(MegatronTest, WithoutTheSpecAnUnknownLayerIsAmbiguous) {
+  ExpectError(Fx("megatron_tp2"), "language_model.encoder.adapter.proj: cannot tell how 2 ranks");
+  ExpectError(Fx("megatron_tp2"), "pass tp_merge_dim language_model.encoder.adapter.proj=DIM");
+}
+
+TEST(MegatronTest, OverrideNamesTheMergeDim) {
+  ReadOptions options;
+  options.tp_merge_dims = {{"language_model.encoder.adapter.proj", 1}};
+  ExpectSameTensors("megatron_tp2", Fx("megatron_tp2"), "", false, options);
+}
+
+TEST(MegatronTest, SpecShapesChooseTheMergeDim) {
+  ReadOptions options;
+  options.expected_shape = MakeSpecShapeLookup(ReadSpec("megatron_tp2.spec.tsv"));
+  ExpectSameTensors("megatron_tp2", Fx("megatron_tp2"), "", false, options);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_tp2"), options);
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(HasMetadata(*ckpt, "tp_ranks=2"));
+  // The iteration directory itself reads the same.
+  ExpectSameTensors("megatron_tp2", Fx("megatron_tp2/iter_0000100"), "", false, options);
+}
+
+TEST(MegatronTest, SpecShapeThatRanksCannotMake) {
+  auto spec = ReadSpec("megatron_tp2.spec.tsv");
+  for (auto& [name, shape] : spec) {
+    if (name == "model.language_model.encoder.adapter.proj") shape = {4, 7};
+  }
+  ReadOptions options;
+  options.expected_shape = MakeSpecShapeLookup(spec);
+  ExpectError(Fx("megatron_tp2"), "do not add up to the spec's [4, 7]", options);
+}
+
+TEST(MegatronTest, TensorMissingFromARank) {
+  ExpectError(Fx("megatron_missing"), "inconsistent ranks");
+}
+
+TEST(MegatronTest, SpecLookupMatchesDottedSuffixes) {
+  auto lookup = MakeSpecShapeLookup({{"model.a.weight", {2}}, {"b.weight", {3}}});
+  EXPECT_EQ(lookup("a.weight"), std::vector<int64_t>{2});
+  EXPECT_EQ(lookup("module.model.a.weight"), std::vector<int64_t>{2});
+  EXPECT_EQ(lookup("xb.weight"), std::nullopt);
+  EXPECT_EQ(lookup("weight"), std::nullopt);  // two candidates of different shapes
 }
 
 }  // namespace

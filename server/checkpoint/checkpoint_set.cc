@@ -15,6 +15,7 @@
 #include "server/checkpoint/dcp_reader.h"
 #include "server/checkpoint/hf_sharded.h"
 #include "server/checkpoint/megatron_reader.h"
+#include "server/checkpoint/sha256.h"
 #include "server/checkpoint/str_util.h"
 #include "server/checkpoint/zero_reader.h"
 
@@ -170,6 +171,50 @@ bool IsCheckpointSetPath(const std::string& path) {
   if (IsDirectory(path)) return true;
   std::string base = BaseName(path);
   return EndsWith(base, ".index.json") || base == ".metadata";
+}
+
+namespace {
+
+absl::Status ListFilesBelow(const std::string& root, const std::string& rel, int depth,
+                            std::vector<std::string>* out) {
+  absl::StatusOr<std::vector<std::string>> names = ListDirectory(JoinPath(root, rel), true);
+  if (!names.ok()) return names.status();
+  for (const std::string& n : *names) {
+    std::string child = rel.empty() ? n : JoinPath(rel, n);
+    if (IsDirectory(JoinPath(root, child))) {
+      if (depth > 0) {
+        if (absl::Status s = ListFilesBelow(root, child, depth - 1, out); !s.ok()) return s;
+      }
+    } else {
+      if (out->size() >= kMaxSetDirectoryEntries) return Invalid(Cat(root, ": too many files"));
+      out->push_back(std::move(child));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> Sha256CheckpointSet(const std::string& path) {
+  std::string dir = path;
+  if (!IsDirectory(path)) {
+    if (!IsCheckpointSetPath(path)) return Sha256File(path);
+    size_t slash = path.rfind('/');
+    dir = slash == std::string::npos ? "." : path.substr(0, slash);
+  }
+  std::vector<std::string> files;
+  if (absl::Status s = ListFilesBelow(dir, "", 2, &files); !s.ok()) return s;
+  std::sort(files.begin(), files.end());
+  Sha256 manifest;
+  for (const std::string& f : files) {
+    absl::StatusOr<std::string> sha = Sha256File(JoinPath(dir, f));
+    if (!sha.ok()) return sha.status();
+    struct stat st;
+    if (::stat(JoinPath(dir, f).c_str(), &st) != 0) return Invalid(Cat("cannot stat ", f));
+    manifest.Update(Cat(f, std::string_view("\0", 1), static_cast<uint64_t>(st.st_size),
+                        std::string_view("\0", 1), *sha, "\n"));
+  }
+  return manifest.HexDigest();
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpointSet(const std::string& path, const ReadOptions& options) {

@@ -39,6 +39,12 @@ bool IsCheckpointSetPath(const std::string& path);
 absl::StatusOr<Checkpoint> ReadCheckpointSet(const std::string& path,
                                              const ReadOptions& options = {});
 
+// sha256 (hex) naming a set's content: for a directory (an index file or
+// `.metadata` stands for its directory), over one line "relpath\0size\0sha256\n"
+// per regular file below it (three levels deep, sorted by path); for a
+// plain file, its own sha256.
+absl::StatusOr<std::string> Sha256CheckpointSet(const std::string& path);
+
 // Helpers for the layout readers.
 
 // The names in `dir` (no "." or ".."), sorted; regular files only unless

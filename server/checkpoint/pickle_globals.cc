@@ -130,10 +130,10 @@ bool IsStorageModule(std::string_view module) {
 using pickle_internal::CanonicalModule;
 using pickle_internal::IsStorageModule;
 using pickle_internal::kNotAllowed;
-using pickle_internal::LookupAllowed;
-using pickle_internal::ModuleIn;
 using pickle_internal::kUnsafeModules;
 using pickle_internal::kUnsafeNames;
+using pickle_internal::LookupAllowed;
+using pickle_internal::ModuleIn;
 
 GlobalClass ClassifyGlobal(std::string_view raw_module, std::string_view name) {
   std::string_view module = CanonicalModule(raw_module);

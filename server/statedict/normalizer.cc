@@ -17,7 +17,9 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/mapped_file.h"
+#include "server/checkpoint/megatron_reader.h"
 #include "server/checkpoint/sha256.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
@@ -81,12 +83,14 @@ constexpr double kHalfOverflow = 65520.0;
 // in memory (FromString, inflated zip entries) are left alone.
 void ReleaseBytes(const Checkpoint& ckpt, const TensorRecord& rec, const char* begin_ptr,
                   uint64_t len) {
-  if (ckpt.file == nullptr || ckpt.file->path().empty() || len == 0) return;
-  if (rec.storage_index < 0 || static_cast<size_t>(rec.storage_index) >= ckpt.storages.size() ||
-      ckpt.storages[rec.storage_index].inflated_index >= 0) {
+  if (len == 0 || rec.storage_index < 0 ||
+      static_cast<size_t>(rec.storage_index) >= ckpt.storages.size()) {
     return;
   }
-  std::string_view file = ckpt.file->data();
+  // Sets map several files: the one this storage lies in.
+  const checkpoint::MappedFile* mapped = ckpt.FileOf(ckpt.storages[rec.storage_index]);
+  if (mapped == nullptr || mapped->path().empty()) return;
+  std::string_view file = mapped->data();
   if (begin_ptr < file.data() || len > file.size() ||
       static_cast<uint64_t>(begin_ptr - file.data()) > file.size() - len) {
     return;
@@ -221,21 +225,42 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
 
   // ---- read ----
   Clock::time_point phase = Clock::now();
-  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
-      checkpoint::MappedFile::Open(checkpoint_path);
-  if (!file.ok()) {
-    AddReason(&report, "unreadable");
-    report.set_error(std::string(file.status().message()));
-    return finish();
+  absl::StatusOr<Checkpoint> read = absl::UnknownError("not read");
+  bool looks_like_checkpoint = true;
+  if (checkpoint::IsCheckpointSetPath(checkpoint_path)) {
+    // A directory or index file: its files read as one checkpoint, tensor
+    // parallel ranks merged by the spec's shapes (checkpoint_set.h).
+    checkpoint::ReadOptions set_options = options.read_options;
+    if (!set_options.expected_shape) {
+      std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+      for (const v1::TensorSpec& t : spec.tensors()) {
+        shapes.emplace_back(t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end()));
+      }
+      set_options.expected_shape = checkpoint::MakeSpecShapeLookup(std::move(shapes));
+    }
+    read = checkpoint::ReadCheckpointSet(checkpoint_path, set_options);
+    if (options.compute_input_sha256) {
+      absl::StatusOr<std::string> sha = checkpoint::Sha256CheckpointSet(checkpoint_path);
+      if (sha.ok()) report.set_input_sha256(*sha);
+    }
+  } else {
+    absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
+        checkpoint::MappedFile::Open(checkpoint_path);
+    if (!file.ok()) {
+      AddReason(&report, "unreadable");
+      report.set_error(std::string(file.status().message()));
+      return finish();
+    }
+    if (options.compute_input_sha256) {
+      absl::StatusOr<std::string> sha = checkpoint::Sha256File(checkpoint_path);
+      if (sha.ok()) report.set_input_sha256(*sha);
+    }
+    read = checkpoint::ReadCheckpoint(*file, options.read_options);
+    looks_like_checkpoint = LooksLikeCheckpoint((*file)->data());
   }
-  if (options.compute_input_sha256) {
-    absl::StatusOr<std::string> sha = checkpoint::Sha256File(checkpoint_path);
-    if (sha.ok()) report.set_input_sha256(*sha);
-  }
-  absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(*file, options.read_options);
   report.mutable_timings()->set_read_ms(MsSince(phase));
   if (!read.ok()) {
-    AddReason(&report, LooksLikeCheckpoint((*file)->data()) ? "unreadable" : "not_a_checkpoint");
+    AddReason(&report, looks_like_checkpoint ? "unreadable" : "not_a_checkpoint");
     report.set_error(std::string(read.status().message()));
     return finish();
   }

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/dtype.h"
 #include "server/checkpoint/sha256.h"
 #include "server/statedict/matcher.h"
@@ -53,7 +54,8 @@ absl::StatusOr<v1::ModelSpec> SpecFromFile(const std::string& path,
     }
   }
   if (!spec.ok()) return spec.status();
-  absl::StatusOr<std::string> sha = checkpoint::Sha256File(path);
+  // A set (directory or index) is named by the sha256 of its file manifest.
+  absl::StatusOr<std::string> sha = checkpoint::Sha256CheckpointSet(path);
   if (!sha.ok()) return sha.status();
   spec->set_source_sha256(*sha);
   if (!example_inputs.empty()) {

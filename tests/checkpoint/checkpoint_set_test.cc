@@ -21,53 +21,15 @@
 #include "server/checkpoint/inspect.h"
 #include "server/checkpoint/megatron_reader.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
+#include "tests/checkpoint/set_fixtures.h"
 
 namespace weightgate::checkpoint {
 namespace {
 
-using testing::EnvOr;
-using testing::FileExists;
 using testing::GatherTensorBytes;
 
-// Runs make_multifile_fixtures.py once per build tree (again when it changes).
-std::string SetFixtureDir() {
-  static const std::string dir = [] {
-    std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
-    std::string src = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
-    std::string script = src + "/tests/fixtures/make_multifile_fixtures.py";
-    std::string out = bin + "/fixtures/multifile";
-    struct stat st {};
-    ::stat(script.c_str(), &st);
-    std::string stamp = std::to_string(st.st_mtime) + ":" + std::to_string(st.st_size) + "\n";
-    auto fresh = [&] {
-      if (!FileExists(out + "/DONE")) return false;
-      std::ifstream in(out + "/STAMP");
-      std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      return have == stamp;
-    };
-    if (fresh()) return out;
-    ::mkdir((bin + "/fixtures").c_str(), 0755);
-    std::string tmp = out + ".tmp." + std::to_string(::getpid());
-    std::string cmd = "/usr/bin/python3 '" + script + "' '" + tmp + "' >'" + tmp + ".log' 2>&1";
-    if (std::system(cmd.c_str()) != 0) {
-      std::ifstream log(tmp + ".log");
-      std::stringstream ss;
-      ss << log.rdbuf();
-      ADD_FAILURE() << "fixture generator failed: " << ss.str();
-    } else {
-      std::ofstream(tmp + "/STAMP") << stamp;
-      std::string old = out + ".old." + std::to_string(::getpid());
-      if (!fresh()) std::rename(out.c_str(), old.c_str());
-      if (std::rename(tmp.c_str(), out.c_str()) != 0) std::system(("rm -rf '" + tmp + "'").c_str());
-      std::system(("rm -rf '" + old + "'").c_str());
-    }
-    std::remove((tmp + ".log").c_str());
-    return out;
-  }();
-  return dir;
-}
-
-std::string Fx(const std::string& name) { return SetFixtureDir() + "/" + name; }
+using testing::Fx;
+using testing::SetFixtureDir;
 
 struct Expected {
   std::string dtype;

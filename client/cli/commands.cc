@@ -19,14 +19,16 @@
 #include "client/cli/file_convert.h"
 #include "client/cli/policy_args.h"
 #include "client/common/report_format.h"
+#include "common/crc32c.h"
+#include "common/human_bytes.h"
+#include "common/model_ref.h"
+#include "common/sha256.h"
 #include "google/protobuf/util/json_util.h"
-#include "server/checkpoint/sha256.h"
-#include "server/store/crc32c.h"
-#include "server/store/store.h"
 
 namespace weightgate::cli {
 namespace {
 
+using common::HumanBytes;
 using weightgate::v1::Model;
 using weightgate::v1::ValidationReport;
 
@@ -41,17 +43,6 @@ std::string ToJson(const google::protobuf::Message& message) {
   return out;
 }
 
-std::string HumanBytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024 && u < 4) {
-    bytes /= 1024;
-    ++u;
-  }
-  return u == 0 ? absl::StrFormat("%.0f %s", bytes, units[u])
-                : absl::StrFormat("%.1f %s", bytes, units[u]);
-}
-
 std::string FormatTime(int64_t unix_ms) {
   if (unix_ms == 0) return "-";
   time_t t = static_cast<time_t>(unix_ms / 1000);
@@ -63,7 +54,7 @@ std::string FormatTime(int64_t unix_ms) {
 }
 
 int CheckModelId(const std::string& command, const std::string& id) {
-  absl::Status s = store::ValidateModelId(id);
+  absl::Status s = common::ValidateModelId(id);
   return s.ok() ? kExitOk : UsageError(command, std::string(s.message()));
 }
 
@@ -412,7 +403,7 @@ int RunUpload(const GlobalOptions& global, const Args& args) {
   std::string file;
   if (int rc = ParseUploadArgs("upload", args, true, &header, &file); rc != kExitOk) return rc;
   if (!header.alias().empty()) {
-    if (absl::Status s = store::ValidateModelId(header.alias()); !s.ok()) {
+    if (absl::Status s = common::ValidateModelId(header.alias()); !s.ok()) {
       return UsageError("upload", absl::StrCat("invalid alias '", header.alias(), "'"));
     }
   }
@@ -492,7 +483,7 @@ int RunDelete(const GlobalOptions& global, const Args& args) {
   absl::StatusOr<Parsed> p = ParseArgs(args, {}, {});
   if (!p.ok()) return UsageError("delete", std::string(p.status().message()));
   if (p->positional.size() != 1) return UsageError("delete", "expected MODEL or MODEL@VERSION");
-  absl::StatusOr<store::ParsedRef> ref = store::ParseRef(p->positional[0]);
+  absl::StatusOr<common::ParsedRef> ref = common::ParseRef(p->positional[0]);
   if (!ref.ok()) return UsageError("delete", std::string(ref.status().message()));
   bool whole = p->positional[0].find('@') == std::string::npos;
   if (!whole && ref->version == 0)
@@ -535,7 +526,7 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   std::string format = p->get("--format", "safetensors");
   if (format != "safetensors" && format != "pt")
     return UsageError("fetch", "--format must be safetensors or pt");
-  absl::StatusOr<store::ParsedRef> ref = store::ParseRef(p->positional[0]);
+  absl::StatusOr<common::ParsedRef> ref = common::ParseRef(p->positional[0]);
   if (!ref.ok()) return UsageError("fetch", std::string(ref.status().message()));
   auto conn = Connection::Open(global);
   if (!conn) return kExitUsage;
@@ -564,7 +555,7 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
     const auto& chunk = response.chunk();
     if (!have_manifest) {
       error = "server sent data before the manifest";
-    } else if (store::Crc32c(chunk.data()) != chunk.crc32c()) {
+    } else if (common::Crc32c(chunk.data()) != chunk.crc32c()) {
       error = absl::StrCat("checksum mismatch in chunk at offset ", chunk.offset());
     } else if (::pwrite(fd, chunk.data().data(), chunk.data().size(),
                         static_cast<off_t>(chunk.offset())) !=
@@ -582,7 +573,7 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   if (!error.empty()) return UsageError("fetch", error + " (run again to resume)");
   if (!s.ok()) return ReportRpcError("fetch", s);
   // Whole-file check: the blob is named by its sha256.
-  absl::StatusOr<std::string> sha = checkpoint::Sha256File(part);
+  absl::StatusOr<std::string> sha = common::Sha256File(part);
   if (!sha.ok()) return UsageError("fetch", std::string(sha.status().message()));
   if (*sha != manifest.blob_sha256()) {
     ::unlink(part.c_str());
@@ -619,7 +610,7 @@ int RunWatch(const GlobalOptions& global, const Args& args) {
   absl::StatusOr<Parsed> p = ParseArgs(args, {}, {});
   if (!p.ok()) return UsageError("watch", std::string(p.status().message()));
   if (p->positional.size() != 1) return UsageError("watch", "expected REF");
-  absl::StatusOr<store::ParsedRef> ref = store::ParseRef(p->positional[0]);
+  absl::StatusOr<common::ParsedRef> ref = common::ParseRef(p->positional[0]);
   if (!ref.ok()) return UsageError("watch", std::string(ref.status().message()));
   auto conn = Connection::Open(global);
   if (!conn) return kExitUsage;

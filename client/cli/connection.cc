@@ -1,9 +1,9 @@
 #include "client/cli/connection.h"
 
 #include <chrono>
-#include <fstream>
 #include <iostream>
-#include <sstream>
+
+#include "common/file_util.h"
 
 namespace weightgate::cli {
 
@@ -12,15 +12,13 @@ std::unique_ptr<Connection> Connection::Open(const GlobalOptions& options) {
   conn->options_ = options;
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   if (!options.tls_ca.empty()) {
-    std::ifstream in(options.tls_ca);
-    if (!in) {
+    absl::StatusOr<std::string> pem = common::ReadFile(options.tls_ca);
+    if (!pem.ok()) {
       std::cerr << "weightgate: cannot read --tls_ca " << options.tls_ca << "\n";
       return nullptr;
     }
-    std::stringstream ss;
-    ss << in.rdbuf();
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ss.str();
+    ssl.pem_root_certs = *pem;
     creds = grpc::SslCredentials(ssl);
   }
   grpc::ChannelArguments args;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "common/exit_codes.h"
 #include "grpcpp/grpcpp.h"
 #include "weightgate/v1/registry.grpc.pb.h"
 #include "weightgate/v1/stream.grpc.pb.h"
@@ -20,10 +21,9 @@ struct GlobalOptions {
   int connect_timeout_s = 5;
 };
 
-// Exit codes of the CLI contract.
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitInvalid = 1;
-inline constexpr int kExitUsage = 2;
+using common::kExitInvalid;
+using common::kExitOk;
+using common::kExitUsage;
 
 class Connection final {
  public:

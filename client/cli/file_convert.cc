@@ -14,8 +14,7 @@
 namespace weightgate::cli {
 
 absl::Status SafetensorsToTorch(const std::string& in, const std::string& out) {
-  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
-      checkpoint::MappedFile::Open(in);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(in);
   if (!file.ok()) return file.status();
   absl::StatusOr<checkpoint::Checkpoint> ckpt = checkpoint::ReadSafetensors(*file, {});
   if (!ckpt.ok()) return ckpt.status();

@@ -2,15 +2,12 @@
 
 #include <iostream>
 
+#include "common/exit_codes.h"
 #include "server/checkpoint/checkpoint.h"
 #include "server/checkpoint/inspect.h"
 
 namespace weightgate::cli {
 namespace {
-
-constexpr int kInspectOk = 0;
-constexpr int kInspectInvalid = 1;
-constexpr int kInspectUsage = 2;
 
 constexpr char kInspectUsageText[] =
     "usage: weightgate inspect [--json] FILE\n"
@@ -38,7 +35,7 @@ int RunInspectCommand(const std::vector<std::string>& args, bool json, std::ostr
   for (const std::string& a : args) {
     if (!files_only && (a == "--help" || a == "-h")) {
       out << kInspectUsageText;
-      return kInspectOk;
+      return common::kExitOk;
     }
     if (!files_only && a == "--json") {
       json = true;
@@ -46,23 +43,23 @@ int RunInspectCommand(const std::vector<std::string>& args, bool json, std::ostr
       files_only = true;
     } else if (!files_only && a.size() > 1 && a[0] == '-') {
       err << "weightgate: inspect: unknown flag '" << a << "'\n" << kInspectUsageText;
-      return kInspectUsage;
+      return common::kExitUsage;
     } else if (file.empty()) {
       file = a;
     } else {
       err << "weightgate: inspect: expects one FILE\n" << kInspectUsageText;
-      return kInspectUsage;
+      return common::kExitUsage;
     }
   }
   if (file.empty()) {
     err << "weightgate: inspect: missing FILE\n" << kInspectUsageText;
-    return kInspectUsage;
+    return common::kExitUsage;
   }
   absl::StatusOr<checkpoint::Checkpoint> ckpt = checkpoint::ReadCheckpointFile(file);
   if (!ckpt.ok()) {
     err << "weightgate: inspect: " << file << ": " << OneLine(std::string(ckpt.status().message()))
         << "\n";
-    return kInspectInvalid;
+    return common::kExitInvalid;
   }
   checkpoint::Inspection inspection = checkpoint::Inspect(*ckpt);
   out << (json ? checkpoint::RenderInspectionJson(inspection)
@@ -75,9 +72,9 @@ int RunInspectCommand(const std::vector<std::string>& args, bool json, std::ostr
       globals += inspection.unsafe_globals[k];
     }
     err << "weightgate: inspect: " << file << ": unsafe pickle: names " << OneLine(globals) << "\n";
-    return kInspectInvalid;
+    return common::kExitInvalid;
   }
-  return kInspectOk;
+  return common::kExitOk;
 }
 
 int RunInspectCommand(const std::vector<std::string>& args, bool json) {

@@ -1,11 +1,10 @@
 #include "client/common/policy_flags.h"
 
-#include <fstream>
-#include <sstream>
 #include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace weightgate::client {
@@ -17,16 +16,11 @@ namespace v1 = weightgate::v1;
 constexpr size_t kMaxPolicyFileBytes = 1 << 20;
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("--policy: cannot open ", path));
-  std::string data;
-  char buf[4096];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    data.append(buf, static_cast<size_t>(in.gcount()));
-    if (data.size() > kMaxPolicyFileBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("--policy: ", path, " is larger than 1 MiB"));
-    }
+  absl::StatusOr<std::string> data = common::ReadFile(path, kMaxPolicyFileBytes);
+  if (absl::IsOutOfRange(data.status())) {
+    return absl::InvalidArgumentError(absl::StrCat("--policy: ", path, " is larger than 1 MiB"));
   }
+  if (!data.ok()) return absl::NotFoundError(absl::StrCat("--policy: cannot open ", path));
   return data;
 }
 

@@ -3,11 +3,11 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "common/str_util.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/json_spec.h"
 #include "server/checkpoint/module_pickle.h"
 #include "server/checkpoint/safetensors.h"
-#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
@@ -33,7 +33,7 @@ std::string_view FormatName(Format format) {
   return "unknown";
 }
 
-const MappedFile* Checkpoint::FileOf(const StorageRecord& record) const {
+const common::MappedFile* Checkpoint::FileOf(const StorageRecord& record) const {
   if (record.inflated_index >= 0 || record.file_index < 0) return nullptr;
   if (record.file_index == 0) return file.get();
   if (static_cast<size_t>(record.file_index) > more_files.size()) return nullptr;
@@ -48,7 +48,7 @@ std::string_view Checkpoint::StorageBytes(int index) const {
     std::string_view bytes = inflated[static_cast<size_t>(r.inflated_index)];
     return bytes.substr(0, std::min<uint64_t>(r.nbytes, bytes.size()));
   }
-  const MappedFile* f = FileOf(r);
+  const common::MappedFile* f = FileOf(r);
   if (f == nullptr) return {};
   std::string_view data = f->data();
   if (r.file_offset > data.size() || r.nbytes > data.size() - r.file_offset) return {};
@@ -67,7 +67,7 @@ std::string_view Checkpoint::TensorStorageBytes(const TensorRecord& tensor) cons
   return bytes.substr(static_cast<size_t>(skip));
 }
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
                                           const ReadOptions& options) {
   if (file == nullptr) return absl::InvalidArgumentError("not a checkpoint: no file");
   std::string_view data = file->data();
@@ -89,7 +89,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file
 
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {
   if (IsCheckpointSetPath(path)) return ReadCheckpointSet(path, options);
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok()) return file.status();
   return ReadCheckpoint(*std::move(file), options);
 }

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "server/checkpoint/mapped_file.h"
+#include "common/mapped_file.h"
 #include "server/checkpoint/value.h"
 
 namespace weightgate::checkpoint {
@@ -34,8 +34,9 @@ std::string_view FormatName(Format format);
 struct Checkpoint {
   Format format = Format::kTorchZip;
   std::string archive_prefix;  // zip formats: the top folder ("archive", "model", ...)
-  std::shared_ptr<const MappedFile> file;
-  std::vector<std::shared_ptr<const MappedFile>> more_files;  // file sets (checkpoint_set.h)
+  std::shared_ptr<const common::MappedFile> file;
+  std::vector<std::shared_ptr<const common::MappedFile>>
+      more_files;  // file sets (checkpoint_set.h)
   std::unique_ptr<ValueArena> arena = std::make_unique<ValueArena>();
   const Value* root = nullptr;
   std::vector<StorageRecord> storages;
@@ -47,7 +48,7 @@ struct Checkpoint {
   bool unsafe() const { return !unsafe_globals.empty(); }
 
   // The file storage `record` lies in (nullptr for inflated or bad indices).
-  const MappedFile* FileOf(const StorageRecord& record) const;
+  const common::MappedFile* FileOf(const StorageRecord& record) const;
 
   // The bytes of storage `index` (file or inflated); empty view when out of range.
   std::string_view StorageBytes(int index) const;
@@ -89,7 +90,7 @@ struct ReadOptions {
 // ("zip: entry name contains ..", "pickle: truncated at offset 123", ...).
 // Unsafe globals are NOT an error here: the Checkpoint lists them and callers
 // decide (inspect reports them, validation rejects with reason unsafe_pickle).
-absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
                                           const ReadOptions& options = {});
 
 // Convenience: Open + ReadCheckpoint. A directory or an index file is read

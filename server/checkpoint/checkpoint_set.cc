@@ -12,14 +12,16 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "common/sha256.h"
+#include "common/str_util.h"
 #include "server/checkpoint/dcp_reader.h"
 #include "server/checkpoint/hf_sharded.h"
 #include "server/checkpoint/megatron_reader.h"
-#include "server/checkpoint/sha256.h"
-#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/zero_reader.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 absl::Status Invalid(std::string_view what) {
@@ -198,16 +200,16 @@ absl::Status ListFilesBelow(const std::string& root, const std::string& rel, int
 absl::StatusOr<std::string> Sha256CheckpointSet(const std::string& path) {
   std::string dir = path;
   if (!IsDirectory(path)) {
-    if (!IsCheckpointSetPath(path)) return Sha256File(path);
+    if (!IsCheckpointSetPath(path)) return common::Sha256File(path);
     size_t slash = path.rfind('/');
     dir = slash == std::string::npos ? "." : path.substr(0, slash);
   }
   std::vector<std::string> files;
   if (absl::Status s = ListFilesBelow(dir, "", 2, &files); !s.ok()) return s;
   std::sort(files.begin(), files.end());
-  Sha256 manifest;
+  common::Sha256 manifest;
   for (const std::string& f : files) {
-    absl::StatusOr<std::string> sha = Sha256File(JoinPath(dir, f));
+    absl::StatusOr<std::string> sha = common::Sha256File(JoinPath(dir, f));
     if (!sha.ok()) return sha.status();
     struct stat st;
     if (::stat(JoinPath(dir, f).c_str(), &st) != 0) return Invalid(Cat("cannot stat ", f));
@@ -225,7 +227,7 @@ absl::StatusOr<Checkpoint> ReadCheckpointSet(const std::string& path, const Read
     size_t slash = path.rfind('/');
     return ReadDcp(slash == std::string::npos ? "." : path.substr(0, slash), options);
   }
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok()) return file.status();
   return ReadCheckpoint(*std::move(file), options);
 }

@@ -9,14 +9,16 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "common/str_util.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/pickle_reader.h"
 #include "server/checkpoint/set_builder.h"
-#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 using Kind = Value::Kind;
@@ -169,7 +171,7 @@ class DcpReader {
   absl::StatusOr<Checkpoint> Read();
 
  private:
-  absl::StatusOr<std::shared_ptr<const MappedFile>> File(const std::string& relative_path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> File(const std::string& relative_path);
   absl::StatusOr<Checkpoint> ReadChunk(const std::string& fqn, const ChunkInfo& chunk);
   absl::Status ReadTensor(const std::string& fqn, const Value* meta);
 
@@ -177,18 +179,18 @@ class DcpReader {
   const ReadOptions& options_;
   SetBuilder builder_;
   std::map<ChunkKey, StorageInfo> storage_;
-  absl::flat_hash_map<std::string, std::shared_ptr<const MappedFile>> files_;
+  absl::flat_hash_map<std::string, std::shared_ptr<const common::MappedFile>> files_;
 };
 
-absl::StatusOr<std::shared_ptr<const MappedFile>> DcpReader::File(
+absl::StatusOr<std::shared_ptr<const common::MappedFile>> DcpReader::File(
     const std::string& relative_path) {
   auto it = files_.find(relative_path);
   if (it != files_.end()) return it->second;
   if (!IsPlainFileName(relative_path)) {
     return Bad(Cat("bad storage file name \"", relative_path, "\""));
   }
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file =
-      MappedFile::Open(JoinPath(dir_, relative_path));
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+      common::MappedFile::Open(JoinPath(dir_, relative_path));
   if (!file.ok()) return Bad(Cat("missing storage file ", relative_path));
   files_.emplace(relative_path, *file);
   return file;
@@ -200,7 +202,7 @@ absl::StatusOr<Checkpoint> DcpReader::ReadChunk(const std::string& fqn, const Ch
     return Bad(Cat(fqn, ": no storage entry for the chunk at ", Dims(chunk.offsets)));
   }
   const StorageInfo& info = it->second;
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = File(info.relative_path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = File(info.relative_path);
   if (!file.ok()) return file.status();
   std::string_view data = (*file)->data();
   if (info.offset > data.size() || info.length > data.size() - info.offset) {
@@ -300,8 +302,8 @@ absl::Status DcpReader::ReadTensor(const std::string& fqn, const Value* meta) {
 }
 
 absl::StatusOr<Checkpoint> DcpReader::Read() {
-  absl::StatusOr<std::shared_ptr<const MappedFile>> meta_file =
-      MappedFile::Open(JoinPath(dir_, ".metadata"));
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> meta_file =
+      common::MappedFile::Open(JoinPath(dir_, ".metadata"));
   if (!meta_file.ok()) return meta_file.status();
   std::string_view bytes = (*meta_file)->data();
   if (bytes.size() > options_.max_pickle_bytes) return Bad(".metadata is too large");

@@ -9,12 +9,14 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
+#include "common/str_util.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/json.h"
 #include "server/checkpoint/set_builder.h"
-#include "server/checkpoint/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 absl::Status Invalid(std::string_view what) {
@@ -34,7 +36,7 @@ bool ParseDigits(std::string_view s, int* out) {
 
 // Reads one shard file and returns it with its tensors.
 absl::StatusOr<Checkpoint> ReadShard(const std::string& path, const ReadOptions& options) {
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok()) return file.status();
   absl::StatusOr<Checkpoint> part = ReadCheckpoint(*std::move(file), options);
   if (!part.ok()) {
@@ -69,7 +71,8 @@ absl::StatusOr<Checkpoint> ReadHfIndexed(const std::string& index_path,
   size_t slash = index_path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : index_path.substr(0, slash);
   std::string index_name = slash == std::string::npos ? index_path : index_path.substr(slash + 1);
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(index_path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+      common::MappedFile::Open(index_path);
   if (!file.ok()) return file.status();
   if ((*file)->size() > kMaxShardIndexBytes) {
     return Invalid(

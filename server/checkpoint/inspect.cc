@@ -4,9 +4,13 @@
 #include <cstdio>
 #include <map>
 
-#include "server/checkpoint/str_util.h"
+#include "common/human_bytes.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
+using common::HumanBytes;
 namespace {
 
 using Kind = Value::Kind;
@@ -61,20 +65,6 @@ std::vector<std::string> DetectWrappers(const std::vector<InspectedTensor>& tens
     }
   }
   return found;
-}
-
-std::string HumanBytes(uint64_t n) {
-  char buf[64];
-  if (n < 1024) {
-    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(n));
-  } else if (n < (uint64_t{1} << 20)) {
-    std::snprintf(buf, sizeof(buf), "%.1f KiB", n / 1024.0);
-  } else if (n < (uint64_t{1} << 30)) {
-    std::snprintf(buf, sizeof(buf), "%.1f MiB", n / 1048576.0);
-  } else {
-    std::snprintf(buf, sizeof(buf), "%.2f GiB", n / 1073741824.0);
-  }
-  return buf;
 }
 
 std::string ShapeText(const std::vector<int64_t>& shape) {

@@ -52,7 +52,7 @@ bool LooksLikeJsonSpec(std::string_view data) {
   return head.find("\"tensors\"") != std::string_view::npos;
 }
 
-absl::StatusOr<Checkpoint> ReadJsonSpec(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadJsonSpec(std::shared_ptr<const common::MappedFile> file,
                                         const ReadOptions& options) {
   if (file == nullptr) return Error("no file");
   std::string_view text = file->data();

@@ -17,8 +17,8 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "common/mapped_file.h"
 #include "server/checkpoint/checkpoint.h"
-#include "server/checkpoint/mapped_file.h"
 
 namespace weightgate::checkpoint {
 
@@ -29,7 +29,7 @@ bool LooksLikeJsonSpec(std::string_view data);
 // Parses a JSON spec. The document may be at most
 // options.max_safetensors_header bytes (the same cap as a safetensors JSON
 // header); options.max_values bounds the tensors.
-absl::StatusOr<Checkpoint> ReadJsonSpec(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadJsonSpec(std::shared_ptr<const common::MappedFile> file,
                                         const ReadOptions& options = {});
 
 }  // namespace weightgate::checkpoint

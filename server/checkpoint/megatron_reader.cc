@@ -9,11 +9,13 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "common/str_util.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/set_builder.h"
-#include "server/checkpoint/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 using Kind = Value::Kind;
@@ -82,8 +84,8 @@ struct Layout {
 absl::StatusOr<Layout> FindLayout(const std::string& dir) {
   Layout layout;
   layout.iteration_dir = dir;
-  absl::StatusOr<std::shared_ptr<const MappedFile>> tracker =
-      MappedFile::Open(JoinPath(dir, kTracker));
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> tracker =
+      common::MappedFile::Open(JoinPath(dir, kTracker));
   if (tracker.ok() && (*tracker)->size() <= 64) {
     std::string it((*tracker)->data());
     while (!it.empty() && (it.back() == '\n' || it.back() == ' ' || it.back() == '\r'))
@@ -172,7 +174,7 @@ absl::StatusOr<Checkpoint> ReadMegatron(const std::string& dir, const ReadOption
   std::vector<std::vector<NamedTensor>> tensors;
   for (const std::string& r : layout->ranks) {
     std::string path = JoinPath(JoinPath(layout->iteration_dir, r), kRankFile);
-    absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+    absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
     if (!file.ok()) return Bad(Cat("inconsistent ranks: ", r, "/", kRankFile, " is missing"));
     absl::StatusOr<Checkpoint> part = ReadCheckpoint(*std::move(file), options);
     if (!part.ok()) return Bad(Cat(r, "/", kRankFile, ": ", part.status().message()));

@@ -4,9 +4,11 @@
 #include <vector>
 
 #include "absl/container/flat_hash_set.h"
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 using Kind = Value::Kind;

@@ -3,9 +3,13 @@
 #include <vector>
 
 #include "absl/strings/ascii.h"
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint::pickle_internal {
+
+using common::AbslView;
+using common::Cat;
+using common::StdView;
 
 void AppendUtf8(uint32_t cp, std::string* out) {
   if (cp < 0x80) {

@@ -15,13 +15,17 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/str_util.h"
 #include "server/checkpoint/pickle_globals.h"
 #include "server/checkpoint/pickle_literals.h"
 #include "server/checkpoint/pickle_reader.h"
-#include "server/checkpoint/str_util.h"
 #include "server/checkpoint/value.h"
 
 namespace weightgate::checkpoint::pickle_internal {
+
+using common::AbslView;
+using common::Cat;
+using common::StdView;
 
 using Kind = Value::Kind;
 

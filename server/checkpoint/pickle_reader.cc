@@ -10,11 +10,15 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/string_view.h"
+#include "common/str_util.h"
 #include "server/checkpoint/pickle_machine.h"
-#include "server/checkpoint/str_util.h"
 
 namespace weightgate::checkpoint {
 namespace pickle_internal {
+
+using common::AbslView;
+using common::Cat;
+using common::StdView;
 
 absl::StatusOr<Value*> Machine::ParseDecimalInt(std::string_view text, bool long_suffix) {
   std::string twos;

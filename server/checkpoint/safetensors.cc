@@ -123,7 +123,7 @@ bool LooksLikeSafetensors(std::string_view data) {
   return n >= 2 && n <= data.size() - kLengthBytes && data[kLengthBytes] == '{';
 }
 
-absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const common::MappedFile> file,
                                            const ReadOptions& options) {
   if (file == nullptr) return Error("no file");
   std::string_view data = file->data();

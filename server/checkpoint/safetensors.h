@@ -27,9 +27,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/mapped_file.h"
 #include "server/checkpoint/checkpoint.h"
 #include "server/checkpoint/dtype.h"
-#include "server/checkpoint/mapped_file.h"
 
 namespace weightgate::checkpoint {
 
@@ -45,7 +45,7 @@ bool LooksLikeSafetensors(std::string_view data);
 // root kDict of name (kString) -> kTensor (contiguous, storage_offset 0) in
 // header order; metadata as "key=value". Errors are
 // InvalidArgumentError("safetensors: <reason>").
-absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const common::MappedFile> file,
                                            const ReadOptions& options = {});
 
 struct SafetensorsEntry {

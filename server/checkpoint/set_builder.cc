@@ -8,9 +8,11 @@
 #include <cstring>
 #include <utility>
 
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 // Assembled tensors start on this boundary in the scratch file, as stored
@@ -88,7 +90,7 @@ SetBuilder::~SetBuilder() {
   if (!scratch_path_.empty()) ::unlink(scratch_path_.c_str());
 }
 
-int SetBuilder::FileIndex(const std::shared_ptr<const MappedFile>& file) {
+int SetBuilder::FileIndex(const std::shared_ptr<const common::MappedFile>& file) {
   auto it = file_index_.find(file.get());
   if (it != file_index_.end()) return it->second;
   int index;
@@ -179,7 +181,7 @@ absl::Status SetBuilder::AddPart(Checkpoint part, const std::vector<NamedTensor>
           }
           s.inflated_index = inf;
         } else {
-          std::shared_ptr<const MappedFile> f;
+          std::shared_ptr<const common::MappedFile> f;
           if (s.file_index == 0) {
             f = part.file;
           } else if (s.file_index > 0 &&
@@ -244,7 +246,8 @@ absl::StatusOr<Checkpoint> SetBuilder::Finish() {
   if (scratch_fd_ >= 0) {
     ::close(scratch_fd_);
     scratch_fd_ = -1;
-    absl::StatusOr<std::shared_ptr<const MappedFile>> mapped = MappedFile::Open(scratch_path_);
+    absl::StatusOr<std::shared_ptr<const common::MappedFile>> mapped =
+        common::MappedFile::Open(scratch_path_);
     ::unlink(scratch_path_.c_str());
     scratch_path_.clear();
     if (!mapped.ok()) return mapped.status();

@@ -73,7 +73,7 @@ class SetBuilder final {
   absl::StatusOr<Checkpoint> Finish();
 
  private:
-  int FileIndex(const std::shared_ptr<const MappedFile>& file);
+  int FileIndex(const std::shared_ptr<const common::MappedFile>& file);
   absl::Status AddName(const std::string& name, std::string_view origin);
   void Append(const std::string& name, const Value* tensor);
   void MergeGlobals(const Checkpoint& part);
@@ -81,7 +81,7 @@ class SetBuilder final {
   Checkpoint out_;
   Value* root_ = nullptr;
   bool have_format_ = false;
-  absl::flat_hash_map<const MappedFile*, int> file_index_;
+  absl::flat_hash_map<const common::MappedFile*, int> file_index_;
   absl::flat_hash_map<std::string, std::string> origin_;   // tensor name -> piece
   absl::flat_hash_map<std::string, const Value*> values_;  // tensor name -> its value
 

@@ -8,9 +8,14 @@
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::AbslView;
+using common::Cat;
+using common::StdView;
+
 namespace {
 
 using Kind = Value::Kind;
@@ -164,7 +169,7 @@ bool IsTorchScript(const ZipReader& zip, std::string_view prefix) {
   return false;
 }
 
-absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const common::MappedFile> file,
                                         const ZipReader& zip, const ReadOptions& options) {
   std::string prefix;
   if (!IsTorchZip(zip, &prefix)) {
@@ -254,7 +259,7 @@ bool LooksLikeTorchLegacy(std::string_view data) {
          data.substr(1, kLegacyMagicDecimal.size()) == kLegacyMagicDecimal;
 }
 
-absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const common::MappedFile> file,
                                            const ReadOptions& options) {
   Checkpoint ckpt;
   ckpt.file = file;

@@ -25,8 +25,8 @@
 #include <string_view>
 
 #include "absl/status/statusor.h"
+#include "common/mapped_file.h"
 #include "server/checkpoint/checkpoint.h"
-#include "server/checkpoint/mapped_file.h"
 #include "server/checkpoint/pickle_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
@@ -48,13 +48,13 @@ bool IsTorchScript(const ZipReader& zip, std::string_view prefix);
 
 // Reads a torch.save or TorchScript zip archive; `zip` indexes file->data().
 // Sets format kTorchZip or kTorchScript.
-absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const common::MappedFile> file,
                                         const ZipReader& zip, const ReadOptions& options);
 
 // True when `data` starts with the legacy magic number pickle.
 bool LooksLikeTorchLegacy(std::string_view data);
 
-absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const MappedFile> file,
+absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const common::MappedFile> file,
                                            const ReadOptions& options);
 
 }  // namespace weightgate::checkpoint

@@ -8,9 +8,11 @@
 #include <cstring>
 #include <utility>
 
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 constexpr size_t kBufferSize = size_t{1} << 20;

@@ -4,9 +4,11 @@
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 
 int64_t TensorRecord::numel() const {
   int64_t n = 1;

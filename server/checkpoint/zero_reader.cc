@@ -7,12 +7,14 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/str_util.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/pickle_reader.h"
 #include "server/checkpoint/set_builder.h"
-#include "server/checkpoint/str_util.h"
 
 namespace weightgate::checkpoint {
+
+using common::Cat;
 namespace {
 
 using Kind = Value::Kind;
@@ -67,7 +69,7 @@ bool NaturalLess(const std::string& a, const std::string& b) {
 }
 
 absl::StatusOr<Checkpoint> ReadPart(const std::string& path, const ReadOptions& options) {
-  absl::StatusOr<std::shared_ptr<const MappedFile>> file = MappedFile::Open(path);
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok()) return file.status();
   absl::StatusOr<Checkpoint> part = ReadCheckpoint(*std::move(file), options);
   if (!part.ok()) return Bad(Cat(path, ": ", part.status().message()));
@@ -203,8 +205,8 @@ class FlatVector {
 };
 
 std::string ReadTag(const std::string& dir) {
-  absl::StatusOr<std::shared_ptr<const MappedFile>> latest =
-      MappedFile::Open(JoinPath(dir, "latest"));
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> latest =
+      common::MappedFile::Open(JoinPath(dir, "latest"));
   if (!latest.ok() || (*latest)->size() > 4096) return "";
   std::string tag((*latest)->data());
   while (!tag.empty() && (tag.back() == '\n' || tag.back() == '\r' || tag.back() == ' ')) {

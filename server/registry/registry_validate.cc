@@ -12,6 +12,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/model_ref.h"
+#include "common/time_util.h"
 #include "server/registry/registry.h"
 #include "server/statedict/normalizer.h"
 #include "server/statedict/spec.h"
@@ -22,12 +24,6 @@ namespace {
 namespace v1 = weightgate::v1;
 
 constexpr size_t kCopyChunkBytes = size_t{1} << 20;
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 // Copies the file at `path` into a new blob; returns its sha256.
 absl::StatusOr<std::string> StoreFileAsBlob(store::Store& store, const std::string& path) {
@@ -60,7 +56,7 @@ absl::StatusOr<std::string> StoreFileAsBlob(store::Store& store, const std::stri
 
 absl::StatusOr<v1::Model> Registry::RegisterModel(const v1::RegisterModelHeader& header,
                                                   const std::string& reference_path) {
-  if (absl::Status s = store::ValidateModelId(header.model_id()); !s.ok()) return s;
+  if (absl::Status s = common::ValidateModelId(header.model_id()); !s.ok()) return s;
   absl::StatusOr<v1::Model> existing = options_.store->GetModel(header.model_id());
   if (existing.ok() && !header.replace()) {
     return absl::AlreadyExistsError(absl::StrCat(
@@ -97,7 +93,7 @@ absl::StatusOr<v1::Model> Registry::RegisterModel(const v1::RegisterModelHeader&
   *model.mutable_spec() = *std::move(spec);
   *model.mutable_policy() = header.policy();
   model.set_description(header.description());
-  model.set_created_unix_ms(NowMs());
+  model.set_created_unix_ms(common::NowMs());
   model.set_updated_unix_ms(model.created_unix_ms());
   if (absl::Status s = options_.store->PutModel(model); !s.ok()) return s;
   return model;

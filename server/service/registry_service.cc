@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/model_ref.h"
 #include "server/service/status_util.h"
 #include "server/service/upload_reactor.h"
 
@@ -134,7 +135,7 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
       Upload("UploadCheckpoint", context),
       [this, response](const UploadHeader& header, store::StagedFile& staged) {
         if (!header.alias().empty()) {
-          if (absl::Status s = store::ValidateModelId(header.alias()); !s.ok()) {
+          if (absl::Status s = common::ValidateModelId(header.alias()); !s.ok()) {
             return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                 absl::StrCat("invalid alias '", header.alias(), "'"));
           }

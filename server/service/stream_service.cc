@@ -4,8 +4,10 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "common/crc32c.h"
+#include "common/model_ref.h"
+#include "common/time_util.h"
 #include "server/service/status_util.h"
-#include "server/store/crc32c.h"
 
 namespace weightgate::service {
 namespace {
@@ -16,12 +18,6 @@ using weightgate::v1::WatchEvent;
 constexpr uint32_t kDefaultChunkBytes = 1 << 20;
 constexpr uint32_t kMinChunkBytes = 4 << 10;
 constexpr uint32_t kMaxChunkBytes = 8 << 20;
-
-int64_t NowMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 template <typename Response>
 class FinishedWriter final : public grpc::ServerWriteReactor<Response> {
@@ -125,7 +121,7 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
     auto* chunk = response_.mutable_chunk();
     chunk->set_offset(range.first);
     chunk->set_data(data.data(), data.size());
-    chunk->set_crc32c(store::Crc32c(data));
+    chunk->set_crc32c(common::Crc32c(data));
     range.first += n;
     sent_ += n;
     StartWrite(&response_);
@@ -184,7 +180,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
     event_.set_alias(alias_);
     event_.set_version(version);
     event_.set_previous_version(last_sent_);
-    event_.set_unix_ms(NowMs());
+    event_.set_unix_ms(common::NowMs());
     last_sent_ = version;
     writing_ = true;
     StartWrite(&event_);
@@ -293,7 +289,7 @@ grpc::ServerWriteReactor<FetchResponse>* StreamService::FetchWeights(
 grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(
     grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) {
   grpc::Status auth = options_.auth->Check(context, Role::kReader);
-  absl::StatusOr<store::ParsedRef> ref = store::ParseRef(request->ref());
+  absl::StatusOr<common::ParsedRef> ref = common::ParseRef(request->ref());
   if (auth.ok() && !ref.ok()) auth = ToGrpcStatus(ref.status());
   if (auth.ok() && ref->version != 0) {
     auth = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,

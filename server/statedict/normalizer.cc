@@ -17,10 +17,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/mapped_file.h"
+#include "common/sha256.h"
 #include "server/checkpoint/checkpoint_set.h"
-#include "server/checkpoint/mapped_file.h"
 #include "server/checkpoint/megatron_reader.h"
-#include "server/checkpoint/sha256.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
@@ -88,7 +88,7 @@ void ReleaseBytes(const Checkpoint& ckpt, const TensorRecord& rec, const char* b
     return;
   }
   // Sets map several files: the one this storage lies in.
-  const checkpoint::MappedFile* mapped = ckpt.FileOf(ckpt.storages[rec.storage_index]);
+  const common::MappedFile* mapped = ckpt.FileOf(ckpt.storages[rec.storage_index]);
   if (mapped == nullptr || mapped->path().empty()) return;
   std::string_view file = mapped->data();
   if (begin_ptr < file.data() || len > file.size() ||
@@ -244,15 +244,15 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
       if (sha.ok()) report.set_input_sha256(*sha);
     }
   } else {
-    absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
-        checkpoint::MappedFile::Open(checkpoint_path);
+    absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+        common::MappedFile::Open(checkpoint_path);
     if (!file.ok()) {
       AddReason(&report, "unreadable");
       report.set_error(std::string(file.status().message()));
       return finish();
     }
     if (options.compute_input_sha256) {
-      absl::StatusOr<std::string> sha = checkpoint::Sha256File(checkpoint_path);
+      absl::StatusOr<std::string> sha = common::Sha256File(checkpoint_path);
       if (sha.ok()) report.set_input_sha256(*sha);
     }
     read = checkpoint::ReadCheckpoint(*file, options.read_options);

@@ -7,9 +7,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "common/sha256.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/dtype.h"
-#include "server/checkpoint/sha256.h"
 #include "server/statedict/matcher.h"
 
 namespace weightgate::statedict {

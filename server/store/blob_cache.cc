@@ -7,7 +7,7 @@
 namespace weightgate::store {
 
 absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
-    std::shared_ptr<const checkpoint::MappedFile> file) {
+    std::shared_ptr<const common::MappedFile> file) {
   absl::StatusOr<checkpoint::Checkpoint> ckpt = checkpoint::ReadSafetensors(file, {});
   if (!ckpt.ok()) return ckpt.status();
   weightgate::v1::Manifest manifest;
@@ -50,8 +50,8 @@ absl::StatusOr<std::shared_ptr<const OpenBlob>> BlobCache::Get(const std::string
   if (!store_->HasBlob(sha256)) {
     return absl::NotFoundError(absl::StrCat("blob ", sha256, " is missing from the store"));
   }
-  absl::StatusOr<std::shared_ptr<const checkpoint::MappedFile>> file =
-      checkpoint::MappedFile::Open(store_->BlobPath(sha256));
+  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+      common::MappedFile::Open(store_->BlobPath(sha256));
   if (!file.ok()) return file.status();
   auto blob = std::make_shared<OpenBlob>();
   blob->file = *file;

@@ -16,14 +16,14 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "server/checkpoint/mapped_file.h"
+#include "common/mapped_file.h"
 #include "server/store/store.h"
 #include "weightgate/v1/stream.pb.h"
 
 namespace weightgate::store {
 
 struct OpenBlob {
-  std::shared_ptr<const checkpoint::MappedFile> file;
+  std::shared_ptr<const common::MappedFile> file;
   // Tensors (name, dtype, shape, byte range in the blob), header size, total.
   weightgate::v1::Manifest manifest;
 };
@@ -52,7 +52,7 @@ class BlobCache final {
 
 // Parses a stored blob's safetensors header into a manifest.
 absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
-    std::shared_ptr<const checkpoint::MappedFile> file);
+    std::shared_ptr<const common::MappedFile> file);
 
 }  // namespace weightgate::store
 

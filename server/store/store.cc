@@ -8,18 +8,24 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
-#include <fstream>
 #include <random>
 #include <set>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
+#include "common/model_ref.h"
+#include "common/time_util.h"
 #include "google/protobuf/util/json_util.h"
 
 namespace weightgate::store {
+
+using common::NowMs;
+using common::ParsedRef;
+using common::ParseRef;
+using common::ValidateModelId;
+
 namespace {
 
 using weightgate::v1::Model;
@@ -92,20 +98,9 @@ absl::Status AtomicWrite(const std::string& tmp_dir, const std::string& path,
   return FsyncDir(DirName(path));
 }
 
-absl::StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat(path, " not found"));
-    return ErrnoStatus(absl::StrCat("open ", path));
-  }
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 template <typename Message>
 absl::StatusOr<Message> ReadJson(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadWholeFile(path);
+  absl::StatusOr<std::string> text = common::ReadFile(path);
   if (!text.ok()) return text.status();
   Message message;
   google::protobuf::util::JsonParseOptions options;
@@ -152,12 +147,6 @@ bool IsHexSha256(const std::string& s) {
 // Unreferenced blobs younger than this survive garbage collection.
 constexpr int kBlobGracePeriodSeconds = 600;
 
-int64_t NowMs() {
-  struct timespec ts;
-  ::clock_gettime(CLOCK_REALTIME, &ts);
-  return int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1000000;
-}
-
 // flock() on <root>/LOCK: serialises read-modify-write of metadata across
 // threads (each holder opens its own descriptor) and across processes.
 class FileLock final {
@@ -189,7 +178,7 @@ StagedFile::~StagedFile() {
 
 absl::Status StagedFile::Append(std::string_view bytes) {
   if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
-  if (sha_ == nullptr) sha_ = std::make_unique<checkpoint::Sha256>();
+  if (sha_ == nullptr) sha_ = std::make_unique<common::Sha256>();
   sha_->Update(bytes);
   while (!bytes.empty()) {
     ssize_t n = ::write(fd_, bytes.data(), bytes.size());
@@ -203,7 +192,7 @@ absl::Status StagedFile::Append(std::string_view bytes) {
 
 absl::Status StagedFile::Finish() {
   if (fd_ < 0) return absl::FailedPreconditionError("staged file already finished");
-  sha256_ = sha_ != nullptr ? sha_->HexDigest() : checkpoint::Sha256Hex("");
+  sha256_ = sha_ != nullptr ? sha_->HexDigest() : common::Sha256Hex("");
   sha_.reset();
   int rc = ::fsync(fd_);
   ::close(fd_);
@@ -215,7 +204,7 @@ absl::Status StagedFile::AdoptContents() {
   if (fd_ >= 0) ::close(fd_);
   sha_.reset();
   // Nothing appended through us: hash what the other writer left at path_.
-  absl::StatusOr<std::string> sha = checkpoint::Sha256File(path_);
+  absl::StatusOr<std::string> sha = common::Sha256File(path_);
   if (!sha.ok()) return sha.status();
   struct stat st;
   if (::stat(path_.c_str(), &st) != 0) return ErrnoStatus(absl::StrCat("stat ", path_));
@@ -228,48 +217,6 @@ absl::Status StagedFile::AdoptContents() {
   ::close(fd_);
   fd_ = -1;
   return rc == 0 ? absl::OkStatus() : ErrnoStatus(absl::StrCat("fsync ", path_));
-}
-
-// ---------------------------------------------------------------- helpers
-
-absl::Status ValidateModelId(const std::string& model_id) {
-  auto valid_char = [](char c, bool first) {
-    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) return true;
-    return !first && (c == '.' || c == '_' || c == '-');
-  };
-  bool ok = !model_id.empty() && model_id.size() <= 128;
-  for (size_t i = 0; ok && i < model_id.size(); ++i) ok = valid_char(model_id[i], i == 0);
-  if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat("invalid model id '", model_id.substr(0, 140),
-                                                 "': must match [a-z0-9][a-z0-9._-]{0,127}"));
-}
-
-absl::StatusOr<ParsedRef> ParseRef(const std::string& ref) {
-  ParsedRef parsed;
-  size_t at = ref.find('@');
-  parsed.model_id = ref.substr(0, at);
-  if (absl::Status s = ValidateModelId(parsed.model_id); !s.ok()) return s;
-  if (at == std::string::npos) {
-    parsed.alias = "latest";
-    return parsed;
-  }
-  std::string tail = ref.substr(at + 1);
-  if (tail.empty())
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid reference '", ref, "': empty after '@'"));
-  int64_t version = 0;
-  auto [end, ec] = std::from_chars(tail.data(), tail.data() + tail.size(), version);
-  if (ec == std::errc() && end == tail.data() + tail.size()) {
-    if (version <= 0)
-      return absl::InvalidArgumentError(absl::StrCat("invalid version in '", ref, "'"));
-    parsed.version = version;
-    return parsed;
-  }
-  if (absl::Status s = ValidateModelId(tail); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("invalid alias in reference '", ref, "'"));
-  }
-  parsed.alias = tail;
-  return parsed;
 }
 
 // ---------------------------------------------------------------- Store

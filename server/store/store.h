@@ -24,7 +24,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "server/checkpoint/sha256.h"
+#include "common/sha256.h"
 #include "weightgate/v1/registry.pb.h"
 
 namespace weightgate::store {
@@ -58,7 +58,7 @@ class StagedFile final {
   int fd_ = -1;
   uint64_t size_ = 0;
   std::string sha256_;
-  std::unique_ptr<checkpoint::Sha256> sha_;
+  std::unique_ptr<common::Sha256> sha_;
   bool keep_ = false;
 };
 
@@ -125,18 +125,6 @@ class Store final {
   explicit Store(std::string root) : root_(std::move(root)) {}
   std::string root_;
 };
-
-// Model IDs match [a-z0-9][a-z0-9._-]{0,127}.
-absl::Status ValidateModelId(const std::string& model_id);
-
-// Splits "MODEL", "MODEL@VERSION", "MODEL@ALIAS". alias is "latest" for a bare
-// MODEL; version is set (and alias empty) when the part after '@' is a number.
-struct ParsedRef {
-  std::string model_id;
-  std::string alias;
-  int64_t version = 0;
-};
-absl::StatusOr<ParsedRef> ParseRef(const std::string& ref);
 
 }  // namespace weightgate::store
 

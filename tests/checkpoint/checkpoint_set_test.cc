@@ -27,6 +27,7 @@ namespace weightgate::checkpoint {
 namespace {
 
 using testing::GatherTensorBytes;
+using testing::Sha256Hex;
 
 using testing::Fx;
 using testing::SetFixtureDir;

@@ -17,9 +17,9 @@
 #include <string_view>
 #include <vector>
 
+#include "common/sha256.h"
 #include "gtest/gtest.h"
 #include "server/checkpoint/checkpoint.h"
-#include "server/checkpoint/sha256.h"
 
 namespace weightgate::checkpoint::testing {
 
@@ -85,7 +85,7 @@ inline std::string ReadFileBytes(const std::string& path) {
   return ss.str();
 }
 
-using checkpoint::Sha256Hex;
+using common::Sha256Hex;
 
 // The tensor's elements in row-major order, gathered through its strides.
 inline std::string GatherTensorBytes(const Checkpoint& ckpt, const TensorRecord& t) {

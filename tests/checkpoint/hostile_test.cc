@@ -13,6 +13,8 @@
 namespace weightgate::checkpoint {
 namespace {
 
+using common::MappedFile;
+
 using testing::FileExists;
 using testing::FixtureDir;
 using testing::GatherTensorBytes;

@@ -12,6 +12,8 @@
 namespace weightgate::checkpoint {
 namespace {
 
+using common::MappedFile;
+
 using testing::FixtureDir;
 using testing::ReadExpectedTensors;
 

@@ -7,12 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "common/mapped_file.h"
 #include "gtest/gtest.h"
-#include "server/checkpoint/mapped_file.h"
 #include "tests/checkpoint/zip_fixtures.h"
 
 namespace weightgate::checkpoint {
 namespace {
+
+using common::MappedFile;
 
 using ::weightgate::checkpoint::testing::FixtureDir;
 using ::weightgate::checkpoint::testing::SplitTabs;

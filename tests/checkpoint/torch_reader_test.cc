@@ -11,6 +11,8 @@
 namespace weightgate::checkpoint {
 namespace {
 
+using common::MappedFile;
+
 using Kind = Value::Kind;
 using testing::ExpectedTensor;
 using testing::FixtureDir;

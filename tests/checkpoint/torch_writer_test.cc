@@ -16,6 +16,8 @@
 namespace weightgate::checkpoint {
 namespace {
 
+using common::MappedFile;
+
 using testing::FileExists;
 using testing::GatherTensorBytes;
 using testing::ReadFileBytes;

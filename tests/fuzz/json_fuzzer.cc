@@ -46,7 +46,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   wc::LooksLikeJsonSpec(text);
   absl::StatusOr<wc::Checkpoint> spec =
-      wc::ReadJsonSpec(wc::MappedFile::FromString(std::string(text)), {});
+      wc::ReadJsonSpec(weightgate::common::MappedFile::FromString(std::string(text)), {});
   if (!spec.ok()) {
     WG_FUZZ_CHECK_REJECTION(spec.status());
     return 0;

@@ -40,7 +40,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.max_values = 1 << 20;  // stay under libFuzzer's RSS limit
   options.max_inflated_bytes = uint64_t{256} << 20;
   absl::StatusOr<wc::Checkpoint> cp =
-      wc::ReadCheckpoint(wc::MappedFile::FromString(std::move(bytes)), options);
+      wc::ReadCheckpoint(weightgate::common::MappedFile::FromString(std::move(bytes)), options);
   if (!cp.ok()) {
     WG_FUZZ_CHECK_REJECTION(cp.status());
     return 0;

@@ -15,7 +15,7 @@ namespace wc = weightgate::checkpoint;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string bytes(reinterpret_cast<const char*>(data), size);
   wc::LooksLikeSafetensors(bytes);
-  auto file = wc::MappedFile::FromString(bytes);
+  auto file = weightgate::common::MappedFile::FromString(bytes);
   absl::StatusOr<wc::Checkpoint> cp = wc::ReadSafetensors(file, {});
   if (!cp.ok()) {
     WG_FUZZ_CHECK_REJECTION(cp.status());
@@ -48,7 +48,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       rewritten.append(bytes, static_cast<size_t>(s.file_offset), static_cast<size_t>(s.nbytes));
     }
     absl::StatusOr<wc::Checkpoint> again =
-        wc::ReadSafetensors(wc::MappedFile::FromString(std::move(rewritten)), {});
+        wc::ReadSafetensors(weightgate::common::MappedFile::FromString(std::move(rewritten)), {});
     WG_FUZZ_CHECK(again.ok());
     WG_FUZZ_CHECK(again->storages.size() == cp->storages.size());
   }

@@ -1,8 +1,8 @@
-// String helpers for server/checkpoint. Debian's abseil is built with its own
+// String helpers shared by every module. Debian's abseil is built with its own
 // absl::string_view (not std::string_view), so absl::StrCat does not accept
 // std::string_view; Cat does, and AbslView bridges the two view types.
-#ifndef WEIGHTGATE_SERVER_CHECKPOINT_STR_UTIL_H_
-#define WEIGHTGATE_SERVER_CHECKPOINT_STR_UTIL_H_
+#ifndef WEIGHTGATE_COMMON_STR_UTIL_H_
+#define WEIGHTGATE_COMMON_STR_UTIL_H_
 
 #include <string>
 #include <string_view>
@@ -10,7 +10,7 @@
 
 #include "absl/strings/string_view.h"
 
-namespace weightgate::checkpoint {
+namespace weightgate::common {
 
 inline absl::string_view AbslView(std::string_view s) {
   return absl::string_view(s.data(), s.size());
@@ -48,6 +48,6 @@ std::string Cat(const Args&... args) {
   return out;
 }
 
-}  // namespace weightgate::checkpoint
+}  // namespace weightgate::common
 
-#endif  // WEIGHTGATE_SERVER_CHECKPOINT_STR_UTIL_H_
+#endif  // WEIGHTGATE_COMMON_STR_UTIL_H_

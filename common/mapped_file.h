@@ -4,8 +4,8 @@
 // server/checkpoint copies tensor bytes.
 //
 // This class is thread-safe (it is immutable after creation).
-#ifndef WEIGHTGATE_SERVER_CHECKPOINT_MAPPED_FILE_H_
-#define WEIGHTGATE_SERVER_CHECKPOINT_MAPPED_FILE_H_
+#ifndef WEIGHTGATE_COMMON_MAPPED_FILE_H_
+#define WEIGHTGATE_COMMON_MAPPED_FILE_H_
 
 #include <memory>
 #include <string>
@@ -13,7 +13,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace weightgate::checkpoint {
+namespace weightgate::common {
 
 class MappedFile final {
  public:
@@ -41,6 +41,6 @@ class MappedFile final {
   std::string path_;
 };
 
-}  // namespace weightgate::checkpoint
+}  // namespace weightgate::common
 
-#endif  // WEIGHTGATE_SERVER_CHECKPOINT_MAPPED_FILE_H_
+#endif  // WEIGHTGATE_COMMON_MAPPED_FILE_H_

@@ -1,4 +1,4 @@
-#include "server/checkpoint/mapped_file.h"
+#include "common/mapped_file.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -11,7 +11,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
-namespace weightgate::checkpoint {
+namespace weightgate::common {
 
 absl::StatusOr<std::shared_ptr<const MappedFile>> MappedFile::Open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -54,4 +54,4 @@ MappedFile::~MappedFile() {
   if (mapped_) ::munmap(const_cast<char*>(base_), size_);
 }
 
-}  // namespace weightgate::checkpoint
+}  // namespace weightgate::common

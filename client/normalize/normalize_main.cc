@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/common/policy_flags.h"
 #include "client/common/report_format.h"
+#include "common/exit_codes.h"
 #include "server/statedict/normalizer.h"
 #include "server/statedict/spec.h"
 
@@ -23,9 +24,9 @@ namespace {
 namespace v1 = weightgate::v1;
 namespace sd = weightgate::statedict;
 
-constexpr int kExitOk = 0;
-constexpr int kExitInvalid = 1;
-constexpr int kExitUsage = 2;
+using weightgate::common::kExitInvalid;
+using weightgate::common::kExitOk;
+using weightgate::common::kExitUsage;
 
 void Usage(FILE* out) {
   std::fprintf(

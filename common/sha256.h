@@ -1,8 +1,8 @@
 // SHA-256 as lower-case hex, the name of every stored blob and the identity
 // of every uploaded checkpoint. One implementation (OpenSSL's) for the store,
 // the normaliser and the CLI.
-#ifndef WEIGHTGATE_SERVER_CHECKPOINT_SHA256_H_
-#define WEIGHTGATE_SERVER_CHECKPOINT_SHA256_H_
+#ifndef WEIGHTGATE_COMMON_SHA256_H_
+#define WEIGHTGATE_COMMON_SHA256_H_
 
 #include <memory>
 #include <string>
@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace weightgate::checkpoint {
+namespace weightgate::common {
 
 // Incremental hashing of a byte stream.
 class Sha256 final {
@@ -35,6 +35,6 @@ absl::StatusOr<std::string> Sha256File(const std::string& path);
 // Hex sha256 of `bytes`.
 std::string Sha256Hex(std::string_view bytes);
 
-}  // namespace weightgate::checkpoint
+}  // namespace weightgate::common
 
-#endif  // WEIGHTGATE_SERVER_CHECKPOINT_SHA256_H_
+#endif  // WEIGHTGATE_COMMON_SHA256_H_

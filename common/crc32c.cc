@@ -1,9 +1,9 @@
-#include "server/store/crc32c.h"
+#include "common/crc32c.h"
 
 #include <array>
 #include <cstring>
 
-namespace weightgate::store {
+namespace weightgate::common {
 namespace {
 
 constexpr uint32_t kPoly = 0x82F63B78u;  // reflected Castagnoli
@@ -55,4 +55,4 @@ uint32_t Crc32c(std::string_view data, uint32_t crc) {
   return ~c;
 }
 
-}  // namespace weightgate::store
+}  // namespace weightgate::common

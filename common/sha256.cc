@@ -1,4 +1,4 @@
-#include "server/checkpoint/sha256.h"
+#include "common/sha256.h"
 
 #include <fcntl.h>
 #include <openssl/evp.h>
@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "server/checkpoint/str_util.h"
+#include "common/str_util.h"
 
-namespace weightgate::checkpoint {
+namespace weightgate::common {
 namespace {
 
 constexpr size_t kChunkBytes = size_t{4} << 20;
@@ -78,4 +78,4 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   return sha.HexDigest();
 }
 
-}  // namespace weightgate::checkpoint
+}  // namespace weightgate::common

@@ -1,0 +1,24 @@
+// Whole-file reads of small files (metadata, policies, PEM, token lists).
+// Large inputs (checkpoints, blobs) are mapped (common/mapped_file.h), never
+// read whole.
+#ifndef WEIGHTGATE_COMMON_FILE_UTIL_H_
+#define WEIGHTGATE_COMMON_FILE_UTIL_H_
+
+#include <cstddef>
+#include <limits>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace weightgate::common {
+
+// The bytes of the file at `path`. NotFound "<path> not found" when it does
+// not exist; Internal "open <path>: <errno text>" when it cannot be opened or
+// read; OutOfRange "<path> is larger than <max_bytes> bytes" when it holds
+// more than `max_bytes` (checked while reading, so /dev/zero stops).
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     size_t max_bytes = std::numeric_limits<size_t>::max());
+
+}  // namespace weightgate::common
+
+#endif  // WEIGHTGATE_COMMON_FILE_UTIL_H_

@@ -175,8 +175,6 @@ bool IsCheckpointSetPath(const std::string& path) {
   return EndsWith(base, ".index.json") || base == ".metadata";
 }
 
-namespace {
-
 absl::Status ListFilesBelow(const std::string& root, const std::string& rel, int depth,
                             std::vector<std::string>* out) {
   absl::StatusOr<std::vector<std::string>> names = ListDirectory(JoinPath(root, rel), true);
@@ -194,8 +192,6 @@ absl::Status ListFilesBelow(const std::string& root, const std::string& rel, int
   }
   return absl::OkStatus();
 }
-
-}  // namespace
 
 absl::StatusOr<std::string> Sha256CheckpointSet(const std::string& path) {
   std::string dir = path;

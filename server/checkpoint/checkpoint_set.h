@@ -56,6 +56,11 @@ absl::StatusOr<std::vector<std::string>> ListDirectory(const std::string& dir,
 // '\\' or NUL, not "." or "..".
 bool IsPlainFileName(std::string_view name);
 
+// Regular files below `dir`, as relative '/'-joined paths, descending at
+// most `depth` levels into subdirectories; appended to *out unsorted.
+absl::Status ListFilesBelow(const std::string& dir, const std::string& rel, int depth,
+                            std::vector<std::string>* out);
+
 std::string JoinPath(std::string_view dir, std::string_view name);
 
 }  // namespace weightgate::checkpoint

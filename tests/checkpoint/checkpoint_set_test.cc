@@ -20,12 +20,14 @@
 #include "server/checkpoint/hf_sharded.h"
 #include "server/checkpoint/inspect.h"
 #include "server/checkpoint/megatron_reader.h"
+#include "server/checkpoint/set_bundle.h"
 #include "tests/checkpoint/checkpoint_test_util.h"
 #include "tests/checkpoint/set_fixtures.h"
 
 namespace weightgate::checkpoint {
 namespace {
 
+using testing::FileExists;
 using testing::GatherTensorBytes;
 using testing::Sha256Hex;
 
@@ -327,6 +329,95 @@ TEST(MegatronTest, SpecLookupMatchesDottedSuffixes) {
   EXPECT_EQ(lookup("module.model.a.weight"), std::vector<int64_t>{2});
   EXPECT_EQ(lookup("xb.weight"), std::nullopt);
   EXPECT_EQ(lookup("weight"), std::nullopt);  // two candidates of different shapes
+}
+
+std::string Bundle(const std::string& path) {
+  std::string out;
+  absl::Status s = StreamSetBundle(path, 1000, [&](std::string_view piece) {
+    EXPECT_LE(piece.size(), 1000u);
+    out.append(piece);
+    return true;
+  });
+  EXPECT_TRUE(s.ok()) << s;
+  return out;
+}
+
+std::string WriteTemp(const std::string& name, const std::string& bytes) {
+  std::string path = ::testing::TempDir() + "/" + name + "." + std::to_string(::getpid());
+  std::ofstream(path, std::ios::binary) << bytes;
+  return path;
+}
+
+TEST(SetBundleTest, RoundTripsEveryLayout) {
+  for (const char* layout : {"hf_bin", "hf_st", "dcp_v2", "zero3"}) {
+    SCOPED_TRACE(layout);
+    std::string bytes = Bundle(Fx(layout));
+    absl::StatusOr<uint64_t> size = SetBundleSize(Fx(layout));
+    ASSERT_TRUE(size.ok()) << size.status();
+    EXPECT_EQ(*size, bytes.size());
+    std::string staged = WriteTemp(layout, bytes);
+    std::string dir;
+    {
+      absl::StatusOr<std::unique_ptr<UnpackedSet>> set = UnpackedSet::Open(staged);
+      ASSERT_TRUE(set.ok()) << set.status();
+      EXPECT_TRUE((*set)->unpacked());
+      dir = (*set)->path();
+      ExpectSameTensors(layout, dir);
+    }
+    EXPECT_FALSE(FileExists(dir)) << "staging directory left behind";
+    std::remove(staged.c_str());
+  }
+  // An index file stands for its directory.
+  EXPECT_EQ(Bundle(Fx("hf_st/model.safetensors.index.json")), Bundle(Fx("hf_st")));
+}
+
+TEST(SetBundleTest, PlainFileIsNotUnpacked) {
+  absl::StatusOr<std::unique_ptr<UnpackedSet>> set = UnpackedSet::Open(Fx("model.pt"));
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_FALSE((*set)->unpacked());
+  EXPECT_EQ((*set)->path(), Fx("model.pt"));
+}
+
+std::string Le(uint64_t v, int bytes) {
+  std::string out;
+  for (int i = 0; i < bytes; ++i) out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  return out;
+}
+
+std::string Entry(const std::string& path, const std::string& bytes, int64_t size = -1) {
+  return Le(path.size(), 2) + path + Le(size < 0 ? bytes.size() : size, 8) + bytes;
+}
+
+void ExpectBadBundle(const std::string& body, uint32_t count, const std::string& needle) {
+  std::string bytes = std::string(kSetBundleMagic) + Le(count, 4) + body;
+  std::string staged = WriteTemp("bad", bytes);
+  absl::StatusOr<std::unique_ptr<UnpackedSet>> set = UnpackedSet::Open(staged);
+  ASSERT_FALSE(set.ok()) << needle;
+  EXPECT_NE(std::string(set.status().message()).find(needle), std::string::npos)
+      << set.status().message();
+  EXPECT_FALSE(FileExists(staged + ".set")) << "staging directory left behind";
+  EXPECT_FALSE(FileExists(::testing::TempDir() + "/escaped"));
+  std::remove(staged.c_str());
+}
+
+TEST(SetBundleTest, HostileNames) {
+  ExpectBadBundle(Entry("../escaped", "x"), 1, "bad path component");
+  ExpectBadBundle(Entry("/tmp/escaped", "x"), 1, "absolute path");
+  ExpectBadBundle(Entry("a/./b", "x"), 1, "bad path component");
+  ExpectBadBundle(Entry("a//b", "x"), 1, "bad path component");
+  ExpectBadBundle(Entry("a\\b", "x"), 1, "backslash");
+  ExpectBadBundle(Entry(std::string("a\nb"), "x"), 1, "control character");
+  ExpectBadBundle(Entry("a/b/c/d/e", "x"), 1, "too deep");
+  ExpectBadBundle(Entry("x.bin", "1") + Entry("x.bin", "2"), 2, "duplicate file x.bin");
+}
+
+TEST(SetBundleTest, HostileLengths) {
+  ExpectBadBundle(Entry("a.bin", "xy", 1000), 1, "announced 1000 bytes, fewer follow");
+  ExpectBadBundle(Entry("a.bin", "xy", int64_t{1} << 62), 1, "exceed the total cap");
+  ExpectBadBundle(Entry("a.bin", "xy"), 2, "truncated path length");
+  ExpectBadBundle(Entry("a.bin", "xy") + "z", 1, "1 bytes after the last file");
+  ExpectBadBundle("", 1u << 30, "bad file count");
+  ExpectBadBundle(Le(600, 2) + std::string(600, 'a'), 1, "path too long");
 }
 
 }  // namespace

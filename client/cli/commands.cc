@@ -24,6 +24,8 @@
 #include "common/model_ref.h"
 #include "common/sha256.h"
 #include "google/protobuf/util/json_util.h"
+#include "server/checkpoint/checkpoint_set.h"
+#include "server/checkpoint/set_bundle.h"
 
 namespace weightgate::cli {
 namespace {
@@ -122,6 +124,17 @@ absl::Status SendFile(grpc::ClientWriter<Request>* writer, const Header& header,
   Request first;
   *first.mutable_header() = header;
   if (!writer->Write(first)) return absl::UnavailableError("server closed the stream");
+  if (checkpoint::IsCheckpointSetPath(path)) {
+    // A directory or index file: every file of the set in one bundle (set_bundle.h).
+    Request piece;
+    absl::Status streamed =
+        checkpoint::StreamSetBundle(path, kChunkBytes, [&](std::string_view bytes) {
+          piece.set_chunk(bytes.data(), bytes.size());
+          return writer->Write(piece);
+        });
+    writer->WritesDone();
+    return streamed;
+  }
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   bool tty = ::isatty(2);
@@ -159,6 +172,10 @@ absl::Status SendFile(grpc::ClientWriter<Request>* writer, const Header& header,
 }
 
 int64_t FileSize(const std::string& path) {
+  if (checkpoint::IsCheckpointSetPath(path)) {
+    absl::StatusOr<uint64_t> bundle = checkpoint::SetBundleSize(path);
+    return bundle.ok() ? static_cast<int64_t>(*bundle) : -1;
+  }
   struct stat st;
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) ? st.st_size : -1;
 }

@@ -21,6 +21,7 @@
 #include "common/sha256.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/megatron_reader.h"
+#include "server/checkpoint/set_bundle.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
@@ -227,7 +228,16 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
   Clock::time_point phase = Clock::now();
   absl::StatusOr<Checkpoint> read = absl::UnknownError("not read");
   bool looks_like_checkpoint = true;
-  if (checkpoint::IsCheckpointSetPath(checkpoint_path)) {
+  // An uploaded set arrives as one bundle, unpacked for the read (set_bundle.h).
+  absl::StatusOr<std::unique_ptr<checkpoint::UnpackedSet>> input =
+      checkpoint::UnpackedSet::Open(checkpoint_path);
+  if (!input.ok()) {
+    AddReason(&report, "unreadable");
+    report.set_error(std::string(input.status().message()));
+    return finish();
+  }
+  const std::string& input_path = (*input)->path();
+  if (checkpoint::IsCheckpointSetPath(input_path)) {
     // A directory or index file: its files read as one checkpoint, tensor
     // parallel ranks merged by the spec's shapes (checkpoint_set.h).
     checkpoint::ReadOptions set_options = options.read_options;
@@ -238,21 +248,21 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
       }
       set_options.expected_shape = checkpoint::MakeSpecShapeLookup(std::move(shapes));
     }
-    read = checkpoint::ReadCheckpointSet(checkpoint_path, set_options);
+    read = checkpoint::ReadCheckpointSet(input_path, set_options);
     if (options.compute_input_sha256) {
-      absl::StatusOr<std::string> sha = checkpoint::Sha256CheckpointSet(checkpoint_path);
+      absl::StatusOr<std::string> sha = checkpoint::Sha256CheckpointSet(input_path);
       if (sha.ok()) report.set_input_sha256(*sha);
     }
   } else {
     absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
-        common::MappedFile::Open(checkpoint_path);
+        common::MappedFile::Open(input_path);
     if (!file.ok()) {
       AddReason(&report, "unreadable");
       report.set_error(std::string(file.status().message()));
       return finish();
     }
     if (options.compute_input_sha256) {
-      absl::StatusOr<std::string> sha = common::Sha256File(checkpoint_path);
+      absl::StatusOr<std::string> sha = common::Sha256File(input_path);
       if (sha.ok()) report.set_input_sha256(*sha);
     }
     read = checkpoint::ReadCheckpoint(*file, options.read_options);

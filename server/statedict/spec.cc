@@ -1,5 +1,6 @@
 #include "server/statedict/spec.h"
 
+#include <memory>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -10,6 +11,7 @@
 #include "common/sha256.h"
 #include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/dtype.h"
+#include "server/checkpoint/set_bundle.h"
 #include "server/statedict/matcher.h"
 
 namespace weightgate::statedict {
@@ -35,8 +37,16 @@ absl::StatusOr<v1::ModelSpec> SpecFromCheckpoint(const checkpoint::Checkpoint& c
   return spec;
 }
 
-absl::StatusOr<v1::ModelSpec> SpecFromFile(const std::string& path,
+absl::StatusOr<v1::ModelSpec> SpecFromFile(const std::string& file_path,
                                            const std::vector<v1::ExampleInput>& example_inputs) {
+  // A reference set uploaded as one bundle is unpacked for the read (set_bundle.h).
+  absl::StatusOr<std::unique_ptr<checkpoint::UnpackedSet>> input =
+      checkpoint::UnpackedSet::Open(file_path);
+  if (!input.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read reference: ", input.status().message()));
+  }
+  const std::string& path = (*input)->path();
   absl::StatusOr<checkpoint::Checkpoint> ckpt = checkpoint::ReadCheckpointFile(path);
   absl::StatusOr<v1::ModelSpec> spec;
   bool torchscript = false;

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "server/statedict/ties.h"
 
 namespace weightgate::statedict {
 namespace {
@@ -363,6 +364,8 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
                     std::vector<int64_t>(t.shape().begin(), t.shape().end())});
     spec_index.emplace(t.name(), static_cast<int>(spec.size() - 1));
   }
+  const absl::flat_hash_map<std::string, std::vector<std::string>> tie_partners =
+      TiePartners(spec_proto);
   absl::StatusOr<Renamer> renamer_or = Renamer::Create(policy, &spec_index);
   if (!renamer_or.ok()) return renamer_or.status();
   Renamer& renamer = *renamer_or;
@@ -558,6 +561,17 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
   for (size_t j = 0; j < spec.size(); ++j) {
     const SpecTensor& s = spec[j];
     int i = spec_to_key[j];
+    std::string tied_from;  // a tie member the checkpoint omits is its partner (ties.h)
+    if (auto p = i < 0 ? tie_partners.find(s.name) : tie_partners.end(); p != tie_partners.end()) {
+      for (const std::string& partner : p->second) {
+        auto pj = spec_index.find(partner);
+        if (pj != spec_index.end() && spec_to_key[pj->second] >= 0) {
+          i = spec_to_key[pj->second];
+          tied_from = partner;
+          break;
+        }
+      }
+    }
     if (i < 0) {
       if (Matches(optional_globs, s.name) && s.dtype.has_value()) {
         MatchedTensor m;
@@ -607,6 +621,11 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
           AddReason(report, "dtype_mismatch");
         }
       }
+    }
+    if (!tied_from.empty()) {
+      AddFix(report, "fill_tied",
+             absl::StrCat("filled '", s.name, "' from its tied partner '", tied_from, "'"), 1,
+             tied_from, s.name);
     }
     result.tensors.push_back(std::move(m));
   }

@@ -13,6 +13,7 @@
 #include "server/checkpoint/dtype.h"
 #include "server/checkpoint/set_bundle.h"
 #include "server/statedict/matcher.h"
+#include "server/statedict/ties.h"
 
 namespace weightgate::statedict {
 
@@ -34,6 +35,7 @@ absl::StatusOr<v1::ModelSpec> SpecFromCheckpoint(const checkpoint::Checkpoint& c
     t->set_dtype(std::string(checkpoint::DTypeName(nt.tensor->dtype)));
     t->mutable_shape()->Assign(nt.tensor->shape.begin(), nt.tensor->shape.end());
   }
+  for (v1::TieGroup& tie : TiesFromTensors(tensors)) *spec.add_ties() = std::move(tie);
   return spec;
 }
 

@@ -58,7 +58,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"zero1", "zero1", "model.pt", v1::NORMALIZED},
                       Case{"zero3", "zero3", "model.pt", v1::NORMALIZED},
                       Case{"megatron_tp2", "megatron_tp2", "megatron_ref.pt", v1::VALID},
-                      Case{"yolo", "yolo.pt", "yolo_ref.pt", v1::NORMALIZED}),
+                      Case{"yolo", "yolo.pt", "yolo_ref.pt", v1::NORMALIZED},
+                      Case{"tied", "tied_missing.safetensors", "tied_ref.pt", v1::NORMALIZED}),
     [](const ::testing::TestParamInfo<Case>& info) { return info.param.layout; });
 
 TEST(SetNormalize, BrokenSetIsInvalidWithItsReason) {
@@ -79,6 +80,30 @@ TEST(SetNormalize, ReferenceSpecFromADirectory) {
   absl::StatusOr<v1::ModelSpec> from_file = SpecFromFile(Fx("model.pt"));
   ASSERT_TRUE(from_file.ok()) << from_file.status();
   ASSERT_EQ(from_dir->tensors_size(), from_file->tensors_size());
+}
+
+TEST(SetNormalize, MissingTieMemberFilledFromItsPartner) {
+  absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx("tied_ref.pt"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  ASSERT_EQ(spec->ties_size(), 1);
+  EXPECT_EQ(spec->ties(0).names_size(), 2);
+  absl::StatusOr<v1::ValidationReport> report = Normalize(
+      Fx("tied_missing.safetensors"), *spec, v1::NormalizationPolicy(), NormalizeOptions());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->missing_keys_size(), 0);
+  bool filled = false;
+  for (const v1::Fix& f : report->fixes()) {
+    filled = filled || (f.kind() == "fill_tied" && f.to() == "lm_head.weight" &&
+                        f.from() == "embed_tokens.weight");
+  }
+  EXPECT_TRUE(filled) << report->DebugString();
+  ASSERT_EQ(report->shared_storages_size(), 1);
+  // Without the tie in the spec the same file misses a key.
+  spec->clear_ties();
+  report = Normalize(Fx("tied_missing.safetensors"), *spec, v1::NormalizationPolicy(),
+                     NormalizeOptions());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->verdict(), v1::INVALID);
 }
 
 }  // namespace

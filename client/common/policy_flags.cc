@@ -3,6 +3,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "google/protobuf/util/json_util.h"
@@ -50,9 +51,9 @@ absl::StatusOr<bool> ConsumePolicyFlag(const std::vector<std::string>& args, siz
     attached = std::string(arg.substr(eq + 1));
     has_attached = true;
   }
-  static constexpr absl::string_view kWithValue[] = {"--policy",     "--container", "--prefixes",
-                                                     "--rename",     "--dtype",     "--optional",
-                                                     "--unexpected", "--non_finite"};
+  static constexpr absl::string_view kWithValue[] = {
+      "--policy",   "--container",  "--prefixes",   "--rename",       "--dtype",
+      "--optional", "--unexpected", "--non_finite", "--zero_weights", "--tp_merge_dim"};
   static constexpr absl::string_view kSwitches[] = {"--legacy_gamma_beta", "--positional_remap",
                                                     "--no_optional"};
   bool takes_value = false;
@@ -152,6 +153,18 @@ absl::StatusOr<bool> ConsumePolicyFlag(const std::vector<std::string>& args, siz
     } else {
       return bad("reject, allow");
     }
+  } else if (name == "--zero_weights") {
+    if (value != "fp32" && value != "module") return bad("fp32, module");
+    policy->set_zero_weights(value);
+  } else if (name == "--tp_merge_dim") {
+    int dim = 0;
+    size_t eq = value.rfind('=');
+    if (eq == std::string::npos || eq == 0 || !absl::SimpleAtoi(value.substr(eq + 1), &dim) ||
+        dim < -1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--tp_merge_dim: '", value, "' is not NAME=DIM"));
+    }
+    policy->add_tp_merge_dims(std::string(value));
   }
   i = next;
   if (any_set != nullptr) *any_set = true;
@@ -172,7 +185,11 @@ const char* PolicyFlagsHelp() {
          "                              repeatable, replaces the default *.num_batches_tracked\n"
          "  --no_optional               every spec key is required\n"
          "  --unexpected drop|reject    extra keys (default drop)\n"
-         "  --non_finite reject|allow   NaN/Inf values (default reject)\n";
+         "  --non_finite reject|allow   NaN/Inf values (default reject)\n"
+         "  --zero_weights fp32|module  DeepSpeed ZeRO sets: fp32 master weights (default) or\n"
+         "                              the module weights\n"
+         "  --tp_merge_dim NAME=DIM     tensor-parallel sets: merge NAME along DIM (-1 =\n"
+         "                              replicated); repeatable\n";
 }
 
 }  // namespace weightgate::client

@@ -241,6 +241,16 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
     // A directory or index file: its files read as one checkpoint, tensor
     // parallel ranks merged by the spec's shapes (checkpoint_set.h).
     checkpoint::ReadOptions set_options = options.read_options;
+    if (policy.zero_weights() == "module") {
+      set_options.zero_weights = checkpoint::ZeroWeights::kModule;
+    }
+    for (const std::string& rule : policy.tp_merge_dims()) {
+      int dim = 0;
+      size_t eq = rule.rfind('=');
+      if (eq != std::string::npos && absl::SimpleAtoi(rule.substr(eq + 1), &dim)) {
+        set_options.tp_merge_dims.emplace_back(rule.substr(0, eq), dim);
+      }
+    }
     if (!set_options.expected_shape) {
       std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
       for (const v1::TensorSpec& t : spec.tensors()) {
@@ -275,6 +285,18 @@ absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_pat
     return finish();
   }
   const Checkpoint& ckpt = *read;
+  for (const std::string& m : ckpt.metadata) {
+    // Rebuilt ZeRO weights are a repair the report names (zero_reader.h).
+    if (m.rfind("zero_weights=", 0) == 0) {
+      v1::Fix* fix = report.add_fixes();
+      fix->set_kind("zero_weights");
+      fix->set_detail(absl::StrCat("DeepSpeed ZeRO set read as its ", m.substr(13),
+                                   m == "zero_weights=fp32"
+                                       ? " master weights (optimizer partitions)"
+                                       : " weights (model states)"));
+      fix->set_to(m.substr(13));
+    }
+  }
   report.set_format(std::string(checkpoint::FormatName(ckpt.format)));
   for (const std::string& g : ckpt.opaque_globals) report.add_opaque_globals(g);
   for (const std::string& g : ckpt.unsafe_globals) report.add_unsafe_globals(g);

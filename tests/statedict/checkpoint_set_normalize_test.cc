@@ -82,6 +82,48 @@ TEST(SetNormalize, ReferenceSpecFromADirectory) {
   ASSERT_EQ(from_dir->tensors_size(), from_file->tensors_size());
 }
 
+bool HasFix(const v1::ValidationReport& report, const std::string& kind, const std::string& to) {
+  for (const v1::Fix& f : report.fixes()) {
+    if (f.kind() == kind && f.to() == to) return true;
+  }
+  return false;
+}
+
+TEST(SetNormalize, ZeroWeightsPolicyChoosesModuleWeights) {
+  absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx("model.pt"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  v1::NormalizationPolicy policy;
+  absl::StatusOr<v1::ValidationReport> fp32 =
+      Normalize(Fx("zero2"), *spec, policy, NormalizeOptions());
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_TRUE(HasFix(*fp32, "zero_weights", "fp32")) << fp32->DebugString();
+  policy.set_zero_weights("module");
+  std::string out = ::testing::TempDir() + "/zero_module_" + std::to_string(::getpid()) + ".pt";
+  NormalizeOptions options;
+  options.output_path = out;
+  absl::StatusOr<v1::ValidationReport> module = Normalize(Fx("zero2"), *spec, policy, options);
+  ASSERT_TRUE(module.ok()) << module.status();
+  EXPECT_TRUE(HasFix(*module, "zero_weights", "module")) << module->DebugString();
+  std::string cmd = std::string("/usr/bin/python3 '") + WG_SOURCE_DIR +
+                    "/tests/fixtures/check_multifile_roundtrip.py' '" + out + "' '" + Fx("") +
+                    "' zero2_module --spec '" + Fx("model.pt") + "'";
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  std::remove(out.c_str());
+}
+
+TEST(SetNormalize, TpMergeDimPolicyOverridesTheSpec) {
+  absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx("megatron_ref.pt"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  v1::NormalizationPolicy policy;
+  policy.add_tp_merge_dims("language_model.encoder.adapter.proj=0");  // the wrong dim
+  absl::StatusOr<v1::ValidationReport> report =
+      Normalize(Fx("megatron_tp2"), *spec, policy, NormalizeOptions());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->verdict(), v1::INVALID);
+  ASSERT_EQ(report->shape_mismatches_size(), 1) << report->DebugString();
+  EXPECT_EQ(report->shape_mismatches(0).name(), "language_model.encoder.adapter.proj");
+}
+
 TEST(SetNormalize, MissingTieMemberFilledFromItsPartner) {
   absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx("tied_ref.pt"));
   ASSERT_TRUE(spec.ok()) << spec.status();

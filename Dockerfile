@@ -27,8 +27,10 @@ RUN useradd --system --home /var/lib/weightgate weightgate && \
     mkdir -p /var/lib/weightgate && chown weightgate /var/lib/weightgate
 USER weightgate
 EXPOSE 50051 9464
-# In a container the listen address cannot be loopback: give TLS or tokens in
-# production (see deploy/), --insecure only behind a trusted network boundary.
+# In a container the listen address cannot be loopback: TLS is required (tokens
+# would otherwise cross the network in cleartext; see deploy/), --insecure only
+# behind a trusted network boundary such as a service mesh's mTLS.
 ENTRYPOINT ["/usr/local/bin/weightgate-server", "--store", "/var/lib/weightgate/store", \
             "--listen", "0.0.0.0:50051", "--metrics_listen", "0.0.0.0:9464"]
-CMD ["--tokens_file", "/etc/weightgate/tokens"]
+CMD ["--tokens_file", "/etc/weightgate/tokens", \
+     "--tls_cert", "/etc/weightgate/tls/tls.crt", "--tls_key", "/etc/weightgate/tls/tls.key"]

@@ -1,10 +1,11 @@
-// Whole-file reads of small files (metadata, policies, PEM, token lists).
+// Whole-file reads of small files (metadata, policies, PEM), and file sizes.
 // Large inputs (checkpoints, blobs) are mapped (common/mapped_file.h), never
 // read whole.
 #ifndef WEIGHTGATE_COMMON_FILE_UTIL_H_
 #define WEIGHTGATE_COMMON_FILE_UTIL_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <limits>
 #include <string>
 
@@ -18,6 +19,9 @@ namespace weightgate::common {
 // more than `max_bytes` (checked while reading, so /dev/zero stops).
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      size_t max_bytes = std::numeric_limits<size_t>::max());
+
+// Size in bytes of the regular file at `path`; -1 when there is none.
+int64_t RegularFileSize(const std::string& path);
 
 }  // namespace weightgate::common
 

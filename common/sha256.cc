@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
@@ -48,6 +49,12 @@ std::string Sha256::HexDigest() {
   unsigned int n = 0;
   EVP_DigestFinal_ex(ctx_->md, digest, &n);
   return Hex(digest, n);
+}
+
+bool IsSha256Hex(std::string_view s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
 }
 
 std::string Sha256Hex(std::string_view bytes) {

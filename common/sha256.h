@@ -35,6 +35,10 @@ absl::StatusOr<std::string> Sha256File(const std::string& path);
 // Hex sha256 of `bytes`.
 std::string Sha256Hex(std::string_view bytes);
 
+// True when `s` is 64 lower-case hex digits (what HexDigest returns): the
+// only names a blob may have.
+bool IsSha256Hex(std::string_view s);
+
 }  // namespace weightgate::common
 
 #endif  // WEIGHTGATE_COMMON_SHA256_H_

@@ -1,16 +1,16 @@
-// The CLI's subcommands. Each takes the arguments after its name and returns
-// the process exit code (0 ok, 1 INVALID / unreadable, 2 usage or connection).
+// The CLI's subcommands, one file per job: model_commands.cc (ls, show,
+// alias, delete), upload_commands.cc (register, validate, upload),
+// fetch_command.cc, watch_command.cc, normalize_command.cc and
+// inspect_command.h. Each takes the words after its name and returns the
+// process exit code (common/exit_codes.h). Each states its flags once, as a
+// client::CommandSpec that serves parsing, validation and --help.
 #ifndef WEIGHTGATE_CLIENT_CLI_COMMANDS_H_
 #define WEIGHTGATE_CLIENT_CLI_COMMANDS_H_
 
-#include <string>
-#include <vector>
-
+#include "client/cli/command_line.h"
 #include "client/cli/connection.h"
 
 namespace weightgate::cli {
-
-using Args = std::vector<std::string>;
 
 int RunLs(const GlobalOptions& global, const Args& args);
 int RunShow(const GlobalOptions& global, const Args& args);
@@ -23,12 +23,6 @@ int RunDelete(const GlobalOptions& global, const Args& args);
 int RunWatch(const GlobalOptions& global, const Args& args);
 // Offline, no server; the helper binary carries libtorch, the CLI does not.
 int RunNormalize(const GlobalOptions& global, const Args& args, const char* argv0);
-
-// Prints "weightgate: <command>: <message>" and returns kExitUsage.
-int UsageError(const std::string& command, const std::string& message);
-
-// True when args contain -h or --help.
-bool WantsHelp(const Args& args);
 
 }  // namespace weightgate::cli
 

@@ -6,7 +6,6 @@
 #include <memory>
 #include <string>
 
-#include "common/exit_codes.h"
 #include "grpcpp/grpcpp.h"
 #include "weightgate/v1/registry.grpc.pb.h"
 #include "weightgate/v1/stream.grpc.pb.h"
@@ -18,17 +17,19 @@ struct GlobalOptions {
   bool json = false;
   std::string token;   // --token or $WEIGHTGATE_TOKEN
   std::string tls_ca;  // --tls_ca: PEM roots; enables TLS
+  // --tls_cert/--tls_key: PEM client certificate and key for mutual TLS
+  // (enable TLS too; without --tls_ca the system roots verify the server).
+  std::string tls_cert;
+  std::string tls_key;
   int connect_timeout_s = 5;
 };
-
-using common::kExitInvalid;
-using common::kExitOk;
-using common::kExitUsage;
 
 class Connection final {
  public:
   // Connects (waiting up to connect_timeout_s). On failure prints one line
-  // "weightgate: cannot connect to ADDR: ..." and returns nullptr.
+  // "weightgate: cannot connect to ADDR: ..." and returns nullptr; a server
+  // that accepts TCP but fails the TLS (or plaintext) handshake is named as
+  // such, not as "no server answered".
   static std::unique_ptr<Connection> Open(const GlobalOptions& options);
 
   // A context carrying the token.
@@ -46,7 +47,7 @@ class Connection final {
 };
 
 // Prints "weightgate: <what>: <status message>" and returns the exit code:
-// kExitUsage for transport/usage problems (UNAVAILABLE, INVALID_ARGUMENT, ...).
+// common::kExitUsage for transport/usage problems (UNAVAILABLE, INVALID_ARGUMENT, ...).
 int ReportRpcError(const std::string& what, const grpc::Status& status);
 
 }  // namespace weightgate::cli

@@ -1,48 +1,42 @@
 // Policy flags: the command-line spelling of a weightgate.v1.NormalizationPolicy,
-// shared by `weightgate register|validate|upload` and `weightgate-normalize`
-// so the same flag means the same thing everywhere.
+// shared by `weightgate register|validate|upload|normalize` and
+// `weightgate-normalize`, so the same flag means the same thing everywhere.
+// The flags, their values and their help are one table (policy_flags.cc);
+// `weightgate register --help` prints it.
 //
-//   --policy FILE.json          NormalizationPolicy as proto JSON (a base the
-//                               other flags then modify, in command-line order)
-//   --container auto|PATH       where the state_dict is ("auto" = search)
-//   --prefixes auto|none        strip/add wrapper prefixes, or keep keys as they are
-//   --rename REGEX=REPLACEMENT  repeatable, applied in order (ECMAScript, $1..$9)
-//   --legacy_gamma_beta         also rename gamma/beta -> weight/bias
-//   --positional_remap          map leftover tensors by position when shapes agree
-//   --dtype cast|keep|reject
-//   --optional GLOB             repeatable; spec keys that may be missing (the
-//                               globs given replace the default)
-//   --no_optional               no key may be missing (overrides the default
-//                               *.num_batches_tracked)
-//   --unexpected drop|reject
-//   --non_finite reject|allow
-//
-// Values may also be attached with '=' (--dtype=keep). Errors are one line,
-// meant to be printed after the program name.
+// Flags apply in command-line order; --policy FILE.json merges a whole policy
+// (later flags modify it), --rename and --optional are repeatable.
 #ifndef WEIGHTGATE_CLIENT_COMMON_POLICY_FLAGS_H_
 #define WEIGHTGATE_CLIENT_COMMON_POLICY_FLAGS_H_
 
-#include <cstddef>
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "client/common/flag_table.h"
 #include "weightgate/v1/types.pb.h"
 
 namespace weightgate::client {
 
-// If args[i] is a policy flag, applies it to *policy, advances i past its
-// value (so i points at the last consumed argument), sets *any_set and
-// returns true. Returns false, leaving everything untouched, for any other
-// argument. InvalidArgument for a policy flag with a missing or bad value.
-absl::StatusOr<bool> ConsumePolicyFlag(const std::vector<std::string>& args, size_t& i,
-                                       weightgate::v1::NormalizationPolicy* policy, bool* any_set);
+// The policy flags, as a group a CommandSpec may accept.
+const FlagGroup& PolicyFlags();
+
+// Applies the policy flags among `parsed` to *policy, in command-line order.
+// `any_set` (may be null) tells whether there was one. InvalidArgument for a
+// bad value (an unreadable --policy file, a --rename without '=', ...).
+absl::Status ApplyPolicyFlags(const ParsedArgs& parsed, weightgate::v1::NormalizationPolicy* policy,
+                              bool* any_set);
+
+// The policy that `args`, policy flags and nothing else, spell.
+absl::StatusOr<weightgate::v1::NormalizationPolicy> PolicyFromFlags(
+    const std::vector<std::string>& args);
 
 // Reads a NormalizationPolicy from proto JSON text.
 absl::StatusOr<weightgate::v1::NormalizationPolicy> PolicyFromJson(const std::string& json);
 
-// One paragraph listing the flags above, for --help texts.
-const char* PolicyFlagsHelp();
+// The group's --help paragraph ("policy flags:\n  --policy FILE.json ...").
+std::string PolicyFlagsHelp();
 
 }  // namespace weightgate::client
 

@@ -122,12 +122,14 @@ std::string FormatReport(const v1::ValidationReport& r) {
   return out;
 }
 
-std::string ReportToJson(const v1::ValidationReport& report) {
+std::string ReportToJson(const v1::ValidationReport& report) { return ProtoToJson(report); }
+
+std::string ProtoToJson(const google::protobuf::Message& message) {
   std::string json;
   google::protobuf::util::JsonPrintOptions options;
   options.add_whitespace = true;
   options.preserve_proto_field_names = true;
-  auto status = google::protobuf::util::MessageToJsonString(report, &json, options);
+  auto status = google::protobuf::util::MessageToJsonString(message, &json, options);
   if (!status.ok()) return absl::StrCat("{\"error\": \"", std::string(status.message()), "\"}\n");
   if (json.empty() || json.back() != '\n') json.push_back('\n');
   return json;

@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "google/protobuf/message.h"
 #include "weightgate/v1/types.pb.h"
 
 namespace weightgate::client {
@@ -18,6 +19,9 @@ std::string FormatReport(const weightgate::v1::ValidationReport& report);
 
 // The report as proto JSON (field names as in the .proto), with a newline.
 std::string ReportToJson(const weightgate::v1::ValidationReport& report);
+
+// Any message as ReportToJson prints a report (what --json prints).
+std::string ProtoToJson(const google::protobuf::Message& message);
 
 // "VALID", "NORMALIZED", "INVALID" or "UNSPECIFIED".
 std::string VerdictName(weightgate::v1::Verdict verdict);

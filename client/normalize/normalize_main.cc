@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/common/flag_table.h"
 #include "client/common/policy_flags.h"
 #include "client/common/report_format.h"
 #include "common/exit_codes.h"
@@ -23,92 +24,75 @@ namespace {
 
 namespace v1 = weightgate::v1;
 namespace sd = weightgate::statedict;
-
 using weightgate::common::kExitInvalid;
 using weightgate::common::kExitOk;
 using weightgate::common::kExitUsage;
 
-void Usage(FILE* out) {
-  std::fprintf(
-      out,
-      "usage: weightgate-normalize FILE --spec REF [-o OUT.safetensors|OUT.pt] [--json]\n"
-      "           [policy flags] [--device auto|cpu|cuda] [--example_input SHAPE[:DTYPE]]...\n"
-      "           [--model ID] [--sha256]\n"
-      "REF: reference state_dict (any readable format), TorchScript archive or JSON spec.\n"
-      "--example_input 1x3x32x32[:F32]: with a TorchScript REF, run one forward pass\n"
-      "  with the normalised weights (repeat for each forward() argument).\n"
-      "exit status: 0 VALID or NORMALIZED, 1 INVALID, 2 usage or environment error.\n%s",
-      weightgate::client::PolicyFlagsHelp());
-}
+// clang-format off
+const weightgate::client::CommandSpec kSpec = {
+    .program = "weightgate-normalize", .synopsis = "FILE",
+    .description =
+        "REF: reference state_dict (any readable format), TorchScript archive or JSON spec.\n"
+        "--example_input 1x3x32x32[:F32]: with a TorchScript REF, run one forward pass\n"
+        "with the normalised weights (repeat for each forward() argument).\n"
+        "exit status: 0 VALID or NORMALIZED, 1 INVALID, 2 usage or environment error.",
+    .flags = {
+        {.name = "--spec", .value_name = "REF", .help = "what the checkpoint must match",
+         .required = true},
+        {.name = "--output", .value_name = "OUT", .help = "write OUT.safetensors or OUT.pt",
+         .alias = "-o"},
+        {.name = "--json", .value_name = "", .help = "print the report as proto JSON"},
+        {.name = "--device", .value_name = "auto|cpu|cuda[:N]",
+         .help = "where the numeric checks run (default auto)"},
+        {.name = "--example_input", .value_name = "SHAPE[:DTYPE]",
+         .help = "forward() argument for the smoke test", .repeatable = true},
+        {.name = "--model", .value_name = "ID", .help = "model id shown in the report"},
+        {.name = "--sha256", .value_name = "", .help = "hash the input file into the report"},
+    },
+    .groups = {&weightgate::client::PolicyFlags()},
+    .min_args = 1, .max_args = 1, .args_error = "expected one FILE"};
+// clang-format on
 
-int Fail(const std::string& message) {
-  std::fprintf(stderr, "weightgate-normalize: %s\n", message.c_str());
+int Fail(absl::string_view message) {
+  std::fprintf(stderr, "weightgate-normalize: %s\n", std::string(message).c_str());
   return kExitUsage;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
-  std::string file, spec_path;
-  sd::NormalizeOptions options;
+  absl::StatusOr<weightgate::client::ParsedArgs> p =
+      weightgate::client::ParseArgs(kSpec, std::vector<std::string>(argv + 1, argv + argc));
+  if (!p.ok()) return Fail(p.status().message());
+  if (p->help) {
+    std::fputs(weightgate::client::HelpText(kSpec).c_str(), stdout);
+    return kExitOk;
+  }
   v1::NormalizationPolicy policy;
+  if (absl::Status s = weightgate::client::ApplyPolicyFlags(*p, &policy, nullptr); !s.ok()) {
+    return Fail(s.message());
+  }
+  sd::NormalizeOptions options;
+  options.output_path = p->Get("--output");
+  options.device = p->Get("--device", options.device);
+  options.model_id = p->Get("--model");
+  options.compute_input_sha256 = p->Has("--sha256");
   std::vector<v1::ExampleInput> examples;
-  bool json = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    bool any_set = false;
-    absl::StatusOr<bool> consumed =
-        weightgate::client::ConsumePolicyFlag(args, i, &policy, &any_set);
-    if (!consumed.ok()) return Fail(std::string(consumed.status().message()));
-    if (*consumed) continue;
-    auto value = [&](std::string* out) -> bool {
-      if (i + 1 >= args.size()) return false;
-      *out = args[++i];
-      return true;
-    };
-    if (a == "-h" || a == "--help") {
-      Usage(stdout);
-      return kExitOk;
-    } else if (a == "--spec") {
-      if (!value(&spec_path)) return Fail("--spec needs a file");
-    } else if (a == "-o" || a == "--output") {
-      if (!value(&options.output_path)) return Fail("-o needs a file");
-    } else if (a == "--json") {
-      json = true;
-    } else if (a == "--device") {
-      if (!value(&options.device)) return Fail("--device needs a value");
-    } else if (a == "--model") {
-      if (!value(&options.model_id)) return Fail("--model needs a value");
-    } else if (a == "--sha256") {
-      options.compute_input_sha256 = true;
-    } else if (a == "--example_input") {
-      std::string text;
-      if (!value(&text)) return Fail("--example_input needs a shape");
-      absl::StatusOr<v1::ExampleInput> in = sd::ParseExampleInput(text);
-      if (!in.ok()) return Fail(std::string(in.status().message()));
-      examples.push_back(*in);
-    } else if (!a.empty() && a[0] == '-') {
-      Usage(stderr);
-      return Fail(absl::StrCat("unknown flag ", a));
-    } else if (file.empty()) {
-      file = a;
-    } else {
-      return Fail(absl::StrCat("unexpected argument ", a));
-    }
+  for (const std::string& text : p->All("--example_input")) {
+    absl::StatusOr<v1::ExampleInput> in = sd::ParseExampleInput(text);
+    if (!in.ok()) return Fail(in.status().message());
+    examples.push_back(*in);
   }
-  if (file.empty() || spec_path.empty()) {
-    Usage(stderr);
-    return kExitUsage;
-  }
+  const std::string& file = p->positional[0];
+  std::string spec_path = p->Get("--spec");
 
   absl::StatusOr<v1::ModelSpec> spec = sd::SpecFromFile(spec_path, examples);
   if (!spec.ok()) return Fail(absl::StrCat("--spec ", spec_path, ": ", spec.status().message()));
   if (!spec->torchscript_sha256().empty()) options.torchscript_path = spec_path;
 
   absl::StatusOr<v1::ValidationReport> report = sd::Normalize(file, *spec, policy, options);
-  if (!report.ok()) return Fail(std::string(report.status().message()));
-  if (json) {
+  if (!report.ok()) return Fail(report.status().message());
+  if (p->Has("--json")) {
     std::fputs(weightgate::client::ReportToJson(*report).c_str(), stdout);
   } else {
     std::fputs(weightgate::client::FormatReport(*report).c_str(), stdout);

@@ -55,7 +55,8 @@ absl::StatusOr<std::string> StoreFileAsBlob(store::Store& store, const std::stri
 }  // namespace
 
 absl::StatusOr<v1::Model> Registry::RegisterModel(const v1::RegisterModelHeader& header,
-                                                  const std::string& reference_path) {
+                                                  const std::string& reference_path,
+                                                  const CallControl& control) {
   if (absl::Status s = common::ValidateModelId(header.model_id()); !s.ok()) return s;
   absl::StatusOr<v1::Model> existing = options_.store->GetModel(header.model_id());
   if (existing.ok() && !header.replace()) {
@@ -66,7 +67,7 @@ absl::StatusOr<v1::Model> Registry::RegisterModel(const v1::RegisterModelHeader&
 
   std::vector<v1::ExampleInput> examples(header.example_inputs().begin(),
                                          header.example_inputs().end());
-  absl::StatusOr<v1::ModelSpec> spec = statedict::SpecFromFile(reference_path, examples);
+  absl::StatusOr<v1::ModelSpec> spec = DeriveSpec(reference_path, examples, control);
   if (!spec.ok()) return spec.status();
   if (!spec->torchscript_sha256().empty()) {
     // The smoke test of every later validation needs the archive itself.
@@ -100,13 +101,15 @@ absl::StatusOr<v1::Model> Registry::RegisterModel(const v1::RegisterModelHeader&
 }
 
 absl::StatusOr<v1::ValidationReport> Registry::Validate(const v1::UploadHeader& header,
-                                                        const std::string& checkpoint_path) const {
-  return NormalizeTo(header, checkpoint_path, "");
+                                                        const std::string& checkpoint_path,
+                                                        const CallControl& control) const {
+  return NormalizeTo(header, checkpoint_path, "", control);
 }
 
 absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(const v1::UploadHeader& header,
                                                            const std::string& checkpoint_path,
-                                                           const std::string& output_path) const {
+                                                           const std::string& output_path,
+                                                           const CallControl& control) const {
   absl::StatusOr<v1::Model> model = options_.store->GetModel(header.model_id());
   if (!model.ok()) return model.status();
   const v1::NormalizationPolicy& policy =
@@ -127,7 +130,7 @@ absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(const v1::UploadHeade
     }
     options.torchscript_path = options_.store->BlobPath(ts);
   }
-  return statedict::Normalize(checkpoint_path, model->spec(), policy, options);
+  return RunNormalize(checkpoint_path, model->spec(), policy, options, control);
 }
 
 }  // namespace weightgate::registry

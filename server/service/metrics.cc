@@ -78,6 +78,17 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const std::string& list
                     .Help("Registered models")
                     .Register(reg)
                     .Add({});
+  m->timeouts_ = &prometheus::BuildCounter()
+                      .Name("weightgate_timeouts_total")
+                      .Help(
+                          "Calls cancelled for making no progress, by kind "
+                          "(upload_idle, stalled_reader)")
+                      .Register(reg);
+  m->rejected_busy_ = &prometheus::BuildCounter()
+                           .Name("weightgate_limited_total")
+                           .Help("Calls refused with RESOURCE_EXHAUSTED by an edge limit, by kind")
+                           .Register(reg);
+  for (const char* kind : {"upload_idle", "stalled_reader"}) m->timeouts_->Add({{"kind", kind}});
   // Series that rate() and the dashboard need from the first scrape, at zero.
   for (const char* rpc : {"ValidateCheckpoint", "UploadCheckpoint"}) {
     for (const char* verdict : {"VALID", "NORMALIZED", "INVALID"}) {
@@ -124,6 +135,14 @@ void Metrics::RecordFetch(double seconds) { fetch_seconds_->Observe(seconds); }
 void Metrics::RecordCache(bool hit, double bytes) {
   (hit ? cache_hits_ : cache_misses_)->Increment();
   cache_bytes_served_->Increment(bytes);
+}
+
+void Metrics::RecordTimeout(const std::string& kind) {
+  timeouts_->Add({{"kind", kind}}).Increment();
+}
+
+void Metrics::RecordLimited(const std::string& kind) {
+  rejected_busy_->Add({{"kind", kind}}).Increment();
 }
 
 void Metrics::SetStoreBytes(double bytes) { store_bytes_->Set(bytes); }

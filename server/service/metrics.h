@@ -38,6 +38,10 @@ class Metrics final {
   void StreamFinished();
   void RecordFetch(double seconds);
   void RecordCache(bool hit, double bytes);
+  // A call cancelled by the watchdog ("upload_idle", "stalled_reader").
+  void RecordTimeout(const std::string& kind);
+  // A call refused by an edge limit ("uploads", "streams", "staging").
+  void RecordLimited(const std::string& kind);
   void SetStoreBytes(double bytes);
   void SetModels(double count);
 
@@ -61,6 +65,8 @@ class Metrics final {
   prometheus::Counter* cache_bytes_served_ = nullptr;
   prometheus::Gauge* store_bytes_ = nullptr;
   prometheus::Gauge* models_ = nullptr;
+  prometheus::Family<prometheus::Counter>* timeouts_ = nullptr;
+  prometheus::Family<prometheus::Counter>* rejected_busy_ = nullptr;
 };
 
 }  // namespace weightgate::service

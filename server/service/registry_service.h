@@ -12,6 +12,7 @@
 #include "server/registry/registry.h"
 #include "server/service/auth.h"
 #include "server/service/executor.h"
+#include "server/service/limits.h"
 #include "server/service/metrics.h"
 #include "server/service/upload_reactor.h"
 #include "server/store/store.h"
@@ -31,6 +32,8 @@ class RegistryService final : public weightgate::v1::ModelRegistry::CallbackServ
     Executor* heavy = nullptr;     // checkpoint parsing, validation, normalisation
     // Uploads larger than this are refused with RESOURCE_EXHAUSTED.
     uint64_t max_upload_bytes = uint64_t{64} << 30;
+    // Edge limits and watchdog; not owned.
+    Limits* limits = nullptr;
   };
   explicit RegistryService(const Options& options) : options_(options) {}
 
@@ -63,11 +66,15 @@ class RegistryService final : public weightgate::v1::ModelRegistry::CallbackServ
 
  private:
   // Runs `work` on the executor and finishes the unary RPC with its status.
+  // `ref` is what the access log names (model, model@alias, ...).
   grpc::ServerUnaryReactor* Unary(grpc::CallbackServerContext* context, const char* method,
-                                  Role role, std::function<absl::Status()> work);
+                                  Role role, std::string ref, std::function<absl::Status()> work);
 
   // The parts of an upload stream that come from this service.
-  UploadSetup Upload(const char* method, grpc::CallbackServerContext* context);
+  UploadSetup Upload(const char* method, grpc::CallbackServerContext* context, Role role);
+
+  // PERMISSION_DENIED when a non-admin's policy override loosens the model's.
+  absl::Status CheckOverride(const weightgate::v1::UploadHeader& header, const Caller& caller);
 
   Options options_;
 };

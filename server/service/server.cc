@@ -11,6 +11,7 @@
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "server/service/call_log.h"
 
 namespace weightgate::service {
 namespace {
@@ -42,13 +43,23 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   if (tls && (options.tls_cert.empty() || options.tls_key.empty())) {
     return absl::InvalidArgumentError("--tls_cert and --tls_key must be given together");
   }
-  if (!IsLoopbackAddress(options.listen) && !tls && options.tokens_file.empty() &&
-      !options.insecure) {
-    return absl::InvalidArgumentError(absl::StrCat("refusing to listen on non-loopback address ",
-                                                   options.listen,
-                                                   " without TLS (--tls_cert/--tls_key) or tokens "
-                                                   "(--tokens_file); pass --insecure to override"));
+  if (!IsLoopbackAddress(options.listen) && !tls && !options.insecure) {
+    // Bearer tokens over cleartext can be read off the wire and replayed.
+    return absl::InvalidArgumentError(absl::StrCat(
+        "refusing to listen on non-loopback address ", options.listen,
+        options.tokens_file.empty()
+            ? " without TLS (--tls_cert/--tls_key) or tokens (--tokens_file)"
+            : " with bearer tokens but without TLS (--tls_cert/--tls_key): tokens would cross "
+              "the network in cleartext",
+        "; pass --insecure to override"));
   }
+  if (options.max_uploads < 1 || options.max_streams < 1 || options.max_chunk_bytes < 4096 ||
+      options.max_message_bytes < static_cast<int64_t>(options.max_chunk_bytes) + 4096) {
+    return absl::InvalidArgumentError(
+        "--max_uploads and --max_streams must be >= 1, --max_chunk_bytes >= 4096, and "
+        "--max_message_bytes larger than --max_chunk_bytes");
+  }
+  SetAccessLogEnabled(options.access_log);
   if (options.device != "auto" && options.device != "cpu" &&
       !absl::StartsWith(options.device, "cuda")) {
     return absl::InvalidArgumentError(
@@ -65,9 +76,25 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   if (!store.ok()) return store.status();
   s->store_ = *std::move(store);
 
+  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  worker::ValidationPool::Options pool_options;
+  pool_options.argv = options.validation_worker_argv;
+  pool_options.workers = options.validation_workers > 0 ? options.validation_workers : cores;
+  pool_options.memory_bytes = options.validation_memory_bytes;
+  pool_options.timeout = options.validation_timeout;
+  pool_options.prestart = options.prestart_validation_workers;
+  if (options.max_pending_validations < 1) {
+    return absl::InvalidArgumentError("--max_pending_validations must be at least 1");
+  }
+  absl::StatusOr<std::unique_ptr<worker::ValidationPool>> pool =
+      worker::ValidationPool::Create(pool_options);
+  if (!pool.ok()) return pool.status();
+  s->pool_ = *std::move(pool);
+
   registry::Registry::Options registry_options;
   registry_options.store = s->store_.get();
   registry_options.device = options.device;
+  registry_options.pool = s->pool_.get();
   absl::StatusOr<std::unique_ptr<registry::Registry>> registry =
       registry::Registry::Create(registry_options);
   if (!registry.ok()) return registry.status();
@@ -81,10 +108,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
     s->metrics_->SetModels(static_cast<double>(models->size()));
   }
 
-  int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  Limits::Options limits;
+  limits.max_uploads = options.max_uploads;
+  limits.max_streams = options.max_streams;
+  limits.max_staged_bytes = options.max_staged_bytes;
+  limits.min_free_bytes = options.min_free_bytes;
+  limits.store_root = options.store;
+  limits.idle_upload_timeout = std::chrono::milliseconds(options.idle_upload_timeout_ms);
+  limits.stalled_reader_timeout = std::chrono::milliseconds(options.stalled_reader_timeout_ms);
+  s->limits_ = std::make_unique<Limits>(limits);
   s->io_ = std::make_unique<Executor>(4);
-  s->heavy_ =
-      std::make_unique<Executor>(options.worker_threads > 0 ? options.worker_threads : cores);
+  // One thread per worker process; uploads beyond that wait in a bounded queue.
+  s->heavy_ = std::make_unique<Executor>(pool_options.workers,
+                                         static_cast<size_t>(options.max_pending_validations));
 
   RegistryService::Options rs;
   rs.registry = s->registry_.get();
@@ -94,6 +130,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   rs.executor = s->io_.get();
   rs.heavy = s->heavy_.get();
   rs.max_upload_bytes = options.max_upload_bytes;
+  rs.limits = s->limits_.get();
   s->registry_service_ = std::make_unique<RegistryService>(rs);
 
   s->cache_ = std::make_unique<store::BlobCache>(s->store_.get(), options.cache_bytes);
@@ -115,6 +152,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   ss.metrics = s->metrics_.get();
   ss.auth = s->auth_.get();
   ss.executor = s->io_.get();
+  ss.limits = s->limits_.get();
+  ss.max_chunk_bytes = options.max_chunk_bytes;
   s->stream_service_ = std::make_unique<StreamService>(ss);
 
   std::shared_ptr<grpc::ServerCredentials> creds = grpc::InsecureServerCredentials();
@@ -142,8 +181,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   builder.RegisterService(s->stream_service_.get());
   // Without this a second server on the same port would share it silently.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.SetMaxReceiveMessageSize(16 << 20);
-  builder.SetMaxSendMessageSize(16 << 20);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  // Dead peers (a worker host that vanished) are found by keepalive pings,
+  // not by a stream that waits forever.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {
     return absl::UnavailableError(
@@ -172,6 +217,7 @@ Server::~Server() {
   // Executors join after the server: no reactor can schedule work any more.
   heavy_.reset();
   io_.reset();
+  limits_.reset();
 }
 
 }  // namespace weightgate::service

@@ -14,14 +14,17 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "server/registry/registry.h"
 #include "server/service/auth.h"
 #include "server/service/executor.h"
+#include "server/service/limits.h"
 #include "server/service/metrics.h"
 #include "server/service/registry_service.h"
 #include "server/service/stream_service.h"
 #include "server/store/store.h"
+#include "server/worker/validation_pool.h"
 
 namespace weightgate::service {
 
@@ -51,8 +54,39 @@ class Server final {
     // References (MODEL@ALIAS, ...) whose blobs are opened into the cache at
     // startup, so the first workers do not pay for it. Missing ones are logged.
     std::vector<std::string> preload;
-    // Threads for checkpoint parsing and validation (0 = number of cores).
-    int worker_threads = 0;
+    // Edge limits (see Limits::Options for each default).
+    int max_uploads = 32;
+    int max_streams = 1024;
+    uint64_t max_staged_bytes = uint64_t{64} << 30;
+    uint64_t min_free_bytes = uint64_t{1} << 30;
+    int64_t idle_upload_timeout_ms = 60000;
+    int64_t stalled_reader_timeout_ms = 60000;
+    // Largest FetchWeights chunk; requests are clamped to it. Default 1 MiB.
+    uint32_t max_chunk_bytes = 1 << 20;
+    // Largest gRPC message either way. Default 16 MiB.
+    int max_message_bytes = 16 << 20;
+    // HTTP/2 keepalive pings on idle connections, and how long to wait for
+    // the answer before closing. Defaults 60 s and 20 s.
+    int keepalive_ms = 60000;
+    int keepalive_timeout_ms = 20000;
+    // One access-log line per RPC on stderr. Default on.
+    bool access_log = true;
+    // Validation worker processes, i.e. validations running at once
+    // (0 = number of cores). See worker::ValidationPool.
+    int validation_workers = 0;
+    // Anonymous memory one validation may add to its worker's baseline
+    // (RLIMIT_DATA); 0 = unlimited.
+    uint64_t validation_memory_bytes = uint64_t{4} << 30;
+    // Wall-clock (and CPU) time of one validation.
+    absl::Duration validation_timeout = absl::Minutes(10);
+    // Uploads waiting for a worker beyond this are refused with
+    // RESOURCE_EXHAUSTED and a retry hint (at least 1).
+    int max_pending_validations = 64;
+    // Worker command line; default this executable in worker mode, which
+    // must then be weightgate-server (main() dispatches --validation_worker).
+    std::vector<std::string> validation_worker_argv = {"/proc/self/exe", "--validation_worker"};
+    // Start the workers in Start() instead of on the first validation.
+    bool prestart_validation_workers = false;
   };
 
   // Validates options, opens the store, binds ports, starts serving.
@@ -61,6 +95,10 @@ class Server final {
 
   // The bound gRPC port (useful with ":0").
   int port() const { return port_; }
+  // Calls cancelled by the watchdog (idle uploads, stalled readers).
+  uint64_t timeouts() const { return limits_->timeouts(); }
+  // Re-reads the tokens file (SIGHUP); on error the old tokens stay.
+  absl::Status ReloadTokens() { return auth_->Reload(); }
   // Stops accepting, lets running RPCs finish until `deadline`, then cancels them.
   void Shutdown(std::chrono::system_clock::time_point deadline);
 
@@ -70,9 +108,12 @@ class Server final {
   Options options_;
   int port_ = 0;
   std::unique_ptr<store::Store> store_;
+  // Outlives the registry and the executors that call it.
+  std::unique_ptr<worker::ValidationPool> pool_;
   std::unique_ptr<registry::Registry> registry_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Authorizer> auth_;
+  std::unique_ptr<Limits> limits_;
   std::unique_ptr<Executor> io_;
   std::unique_ptr<Executor> heavy_;
   std::unique_ptr<store::BlobCache> cache_;

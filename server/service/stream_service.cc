@@ -7,6 +7,7 @@
 #include "common/crc32c.h"
 #include "common/model_ref.h"
 #include "common/time_util.h"
+#include "server/service/call_log.h"
 #include "server/service/status_util.h"
 
 namespace weightgate::service {
@@ -31,26 +32,55 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
  public:
   FetchReactor(const StreamService::Options& options, grpc::CallbackServerContext* context,
                const weightgate::v1::FetchRequest* request)
-      : options_(options), request_(*request), start_(std::chrono::steady_clock::now()) {
+      : options_(options),
+        request_(*request),
+        start_(std::chrono::steady_clock::now()),
+        log_(options.metrics, "FetchWeights", context) {
     options_.metrics->StreamStarted();
-    grpc::Status auth = options_.auth->Check(context, Role::kReader);
+    log_.set_ref(request_.ref());
+    Caller caller;
+    grpc::Status auth = options_.auth->Check(context, Role::kReader, &caller);
+    log_.set_identity(caller.identity);
     if (!auth.ok()) {
       Done(auth);
       return;
     }
+    if (grpc::Status slot = options_.limits->AcquireStream(context); !slot.ok()) {
+      options_.metrics->RecordLimited("streams");
+      Done(slot);
+      return;
+    }
+    have_slot_ = true;
+    watch_id_ = options_.limits->Watch(context, options_.limits->options().stalled_reader_timeout);
     // Resolving reads metadata files: off the gRPC thread.
     options_.executor->Schedule([this] { Begin(); });
   }
 
   void OnWriteDone(bool ok) override {
-    if (!ok) {  // the client went away
+    options_.limits->Disarm(watch_id_);
+    if (!ok) {  // the client went away, or never took the chunk in time
+      if (options_.limits->TimedOut(watch_id_)) {
+        options_.metrics->RecordTimeout("stalled_reader");
+        Done(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "client left a chunk unread longer than --stalled_reader_timeout_ms"));
+        return;
+      }
       Done(grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled the fetch"));
       return;
     }
-    NextChunk();
+    // Reading the blob may fault pages in from a slow volume: not on a gRPC
+    // callback thread.
+    options_.executor->Schedule([this] { NextChunk(); });
+  }
+
+  void OnCancel() override {
+    // The write in flight completes with ok=false and ends the stream.
   }
 
   void OnDone() override {
+    if (watch_id_ != 0) options_.limits->Unwatch(watch_id_);
+    blob_.reset();
+    if (have_slot_) options_.limits->ReleaseStream();
     options_.metrics->StreamFinished();
     delete this;
   }
@@ -96,14 +126,16 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
       }
       std::sort(ranges_.begin(), ranges_.end());
     }
+    // Per-stream memory is one chunk: clamp to the server's maximum.
+    uint32_t max_chunk = std::max(kMinChunkBytes, options_.max_chunk_bytes);
     chunk_bytes_ = request_.chunk_bytes() == 0
-                       ? kDefaultChunkBytes
-                       : std::clamp(request_.chunk_bytes(), kMinChunkBytes, kMaxChunkBytes);
+                       ? std::min(kDefaultChunkBytes, max_chunk)
+                       : std::clamp(request_.chunk_bytes(), kMinChunkBytes, max_chunk);
     auto* manifest = response_.mutable_manifest();
     *manifest = full;
     manifest->set_model_id(version->model_id());
     manifest->set_version(version->version());
-    StartWrite(&response_);
+    Write();
   }
 
   void NextChunk() {
@@ -122,13 +154,27 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
     chunk->set_offset(range.first);
     chunk->set_data(data.data(), data.size());
     chunk->set_crc32c(common::Crc32c(data));
+    if (blob_->damaged()) {
+      // The file under the mapping went away (GC on another replica, NFS):
+      // the guard mapped zeros in place of the lost pages. End this stream.
+      Done(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        absl::StrCat("blob ", blob_->manifest.blob_sha256(),
+                                     " became unreadable while streaming; retry the fetch")));
+      return;
+    }
     range.first += n;
     sent_ += n;
+    Write();
+  }
+
+  void Write() {
+    options_.limits->Arm(watch_id_);
     StartWrite(&response_);
   }
 
   void Done(const grpc::Status& status) {
-    options_.metrics->RecordRpc("FetchWeights", CodeName(status.error_code()));
+    log_.add_bytes(sent_);
+    log_.Finish(status);
     if (status.ok()) {
       options_.metrics->AddBytesOut(static_cast<double>(sent_));
       options_.metrics->RecordCache(hit_, static_cast<double>(sent_));
@@ -148,6 +194,9 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
   uint32_t chunk_bytes_ = kDefaultChunkBytes;
   uint64_t sent_ = 0;
   FetchResponse response_;
+  CallLog log_;
+  bool have_slot_ = false;
+  uint64_t watch_id_ = 0;
 };
 
 }  // namespace
@@ -157,8 +206,13 @@ class FetchReactor final : public grpc::ServerWriteReactor<FetchResponse> {
 // once, at its newest version.
 class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
  public:
-  WatchReactor(StreamService* service, std::string model_id, std::string alias)
-      : service_(service), model_id_(std::move(model_id)), alias_(std::move(alias)) {
+  // `log` accounts for the call; the caller took a stream slot for it.
+  WatchReactor(StreamService* service, std::string model_id, std::string alias,
+               std::unique_ptr<CallLog> log)
+      : service_(service),
+        model_id_(std::move(model_id)),
+        alias_(std::move(alias)),
+        log_(std::move(log)) {
     service_->options_.metrics->StreamStarted();
   }
 
@@ -203,6 +257,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   }
 
   void OnDone() override {
+    service_->options_.limits->ReleaseStream();
     service_->options_.metrics->StreamFinished();
     done_.store(true);
   }
@@ -213,7 +268,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   void FinishLocked(const grpc::Status& status) {
     if (finished_) return;
     finished_ = true;
-    service_->options_.metrics->RecordRpc("WatchModel", CodeName(status.error_code()));
+    log_->Finish(status);
     Finish(status);
   }
 
@@ -221,10 +276,11 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   const std::string model_id_;
   const std::string alias_;
   std::mutex mu_;
-  WatchEvent event_;       // guarded by mu_
-  int64_t last_sent_ = 0;  // guarded by mu_
-  bool writing_ = false;   // guarded by mu_
-  bool finished_ = false;  // guarded by mu_
+  std::unique_ptr<CallLog> log_;  // guarded by mu_
+  WatchEvent event_;              // guarded by mu_
+  int64_t last_sent_ = 0;         // guarded by mu_
+  bool writing_ = false;          // guarded by mu_
+  bool finished_ = false;         // guarded by mu_
   std::atomic<bool> done_{false};
 };
 
@@ -288,18 +344,26 @@ grpc::ServerWriteReactor<FetchResponse>* StreamService::FetchWeights(
 
 grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(
     grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) {
-  grpc::Status auth = options_.auth->Check(context, Role::kReader);
+  auto log = std::make_unique<CallLog>(options_.metrics, "WatchModel", context);
+  log->set_ref(request->ref());
+  Caller caller;
+  grpc::Status auth = options_.auth->Check(context, Role::kReader, &caller);
+  log->set_identity(caller.identity);
   absl::StatusOr<common::ParsedRef> ref = common::ParseRef(request->ref());
   if (auth.ok() && !ref.ok()) auth = ToGrpcStatus(ref.status());
   if (auth.ok() && ref->version != 0) {
     auth = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                         "watch takes MODEL or MODEL@ALIAS; a version number never moves");
   }
+  if (auth.ok()) {
+    auth = options_.limits->AcquireStream(context);
+    if (!auth.ok()) options_.metrics->RecordLimited("streams");
+  }
   if (!auth.ok()) {
-    options_.metrics->RecordRpc("WatchModel", CodeName(auth.error_code()));
+    log->Finish(auth);
     return new FinishedWriter<WatchEvent>(auth);
   }
-  auto* watch = new WatchReactor(this, ref->model_id, ref->alias);
+  auto* watch = new WatchReactor(this, ref->model_id, ref->alias, std::move(log));
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) {
     watch->Stop();

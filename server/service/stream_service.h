@@ -18,6 +18,7 @@
 
 #include "server/service/auth.h"
 #include "server/service/executor.h"
+#include "server/service/limits.h"
 #include "server/service/metrics.h"
 #include "server/store/blob_cache.h"
 #include "server/store/store.h"
@@ -38,6 +39,10 @@ class StreamService final : public weightgate::v1::WeightStream::CallbackService
     Executor* executor = nullptr;
     // How often watched aliases are re-read from the store.
     std::chrono::milliseconds watch_poll{250};
+    // Edge limits and watchdog; not owned.
+    Limits* limits = nullptr;
+    // Largest chunk a fetch stream sends (requests are clamped to it).
+    uint32_t max_chunk_bytes = 1 << 20;
   };
   explicit StreamService(const Options& options);
   // Ends every watch stream (they finish OK) and stops the poller.

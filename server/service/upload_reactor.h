@@ -3,6 +3,12 @@
 // function on the Executor with the header and the staged file. Disk writes
 // and the completion run off the gRPC threads; exactly one read is in flight
 // at a time, so memory per upload is one chunk.
+//
+// Limits apply at the edge: a slot among --max_uploads is taken before the
+// first read (RESOURCE_EXHAUSTED when none is free), every chunk's bytes are
+// reserved against the staging total and the free-disk reserve before they
+// are written, and a stream whose next message does not arrive within the
+// idle timeout is cancelled, freeing its slot, staged file and buffers.
 #ifndef WEIGHTGATE_SERVER_SERVICE_UPLOAD_REACTOR_H_
 #define WEIGHTGATE_SERVER_SERVICE_UPLOAD_REACTOR_H_
 
@@ -14,7 +20,9 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/grpcpp.h"
 #include "server/service/auth.h"
+#include "server/service/call_log.h"
 #include "server/service/executor.h"
+#include "server/service/limits.h"
 #include "server/service/metrics.h"
 #include "server/service/status_util.h"
 #include "server/store/store.h"
@@ -29,8 +37,10 @@ struct UploadSetup {
   Metrics* metrics;
   const Authorizer* auth;
   Executor* executor;  // chunk writes
-  Executor* heavy;     // the completion (parsing, tensor checks)
+  Executor* heavy;     // the completion (parsing, tensor checks); bounded queue
   uint64_t max_bytes;
+  Limits* limits;
+  Role role;  // needed to call
 };
 
 // Request is RegisterModelRequest or UploadRequest (oneof header/chunk).
@@ -38,21 +48,39 @@ template <typename Request, typename Header>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
   // Returns the RPC's final status; the response message is filled by it.
-  using Complete = std::function<grpc::Status(const Header&, store::StagedFile&)>;
+  using Complete = std::function<grpc::Status(const Header&, store::StagedFile&, const Caller&)>;
 
   UploadReactor(const UploadSetup& setup, Complete complete)
-      : setup_(setup), complete_(std::move(complete)) {
+      : setup_(setup),
+        complete_(std::move(complete)),
+        log_(setup.metrics, setup.method, setup.context) {
     setup_.metrics->StreamStarted();
-    grpc::Status auth = setup_.auth->Check(setup_.context, Role::kWriter);
+    grpc::Status auth = setup_.auth->Check(setup_.context, setup_.role, &caller_);
+    log_.set_identity(caller_.identity);
     if (!auth.ok()) {
       Fail(auth);
       return;
     }
-    this->StartRead(&request_);
+    grpc::Status slot = setup_.limits->AcquireUpload(setup_.context);
+    if (!slot.ok()) {
+      setup_.metrics->RecordLimited("uploads");
+      Fail(slot);
+      return;
+    }
+    have_slot_ = true;
+    watch_id_ = setup_.limits->Watch(setup_.context, setup_.limits->options().idle_upload_timeout);
+    ReadNext();
   }
 
   void OnReadDone(bool ok) override {
+    setup_.limits->Disarm(watch_id_);
     if (!ok) {  // half-close (complete) or cancellation (not)
+      if (setup_.limits->TimedOut(watch_id_)) {
+        setup_.metrics->RecordTimeout("upload_idle");
+        Fail(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                          "upload idle for longer than --idle_upload_timeout_ms"));
+        return;
+      }
       if (setup_.context->IsCancelled()) {
         Fail(grpc::Status(grpc::StatusCode::CANCELLED, "upload cancelled by the client"));
         return;
@@ -69,14 +97,15 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
                                       " bytes, received ", staged_->size())));
         return;
       }
-      setup_.heavy->Schedule([this] {
+      bool queued = setup_.heavy->TrySchedule([this] {
         absl::Status finished = staged_->Finish();
         if (!finished.ok()) {
           Fail(ToGrpcStatus(finished));
           return;
         }
-        Fail(complete_(header_, *staged_));
+        Fail(complete_(header_, *staged_, caller_));
       });
+      if (!queued) Fail(Busy());
       return;
     }
     if (!have_header_) {
@@ -87,18 +116,22 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       }
       header_ = request_.header();
       have_header_ = true;
+      log_.set_ref(header_.model_id());
       if (header_.total_bytes() < 0 ||
           static_cast<uint64_t>(header_.total_bytes()) > setup_.max_bytes) {
         Fail(TooLarge());
         return;
       }
-      absl::StatusOr<std::unique_ptr<store::StagedFile>> staged = setup_.store->NewStagedFile();
-      if (!staged.ok()) {
-        Fail(ToGrpcStatus(staged.status()));
-        return;
-      }
-      staged_ = *std::move(staged);
-      this->StartRead(&request_);
+      // Creating the staging file touches the disk: not on a gRPC thread.
+      setup_.executor->Schedule([this] {
+        absl::StatusOr<std::unique_ptr<store::StagedFile>> staged = setup_.store->NewStagedFile();
+        if (!staged.ok()) {
+          Fail(ToGrpcStatus(staged.status()));
+          return;
+        }
+        staged_ = *std::move(staged);
+        ReadNext();
+      });
       return;
     }
     if (request_.msg_case() != Request::kChunk) {
@@ -110,38 +143,75 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       return;
     }
     setup_.metrics->AddBytesIn(static_cast<double>(request_.chunk().size()));
+    log_.add_bytes(request_.chunk().size());
     setup_.executor->Schedule([this] {
+      // Room on disk first (statvfs may be slow on NFS: off the gRPC thread),
+      // then the bytes.
+      grpc::Status room = setup_.limits->ReserveStaged(setup_.context, request_.chunk().size());
+      if (!room.ok()) {
+        setup_.metrics->RecordLimited("staging");
+        Fail(room);
+        return;
+      }
+      reserved_ += request_.chunk().size();
       absl::Status written = staged_->Append(request_.chunk());
       if (!written.ok()) {
         Fail(ToGrpcStatus(written));
         return;
       }
-      this->StartRead(&request_);
+      ReadNext();
     });
   }
 
+  void OnCancel() override {
+    // The pending read (if any) completes with ok=false and ends the call.
+  }
+
   void OnDone() override {
+    if (watch_id_ != 0) setup_.limits->Unwatch(watch_id_);
+    staged_.reset();  // unlinks an uncommitted staged file
+    setup_.limits->ReleaseStaged(reserved_);
+    if (have_slot_) setup_.limits->ReleaseUpload();
     setup_.metrics->StreamFinished();
     delete this;
   }
 
  private:
+  void ReadNext() {
+    setup_.limits->Arm(watch_id_);
+    this->StartRead(&request_);
+  }
+
   grpc::Status TooLarge() const {
     return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                         absl::StrCat("upload larger than the server's limit of ", setup_.max_bytes,
                                      " bytes (--max_upload_bytes)"));
   }
 
+  // The validation queue is full: the client should come back later.
+  grpc::Status Busy() const {
+    setup_.context->AddTrailingMetadata("retry-after-ms", "1000");
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("server busy: ", setup_.heavy->max_queued(),
+                                     " validations already waiting (--max_pending_validations); "
+                                     "retry in about 1 s"));
+  }
+
   void Fail(const grpc::Status& status) {
-    setup_.metrics->RecordRpc(setup_.method, CodeName(status.error_code()));
+    log_.Finish(status);
     this->Finish(status);
   }
 
   UploadSetup setup_;
   Complete complete_;
+  CallLog log_;
+  Caller caller_;
   Request request_;
   Header header_;
   bool have_header_ = false;
+  bool have_slot_ = false;
+  uint64_t watch_id_ = 0;
+  uint64_t reserved_ = 0;
   std::unique_ptr<store::StagedFile> staged_;
 };
 

@@ -5,14 +5,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstdio>
 #include <deque>
-#include <mutex>
 #include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/torch_writer.h"
 
@@ -198,24 +197,26 @@ class AsyncOutput final : public OutputWriter {
 
   bool NeedsBytes(size_t k) const override { return inner_->NeedsBytes(k); }
 
-  absl::Status Append(std::string_view bytes) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] {
-      return !error_.ok() || queued_ == 0 || queued_ + bytes.size() <= kMaxQueuedBytes;
-    });
+  absl::Status Append(std::string_view bytes) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    while (error_.ok() && queued_ != 0 &&
+           (queued_ > kMaxQueuedBytes || bytes.size() > kMaxQueuedBytes - queued_)) {
+      cv_.Wait(&mu_);
+    }
     if (!error_.ok()) return error_;
     queue_.emplace_back(bytes.data(), bytes.size());
     queued_ += bytes.size();
-    cv_.notify_all();
+    cv_.SignalAll();
     return absl::OkStatus();
   }
 
-  absl::Status Finish() override {
+  absl::Status Finish() override ABSL_LOCKS_EXCLUDED(mu_) {
     Stop(/*abort=*/false);
     finished_ = true;
-    if (!error_.ok()) {
+    absl::Status error = Error();
+    if (!error.ok()) {
       inner_->Abort();
-      return error_;
+      return error;
     }
     return inner_->Finish();
   }
@@ -229,48 +230,54 @@ class AsyncOutput final : public OutputWriter {
  private:
   static constexpr size_t kMaxQueuedBytes = size_t{32} << 20;
 
-  void Stop(bool abort) {
+  void Stop(bool abort) ABSL_LOCKS_EXCLUDED(mu_) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       closing_ = true;
       if (abort) {
         queue_.clear();
         queued_ = 0;
       }
+      cv_.SignalAll();
     }
-    cv_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
 
-  void Run() {
-    std::unique_lock<std::mutex> lock(mu_);
+  absl::Status Error() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return error_;
+  }
+
+  void Run() ABSL_LOCKS_EXCLUDED(mu_) {
     for (;;) {
-      cv_.wait(lock, [&] { return !queue_.empty() || closing_; });
-      if (queue_.empty()) return;  // closing, and everything is written
-      std::string piece = std::move(queue_.front());
-      queue_.pop_front();
-      lock.unlock();
+      std::string piece;
+      {
+        absl::MutexLock lock(&mu_);
+        while (queue_.empty() && !closing_) cv_.Wait(&mu_);
+        if (queue_.empty()) return;  // closing, and everything is written
+        piece = std::move(queue_.front());
+        queue_.pop_front();
+      }
       absl::Status s = inner_->Append(piece);
-      lock.lock();
+      absl::MutexLock lock(&mu_);
       queued_ -= std::min(queued_, piece.size());
       if (!s.ok()) {
         error_ = s;
         queue_.clear();
         queued_ = 0;
-        cv_.notify_all();
-        return;
       }
-      cv_.notify_all();
+      cv_.SignalAll();
+      if (!s.ok()) return;
     }
   }
 
   std::unique_ptr<OutputWriter> inner_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::string> queue_;  // guarded by mu_
-  size_t queued_ = 0;              // guarded by mu_
-  bool closing_ = false;           // guarded by mu_
-  absl::Status error_;             // guarded by mu_ while the thread runs
+  absl::Mutex mu_;
+  absl::CondVar cv_;
+  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_ ABSL_GUARDED_BY(mu_) = 0;
+  bool closing_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
   bool finished_ = false;
   std::thread thread_;  // last: starts after the members it uses
 };

@@ -37,9 +37,14 @@ absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
 absl::StatusOr<std::shared_ptr<const OpenBlob>> BlobCache::Get(const std::string& sha256,
                                                                bool* hit) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     auto it = index_.find(sha256);
-    if (it != index_.end()) {
+    if (it != index_.end() && it->second->second->damaged()) {
+      // Its file went away under the mapping: forget it and look again.
+      bytes_ -= it->second->second->file->size();
+      lru_.erase(it->second);
+      index_.erase(it);
+    } else if (it != index_.end()) {
       lru_.splice(lru_.begin(), lru_, it->second);
       *hit = true;
       return it->second->second;
@@ -55,14 +60,18 @@ absl::StatusOr<std::shared_ptr<const OpenBlob>> BlobCache::Get(const std::string
   if (!file.ok()) return file.status();
   auto blob = std::make_shared<OpenBlob>();
   blob->file = *file;
+  blob->guard = MappingGuard::Register((*file)->data().data(), (*file)->size());
   absl::StatusOr<weightgate::v1::Manifest> manifest = ManifestFromSafetensors(*file);
+  if (manifest.ok() && blob->damaged()) {
+    manifest = absl::UnavailableError("the file went away while its header was read");
+  }
   if (!manifest.ok()) {
     return absl::DataLossError(
         absl::StrCat("stored blob ", sha256, " is corrupt: ", manifest.status().message()));
   }
   blob->manifest = *std::move(manifest);
   blob->manifest.set_blob_sha256(sha256);
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (auto it = index_.find(sha256); it != index_.end()) return it->second->second;  // raced
   lru_.emplace_front(sha256, blob);
   index_[sha256] = lru_.begin();
@@ -76,7 +85,7 @@ absl::StatusOr<std::shared_ptr<const OpenBlob>> BlobCache::Get(const std::string
 }
 
 uint64_t BlobCache::bytes() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   return bytes_;
 }
 

@@ -8,10 +8,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <random>
 #include <set>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/file_util.h"
@@ -71,6 +73,8 @@ std::string RandomSuffix() {
 absl::Status AtomicWrite(const std::string& tmp_dir, const std::string& path,
                          std::string_view content) {
   std::string tmp = absl::StrCat(tmp_dir, "/meta.", RandomSuffix(), ".tmp");
+  // The staging directory is scratch: it is not fsynced when it loses the
+  // temporary file, only the directory that gains `path` is.
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(absl::StrCat("create ", tmp));
   size_t done = 0;
@@ -137,37 +141,88 @@ std::vector<std::string> ListDir(const std::string& dir) {
   return names;
 }
 
-bool IsHexSha256(const std::string& s) {
-  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
-           return std::isxdigit(static_cast<unsigned char>(c)) &&
-                  !std::isupper(static_cast<unsigned char>(c));
-         });
+std::string HostName() {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') return "host";
+  std::string name = host;
+  for (char& c : name) {
+    if (c == '-' || c == '/') c = '_';  // '-' separates the fields of a staging name
+  }
+  return name;
 }
 
-// Unreferenced blobs younger than this survive garbage collection.
-constexpr int kBlobGracePeriodSeconds = 600;
-
-// flock() on <root>/LOCK: serialises read-modify-write of metadata across
-// threads (each holder opens its own descriptor) and across processes.
-class FileLock final {
- public:
-  explicit FileLock(const std::string& root) {
-    fd_ = ::open(absl::StrCat(root, "/LOCK").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd_ >= 0) {
-      while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
-      }
+// Newest mtime of `path` and, for a directory, of its entries.
+time_t NewestMtime(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return 0;
+  time_t newest = st.st_mtime;
+  if (S_ISDIR(st.st_mode)) {
+    for (const std::string& name : ListDir(path)) {
+      newest = std::max(newest, NewestMtime(absl::StrCat(path, "/", name)));
     }
   }
-  ~FileLock() {
-    if (fd_ >= 0) ::close(fd_);  // releases the lock
-  }
-  bool ok() const { return fd_ >= 0; }
+  return newest;
+}
 
- private:
-  int fd_ = -1;
-};
+void RemoveTree(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0) return;
+  if (S_ISDIR(st.st_mode)) {
+    for (const std::string& name : ListDir(path)) RemoveTree(absl::StrCat(path, "/", name));
+    ::rmdir(path.c_str());
+  } else {
+    ::unlink(path.c_str());
+  }
+}
+
+// True when the staging entry `name` (under tmp/) belongs to no live
+// process: a directory "<host>-<pid>-<rand>" of this host whose pid is gone,
+// or anything (another host's directory, an old-layout file) in which
+// nothing changed for `stale_seconds`. A live replica's files are never
+// removed: its pid answers kill(0), or on another host its files are fresh.
+bool StagingIsStale(const std::string& tmp, const std::string& name, const std::string& host,
+                    int64_t stale_seconds) {
+  std::vector<std::string> parts = absl::StrSplit(name, '-');
+  int pid = 0;
+  if (parts.size() == 3 && parts[0] == host && absl::SimpleAtoi(parts[1], &pid) && pid > 0) {
+    if (pid == ::getpid()) return false;
+    return ::kill(pid, 0) != 0 && errno == ESRCH;
+  }
+  return ::time(nullptr) - NewestMtime(absl::StrCat(tmp, "/", name)) > stale_seconds;
+}
 
 }  // namespace
+
+// The store lock: this process's mutex, then flock() on <root>/LOCK across
+// processes (each holder opens its own descriptor; closing releases it).
+class ABSL_SCOPED_LOCKABLE Store::Lock final {
+ public:
+  explicit Lock(Store* store) ABSL_EXCLUSIVE_LOCK_FUNCTION(store->mu_) : store_(store) {
+    store_->mu_.Lock();
+    if (!store_->options_.use_flock) return;
+    fd_ = ::open(absl::StrCat(store_->root_, "/LOCK").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) {
+      error_ = ErrnoStatus(absl::StrCat("open ", store_->root_, "/LOCK"));
+      return;
+    }
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno == EINTR) continue;
+      // A filesystem without flock: link()-claimed version numbers still
+      // never collide, so go on without the cross-process lock.
+      break;
+    }
+  }
+  ~Lock() ABSL_UNLOCK_FUNCTION() {
+    if (fd_ >= 0) ::close(fd_);
+    store_->mu_.Unlock();
+  }
+  const absl::Status& status() const { return error_; }
+
+ private:
+  Store* const store_;
+  int fd_ = -1;
+  absl::Status error_;
+};
 
 // ---------------------------------------------------------------- StagedFile
 
@@ -221,6 +276,14 @@ absl::Status StagedFile::AdoptContents() {
 
 // ---------------------------------------------------------------- Store
 
+Store::Store(const Options& options, std::string root)
+    : options_(options), root_(std::move(root)) {}
+
+Store::~Store() {
+  // Staged files are removed by their owners; an empty directory goes too.
+  ::rmdir(staging_dir_.c_str());
+}
+
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const Options& options) {
   if (options.root.empty()) return absl::InvalidArgumentError("store root is empty");
   std::string root = options.root;
@@ -228,22 +291,27 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const Options& options) {
   for (const char* sub : {"", "/blobs", "/models", "/tmp"}) {
     if (absl::Status s = MakeDirs(root + sub); !s.ok()) return s;
   }
-  std::unique_ptr<Store> store(new Store(root));
-  FileLock lock(root);
-  if (!lock.ok()) return ErrnoStatus(absl::StrCat("lock ", root, "/LOCK"));
-  // Stale staging files from a crashed process. Another live replica may be
-  // staging right now: only remove files older than an hour.
-  time_t now = ::time(nullptr);
-  for (const std::string& name : ListDir(root + "/tmp")) {
-    std::string path = absl::StrCat(root, "/tmp/", name);
-    struct stat st;
-    if (::stat(path.c_str(), &st) == 0 && now - st.st_mtime > 3600) ::unlink(path.c_str());
+  std::unique_ptr<Store> store(new Store(options, root));
+  // Staging left by crashed processes. Other live replicas stage in their
+  // own directories, which StagingIsStale never selects.
+  std::string host = HostName();
+  std::string tmp = root + "/tmp";
+  for (const std::string& name : ListDir(tmp)) {
+    if (StagingIsStale(tmp, name, host, options.stale_staging_seconds)) {
+      RemoveTree(absl::StrCat(tmp, "/", name));
+    }
+  }
+  std::string suffix = RandomSuffix();  // "<pid>.<random>"
+  store->staging_dir_ =
+      absl::StrCat(tmp, "/", host, "-", ::getpid(), "-", suffix.substr(suffix.find('.') + 1));
+  if (::mkdir(store->staging_dir_.c_str(), 0755) != 0) {
+    return ErrnoStatus(absl::StrCat("mkdir ", store->staging_dir_));
   }
   return store;
 }
 
 absl::StatusOr<std::unique_ptr<StagedFile>> Store::NewStagedFile() {
-  std::string path = absl::StrCat(root_, "/tmp/stage.", RandomSuffix());
+  std::string path = absl::StrCat(staging_dir_, "/stage.", RandomSuffix());
   int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) return ErrnoStatus(absl::StrCat("create ", path));
   return std::make_unique<StagedFile>(path, fd);
@@ -255,28 +323,46 @@ std::string Store::BlobPath(const std::string& sha256) const {
 
 bool Store::HasBlob(const std::string& sha256) const {
   struct stat st;
-  return IsHexSha256(sha256) && ::stat(BlobPath(sha256).c_str(), &st) == 0;
+  return common::IsSha256Hex(sha256) && ::stat(BlobPath(sha256).c_str(), &st) == 0;
 }
 
 absl::StatusOr<std::string> Store::CommitBlob(std::unique_ptr<StagedFile> staged) {
   if (staged->fd_ >= 0) {
     if (absl::Status s = staged->Finish(); !s.ok()) return s;
   }
-  std::string sha = staged->sha256();
-  std::string path = BlobPath(sha);
-  if (HasBlob(sha)) return sha;  // content-addressed: identical bytes are stored once
-  ::chmod(staged->path().c_str(), 0444);
-  if (::rename(staged->path().c_str(), path.c_str()) != 0) {
-    return ErrnoStatus(absl::StrCat("rename ", staged->path(), " -> ", path));
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
+  return PlaceBlobLocked(*staged);
+}
+
+absl::StatusOr<std::string> Store::PlaceBlobLocked(StagedFile& staged) {
+  if (staged.fd_ >= 0) {
+    if (absl::Status s = staged.Finish(); !s.ok()) return s;
   }
-  staged->keep_ = true;
+  std::string sha = staged.sha256();
+  std::string path = BlobPath(sha);
+  if (HasBlob(sha)) {
+    // Content-addressed: identical bytes are stored once. The reused blob may
+    // be unreferenced and old; a fresh mtime makes garbage collection spare
+    // it until the caller's record names it.
+    if (::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) != 0 && errno != ENOENT) {
+      return ErrnoStatus(absl::StrCat("touch ", path));
+    }
+    if (HasBlob(sha)) return sha;
+    // Collected by a process that does not share our lock: store our copy.
+  }
+  ::chmod(staged.path().c_str(), 0444);
+  if (::rename(staged.path().c_str(), path.c_str()) != 0) {
+    return ErrnoStatus(absl::StrCat("rename ", staged.path(), " -> ", path));
+  }
+  staged.keep_ = true;
   if (absl::Status s = FsyncDir(root_ + "/blobs"); !s.ok()) return s;
   return sha;
 }
 
 uint64_t Store::BlobSize(const std::string& sha256) const {
   struct stat st;
-  if (!IsHexSha256(sha256) || ::stat(BlobPath(sha256).c_str(), &st) != 0) return 0;
+  if (!common::IsSha256Hex(sha256) || ::stat(BlobPath(sha256).c_str(), &st) != 0) return 0;
   return static_cast<uint64_t>(st.st_size);
 }
 
@@ -294,10 +380,23 @@ static std::string ModelDir(const std::string& root, const std::string& id) {
 }
 
 absl::Status Store::PutModel(const Model& model) {
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
+  return PutModelLocked(model);
+}
+
+absl::Status Store::PutModelLocked(const Model& model) {
   if (absl::Status s = ValidateModelId(model.model_id()); !s.ok()) return s;
   std::string dir = ModelDir(root_, model.model_id());
-  if (absl::Status s = MakeDirs(dir + "/versions"); !s.ok()) return s;
-  return WriteJson(root_ + "/tmp", dir + "/model.json", model);
+  struct stat st;
+  if (::stat((dir + "/versions").c_str(), &st) != 0) {
+    if (absl::Status s = MakeDirs(dir + "/versions"); !s.ok()) return s;
+    // models/ gained <id>, and <id> gained versions/: both entries must be
+    // durable before anything inside them is.
+    if (absl::Status s = FsyncDir(dir); !s.ok()) return s;
+    if (absl::Status s = FsyncDir(root_ + "/models"); !s.ok()) return s;
+  }
+  return WriteJson(staging_dir_, dir + "/model.json", model);
 }
 
 absl::StatusOr<Model> Store::GetModel(const std::string& model_id) const {
@@ -323,32 +422,33 @@ absl::StatusOr<std::vector<Model>> Store::ListModels() const {
 
 absl::Status Store::UpdateModel(const std::string& model_id,
                                 const std::function<absl::Status(Model&)>& fn) {
-  FileLock lock(root_);
-  if (!lock.ok()) return ErrnoStatus("lock store");
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
   absl::StatusOr<Model> model = GetModel(model_id);
   if (!model.ok()) return model.status();
   if (absl::Status s = fn(*model); !s.ok()) return s;
   model->set_updated_unix_ms(NowMs());
-  return PutModel(*model);
+  return PutModelLocked(*model);
 }
 
 absl::Status Store::DeleteModel(const std::string& model_id) {
-  {
-    FileLock lock(root_);
-    if (!lock.ok()) return ErrnoStatus("lock store");
-    std::string dir = ModelDir(root_, model_id);
-    if (absl::StatusOr<Model> m = GetModel(model_id); !m.ok()) return m.status();
-    // model.json goes first: from then on the model is gone for every reader,
-    // and a crash mid-way leaves only unreachable version records.
-    if (::unlink((dir + "/model.json").c_str()) != 0) return ErrnoStatus("unlink model.json");
-    for (const std::string& name : ListDir(dir + "/versions")) {
-      ::unlink(absl::StrCat(dir, "/versions/", name).c_str());
-    }
-    ::rmdir((dir + "/versions").c_str());
-    ::rmdir(dir.c_str());
-    if (absl::Status s = FsyncDir(root_ + "/models"); !s.ok()) return s;
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
+  std::string dir = ModelDir(root_, model_id);
+  if (absl::StatusOr<Model> m = GetModel(model_id); !m.ok()) return m.status();
+  // model.json goes first: from then on the model is gone for every reader,
+  // and a crash mid-way leaves only unreachable version records.
+  if (::unlink((dir + "/model.json").c_str()) != 0) return ErrnoStatus("unlink model.json");
+  if (absl::Status s = FsyncDir(dir); !s.ok()) return s;
+  for (const std::string& name : ListDir(dir + "/versions")) {
+    ::unlink(absl::StrCat(dir, "/versions/", name).c_str());
   }
-  return CollectGarbage();
+  if (absl::Status s = FsyncDir(dir + "/versions"); !s.ok()) return s;
+  ::rmdir((dir + "/versions").c_str());
+  if (absl::Status s = FsyncDir(dir); !s.ok()) return s;
+  ::rmdir(dir.c_str());
+  if (absl::Status s = FsyncDir(root_ + "/models"); !s.ok()) return s;
+  return CollectGarbageLocked();
 }
 
 static std::string VersionPath(const std::string& root, const std::string& id, int64_t v) {
@@ -357,8 +457,72 @@ static std::string VersionPath(const std::string& root, const std::string& id, i
 
 absl::StatusOr<Version> Store::AddVersion(const std::string& model_id, Version version,
                                           const std::string& alias) {
-  FileLock lock(root_);
-  if (!lock.ok()) return ErrnoStatus("lock store");
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
+  if (!version.blob_sha256().empty()) {
+    // The caller committed the blob earlier: refresh it, or fail rather than
+    // record a version whose bytes are gone.
+    std::string path = BlobPath(version.blob_sha256());
+    if (!common::IsSha256Hex(version.blob_sha256()) ||
+        ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) != 0) {
+      return absl::AbortedError(
+          absl::StrCat("blob ", version.blob_sha256(), " vanished before its version was added"));
+    }
+  }
+  return AddVersionLocked(model_id, std::move(version), alias);
+}
+
+absl::StatusOr<Version> Store::CommitVersion(const std::string& model_id,
+                                             std::unique_ptr<StagedFile> staged, Version version,
+                                             const std::string& alias) {
+  if (staged->fd_ >= 0) {
+    if (absl::Status s = staged->Finish(); !s.ok()) return s;
+  }
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
+  if (absl::StatusOr<Model> model = GetModel(model_id); !model.ok()) return model.status();
+  absl::StatusOr<std::string> sha = PlaceBlobLocked(*staged);
+  if (!sha.ok()) return sha.status();
+  version.set_blob_sha256(*sha);
+  version.set_size_bytes(static_cast<int64_t>(BlobSize(*sha)));
+  if (options_.after_blob_hook_for_testing) options_.after_blob_hook_for_testing();
+  return AddVersionLocked(model_id, std::move(version), alias);
+}
+
+absl::StatusOr<int64_t> Store::ClaimVersionLocked(const std::string& model_id, int64_t first,
+                                                  Version& version) {
+  std::string dir = ModelDir(root_, model_id) + "/versions";
+  // Bounded: each failed attempt means another writer claimed that number.
+  for (int64_t n = first; n < first + 100000; ++n) {
+    version.set_version(n);
+    std::string text;
+    google::protobuf::util::JsonPrintOptions print;
+    print.add_whitespace = true;
+    print.preserve_proto_field_names = true;
+    if (auto st = google::protobuf::util::MessageToJsonString(version, &text, print); !st.ok()) {
+      return absl::InternalError(st.ToString());
+    }
+    std::string tmp = absl::StrCat(staging_dir_, "/version.", RandomSuffix(), ".tmp");
+    if (absl::Status s = AtomicWrite(staging_dir_, tmp, text); !s.ok()) return s;
+    // link() fails with EEXIST instead of replacing: the number is ours only
+    // if no other writer (even one whose flock was a no-op) took it first.
+    int rc = ::link(tmp.c_str(), VersionPath(root_, model_id, n).c_str());
+    int link_errno = errno;
+    ::unlink(tmp.c_str());
+    if (rc == 0) {
+      if (absl::Status s = FsyncDir(dir); !s.ok()) return s;
+      return n;
+    }
+    if (link_errno != EEXIST) {
+      errno = link_errno;
+      return ErrnoStatus(absl::StrCat("link ", VersionPath(root_, model_id, n)));
+    }
+  }
+  return absl::ResourceExhaustedError(absl::StrCat("no free version number for ", model_id));
+}
+
+absl::StatusOr<Version> Store::AddVersionLocked(const std::string& model_id, Version version,
+                                                const std::string& alias) {
   absl::StatusOr<Model> model = GetModel(model_id);
   if (!model.ok()) return model.status();
   int64_t next = 1;
@@ -367,17 +531,18 @@ absl::StatusOr<Version> Store::AddVersion(const std::string& model_id, Version v
   }
   next = std::max<int64_t>(next, model->version_count() + 1);
   version.set_model_id(model_id);
-  version.set_version(next);
   if (version.created_unix_ms() == 0) version.set_created_unix_ms(NowMs());
-  if (absl::Status s = WriteJson(root_ + "/tmp", VersionPath(root_, model_id, next), version);
-      !s.ok()) {
-    return s;
-  }
-  (*model->mutable_aliases())["latest"] = next;
-  if (!alias.empty()) (*model->mutable_aliases())[alias] = next;
-  model->set_version_count(next);
+  absl::StatusOr<int64_t> claimed = ClaimVersionLocked(model_id, next, version);
+  if (!claimed.ok()) return claimed.status();
+  // Re-read: without a working flock another replica may have moved aliases
+  // meanwhile. "latest" only ever moves forward.
+  if (absl::StatusOr<Model> again = GetModel(model_id); again.ok()) model = *std::move(again);
+  auto& aliases = *model->mutable_aliases();
+  if (aliases["latest"] < *claimed) aliases["latest"] = *claimed;
+  if (!alias.empty()) aliases[alias] = *claimed;
+  model->set_version_count(std::max<int64_t>(model->version_count(), *claimed));
   model->set_updated_unix_ms(NowMs());
-  if (absl::Status s = PutModel(*model); !s.ok()) return s;
+  if (absl::Status s = PutModelLocked(*model); !s.ok()) return s;
   return version;
 }
 
@@ -424,32 +589,31 @@ absl::StatusOr<std::vector<Version>> Store::ListVersions(const std::string& mode
 }
 
 absl::Status Store::DeleteVersion(const std::string& model_id, int64_t version) {
-  {
-    FileLock lock(root_);
-    if (!lock.ok()) return ErrnoStatus("lock store");
-    absl::StatusOr<Model> model = GetModel(model_id);
-    if (!model.ok()) return model.status();
-    std::string path = VersionPath(root_, model_id, version);
-    if (::unlink(path.c_str()) != 0) {
-      if (errno == ENOENT) {
-        return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no version ", version));
-      }
-      return ErrnoStatus(absl::StrCat("unlink ", path));
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
+  absl::StatusOr<Model> model = GetModel(model_id);
+  if (!model.ok()) return model.status();
+  std::string path = VersionPath(root_, model_id, version);
+  if (::unlink(path.c_str()) != 0) {
+    if (errno == ENOENT) {
+      return absl::NotFoundError(absl::StrCat("model '", model_id, "' has no version ", version));
     }
-    // Aliases that pointed at it are removed; "latest" falls back to the newest left.
-    auto* aliases = model->mutable_aliases();
-    for (auto it = aliases->begin(); it != aliases->end();) {
-      it = it->second == version ? aliases->erase(it) : std::next(it);
-    }
-    int64_t newest = 0;
-    for (const std::string& name : ListDir(ModelDir(root_, model_id) + "/versions")) {
-      newest = std::max<int64_t>(newest, std::atoll(name.c_str()));
-    }
-    if (newest > 0) (*aliases)["latest"] = newest;
-    model->set_updated_unix_ms(NowMs());
-    if (absl::Status s = PutModel(*model); !s.ok()) return s;
+    return ErrnoStatus(absl::StrCat("unlink ", path));
   }
-  return CollectGarbage();
+  if (absl::Status s = FsyncDir(ModelDir(root_, model_id) + "/versions"); !s.ok()) return s;
+  // Aliases that pointed at it are removed; "latest" falls back to the newest left.
+  auto* aliases = model->mutable_aliases();
+  for (auto it = aliases->begin(); it != aliases->end();) {
+    it = it->second == version ? aliases->erase(it) : std::next(it);
+  }
+  int64_t newest = 0;
+  for (const std::string& name : ListDir(ModelDir(root_, model_id) + "/versions")) {
+    newest = std::max<int64_t>(newest, std::atoll(name.c_str()));
+  }
+  if (newest > 0) (*aliases)["latest"] = newest;
+  model->set_updated_unix_ms(NowMs());
+  if (absl::Status s = PutModelLocked(*model); !s.ok()) return s;
+  return CollectGarbageLocked();
 }
 
 absl::StatusOr<int64_t> Store::SetAlias(const std::string& model_id, const std::string& alias,
@@ -457,8 +621,8 @@ absl::StatusOr<int64_t> Store::SetAlias(const std::string& model_id, const std::
   if (absl::Status s = ValidateModelId(alias); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("invalid alias '", alias, "'"));
   }
-  FileLock lock(root_);
-  if (!lock.ok()) return ErrnoStatus("lock store");
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
   absl::StatusOr<Model> model = GetModel(model_id);
   if (!model.ok()) return model.status();
   struct stat st;
@@ -469,7 +633,7 @@ absl::StatusOr<int64_t> Store::SetAlias(const std::string& model_id, const std::
   int64_t previous = aliases.count(alias) ? aliases[alias] : 0;
   aliases[alias] = version;
   model->set_updated_unix_ms(NowMs());
-  if (absl::Status s = PutModel(*model); !s.ok()) return s;
+  if (absl::Status s = PutModelLocked(*model); !s.ok()) return s;
   return previous;
 }
 
@@ -491,8 +655,12 @@ absl::StatusOr<Version> Store::Resolve(const std::string& ref) const {
 }
 
 absl::Status Store::CollectGarbage() {
-  FileLock lock(root_);
-  if (!lock.ok()) return ErrnoStatus("lock store");
+  Lock lock(this);
+  if (!lock.status().ok()) return lock.status();
+  return CollectGarbageLocked();
+}
+
+absl::Status Store::CollectGarbageLocked() {
   std::set<std::string> live;
   for (const std::string& id : ListDir(root_ + "/models")) {
     absl::StatusOr<Model> model = ReadJson<Model>(ModelDir(root_, id) + "/model.json");
@@ -512,15 +680,18 @@ absl::Status Store::CollectGarbage() {
       }
     }
   }
-  // A blob committed in the last minutes may belong to an upload whose version
-  // record is not written yet (commit blob, then add version): keep it.
+  // A blob committed or reused in the last minutes may belong to an upload
+  // whose record is not written yet (CommitBlob, then AddVersion or
+  // PutModel): its mtime was refreshed under this lock, so keep it.
   time_t now = ::time(nullptr);
+  bool removed = false;
   for (const std::string& name : ListDir(root_ + "/blobs")) {
     struct stat st;
     if (live.count(name) || ::stat(BlobPath(name).c_str(), &st) != 0) continue;
-    if (now - st.st_mtime < kBlobGracePeriodSeconds) continue;
-    ::unlink(BlobPath(name).c_str());
+    if (now - st.st_mtime < options_.blob_grace_seconds) continue;
+    removed = ::unlink(BlobPath(name).c_str()) == 0 || removed;
   }
+  if (removed) return FsyncDir(root_ + "/blobs");
   return absl::OkStatus();
 }
 

@@ -6,11 +6,24 @@
 //                                     reference archives
 //   <root>/models/<id>/model.json     weightgate.v1.Model (spec, policy, aliases)
 //   <root>/models/<id>/versions/<n>.json  weightgate.v1.Version
-//   <root>/tmp/                       staging; stale files are removed by Open()
+//   <root>/tmp/<host>-<pid>-<rand>/   this process's staging; Open() removes the
+//                                     directories of dead processes only
 //   <root>/LOCK                       flock()ed around read-modify-write of metadata
 //
-// Every write is temp file + fsync + rename (+ fsync of the directory), so a
-// crash at any point leaves the previous state readable.
+// Every write is temp file + fsync + rename (+ fsync of every directory that
+// gains or loses an entry), so a crash at any point leaves the previous state
+// readable.
+//
+// Correctness does not rest on flock alone (NFS may emulate it or make it a
+// no-op): version numbers are claimed with link(), which never replaces an
+// existing versions/<n>.json, so two replicas can never store two versions
+// under one number. Within one process an absl::Mutex serialises writers.
+//
+// Blobs and garbage collection: a blob that is committed or reused has its
+// mtime refreshed under the store lock, and collection (under the same lock)
+// spares unreferenced blobs younger than the grace period. CommitVersion
+// places the blob and writes the version record under one lock hold, so no
+// collection can run between them.
 //
 // This class is thread-safe.
 #ifndef WEIGHTGATE_SERVER_STORE_STORE_H_
@@ -22,8 +35,10 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "common/sha256.h"
 #include "weightgate/v1/registry.pb.h"
 
@@ -67,6 +82,18 @@ class Store final {
   struct Options {
     // Root directory; created if missing. Default "./var/store".
     std::string root = "./var/store";
+    // Unreferenced blobs modified more recently than this survive garbage
+    // collection. Default 600 s.
+    int64_t blob_grace_seconds = 600;
+    // Staging directories of processes on other hosts are removed by Open()
+    // once nothing in them changed for this long. Default 3600 s.
+    int64_t stale_staging_seconds = 3600;
+    // flock() the LOCK file around metadata writes. Default true; false
+    // emulates a filesystem where flock is silently a no-op (tests).
+    bool use_flock = true;
+    // Test hook: runs inside CommitVersion with the store lock held, after
+    // the blob is in place and before the version record is written.
+    std::function<void()> after_blob_hook_for_testing;
   };
 
   // Opens (creating if needed) the store and removes stale staging files.
@@ -77,8 +104,12 @@ class Store final {
   // ---- blobs ----
   absl::StatusOr<std::unique_ptr<StagedFile>> NewStagedFile();
   // Moves a finished staged file to blobs/<sha256> (or drops it when that
-  // blob already exists) and returns the sha256.
-  absl::StatusOr<std::string> CommitBlob(std::unique_ptr<StagedFile> staged);
+  // blob already exists, refreshing the existing blob's mtime so that garbage
+  // collection spares it for the grace period) and returns the sha256.
+  absl::StatusOr<std::string> CommitBlob(std::unique_ptr<StagedFile> staged)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Directory of this process's staging files.
+  const std::string& staging_dir() const { return staging_dir_; }
   std::string BlobPath(const std::string& sha256) const;
   bool HasBlob(const std::string& sha256) const;
   // Size in bytes of a stored blob; 0 when absent.
@@ -88,42 +119,75 @@ class Store final {
 
   // ---- models ----
   // Creates or overwrites models/<id>/model.json.
-  absl::Status PutModel(const weightgate::v1::Model& model);
+  absl::Status PutModel(const weightgate::v1::Model& model) ABSL_LOCKS_EXCLUDED(mu_);
   // NOT_FOUND when absent.
   absl::StatusOr<weightgate::v1::Model> GetModel(const std::string& model_id) const;
   // Sorted by id.
   absl::StatusOr<std::vector<weightgate::v1::Model>> ListModels() const;
   // Removes the model and its versions; then garbage-collects unreferenced blobs.
-  absl::Status DeleteModel(const std::string& model_id);
+  absl::Status DeleteModel(const std::string& model_id) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Runs `fn` on the model under the store-wide lock and writes the result
   // back atomically (read-modify-write safe across processes).
   absl::Status UpdateModel(const std::string& model_id,
-                           const std::function<absl::Status(weightgate::v1::Model&)>& fn);
+                           const std::function<absl::Status(weightgate::v1::Model&)>& fn)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // ---- versions ----
   // Allocates the next version number under the lock, writes the version
   // record, bumps version_count, moves "latest" (and `alias` if non-empty).
   absl::StatusOr<weightgate::v1::Version> AddVersion(const std::string& model_id,
                                                      weightgate::v1::Version version,
-                                                     const std::string& alias);
+                                                     const std::string& alias)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Commits `staged` as a blob and adds a version of it, under one hold of
+  // the store lock (no garbage collection in between). Sets blob_sha256 and
+  // size_bytes of `version`.
+  absl::StatusOr<weightgate::v1::Version> CommitVersion(const std::string& model_id,
+                                                        std::unique_ptr<StagedFile> staged,
+                                                        weightgate::v1::Version version,
+                                                        const std::string& alias)
+      ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<weightgate::v1::Version> GetVersion(const std::string& model_id,
                                                      int64_t version) const;
   absl::StatusOr<std::vector<weightgate::v1::Version>> ListVersions(
       const std::string& model_id) const;
-  absl::Status DeleteVersion(const std::string& model_id, int64_t version);
+  absl::Status DeleteVersion(const std::string& model_id, int64_t version) ABSL_LOCKS_EXCLUDED(mu_);
   // Returns the previous version of the alias (0 if none).
   absl::StatusOr<int64_t> SetAlias(const std::string& model_id, const std::string& alias,
-                                   int64_t version);
+                                   int64_t version) ABSL_LOCKS_EXCLUDED(mu_);
   // Resolves MODEL, MODEL@VERSION or MODEL@ALIAS.
   absl::StatusOr<weightgate::v1::Version> Resolve(const std::string& ref) const;
 
   // Removes blobs that no version and no model spec references.
-  absl::Status CollectGarbage();
+  absl::Status CollectGarbage() ABSL_LOCKS_EXCLUDED(mu_);
+
+  ~Store();
 
  private:
-  explicit Store(std::string root) : root_(std::move(root)) {}
-  std::string root_;
+  class Lock;
+  explicit Store(const Options& options, std::string root);
+
+  absl::StatusOr<std::string> PlaceBlobLocked(StagedFile& staged)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<weightgate::v1::Version> AddVersionLocked(const std::string& model_id,
+                                                           weightgate::v1::Version version,
+                                                           const std::string& alias)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes versions/<n>.json for the first n >= `first` that does not exist
+  // yet; never replaces a record.
+  absl::StatusOr<int64_t> ClaimVersionLocked(const std::string& model_id, int64_t first,
+                                             weightgate::v1::Version& version)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status PutModelLocked(const weightgate::v1::Model& model)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status CollectGarbageLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const Options options_;
+  const std::string root_;
+  std::string staging_dir_;
+  // Serialises this process's metadata writers; LOCK's flock serialises processes.
+  absl::Mutex mu_;
 };
 
 }  // namespace weightgate::store

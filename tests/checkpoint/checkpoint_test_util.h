@@ -20,70 +20,27 @@
 #include "common/sha256.h"
 #include "gtest/gtest.h"
 #include "server/checkpoint/checkpoint.h"
+#include "tests/fixtures/fixture_dir.h"
 
 namespace weightgate::checkpoint::testing {
 
-inline std::string EnvOr(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : fallback;
-}
+using ::weightgate::testing::ReadWholeFile;
 
 inline bool FileExists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
 }
 
-// Runs the generator once per build tree (again when the generator script
-// changes). Parallel test processes each write to their own temporary
-// directory and rename it into place; the loser of the race discards its copy.
-inline std::string FixtureDir() {
-  static const std::string dir = [] {
-    std::string bin = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
-    std::string src = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
-    std::string script = src + "/tests/fixtures/make_checkpoint_fixtures.py";
-    std::string out = bin + "/fixtures/checkpoint";
-    struct stat st {};
-    ::stat(script.c_str(), &st);
-    std::string stamp = std::to_string(st.st_mtime) + ":" + std::to_string(st.st_size) + "\n";
-    auto fresh = [&] {
-      if (!FileExists(out + "/DONE")) return false;
-      std::ifstream in(out + "/STAMP");
-      std::string have((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      return have == stamp;
-    };
-    if (fresh()) return out;
-    ::mkdir((bin + "/fixtures").c_str(), 0755);
-    std::string tmp = out + ".tmp." + std::to_string(::getpid());
-    std::string cmd = "/usr/bin/python3 '" + script + "' '" + tmp + "' >'" + tmp + ".log' 2>&1";
-    int rc = std::system(cmd.c_str());
-    if (rc != 0) {
-      std::ifstream log(tmp + ".log");
-      std::stringstream ss;
-      ss << log.rdbuf();
-      ADD_FAILURE() << "fixture generator failed (" << rc << "): " << ss.str();
-    } else {
-      std::ofstream(tmp + "/STAMP") << stamp;
-      std::string old = out + ".old." + std::to_string(::getpid());
-      // Replace only a stale copy: another process may have installed a
-      // fresh one meanwhile, and its tests are reading it.
-      if (!fresh()) std::rename(out.c_str(), old.c_str());
-      if (std::rename(tmp.c_str(), out.c_str()) != 0) {
-        std::system(("rm -rf '" + tmp + "'").c_str());  // another process won
-      }
-      std::system(("rm -rf '" + old + "'").c_str());
-    }
-    std::remove((tmp + ".log").c_str());
-    return out;
-  }();
+// Written by tests/fixtures/make_checkpoint_fixtures.py; see
+// tests/fixtures/fixture_dir.h.
+inline const std::string& FixtureDir() {
+  static const std::string dir =
+      ::weightgate::testing::GenerateFixtures("checkpoint", {"make_checkpoint_fixtures.py"});
   return dir;
 }
 
-inline std::string ReadFileBytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+// The file's bytes (the name these tests use).
+inline std::string ReadFileBytes(const std::string& path) { return ReadWholeFile(path); }
 
 using common::Sha256Hex;
 

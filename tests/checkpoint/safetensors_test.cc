@@ -65,7 +65,7 @@ std::vector<Reference> ReferenceTensors() {
 }
 
 std::string TempPath(const std::string& name) {
-  std::string dir = testing::EnvOr("WG_BINARY_DIR", WG_BINARY_DIR) + "/fixtures";
+  std::string dir = ::weightgate::testing::BinaryDir() + "/fixtures";
   ::mkdir(dir.c_str(), 0755);
   return dir + "/" + name + "." + std::to_string(::getpid()) + ".safetensors";
 }
@@ -173,7 +173,7 @@ TEST(SafetensorsTest, WrittenFileReadsBackWithTorchBytes) {
 TEST(SafetensorsTest, PythonJsonAndStructReadOurFile) {
   ASSERT_FALSE(FixtureDir().empty());
   std::string path = WriteReference(ReferenceTensors(), 4096);
-  std::string cmd = "/usr/bin/python3 " + testing::EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR) +
+  std::string cmd = "/usr/bin/python3 " + ::weightgate::testing::SourceDir() +
                     "/tests/fixtures/make_zip_fixtures.py --check-safetensors " + path + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);

@@ -24,7 +24,7 @@ using testing::ReadFileBytes;
 using testing::Sha256Hex;
 
 std::string TempPath(const std::string& name) {
-  std::string dir = testing::EnvOr("WG_BINARY_DIR", WG_BINARY_DIR) + std::string("/tmp");
+  std::string dir = ::weightgate::testing::BinaryDir() + std::string("/tmp");
   ::mkdir(dir.c_str(), 0755);
   return dir + "/torch_writer_test." + std::to_string(::getpid()) + "." + name;
 }

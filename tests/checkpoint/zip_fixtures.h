@@ -16,41 +16,18 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/fixtures/fixture_dir.h"
 
 namespace weightgate::checkpoint::testing {
 
-inline std::string EnvOr(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : fallback;
-}
+using ::weightgate::testing::ReadWholeFile;
 
-// Runs the generator once per process; it is itself idempotent and safe to
-// run from parallel test processes. Empty string on failure.
+// Written by tests/fixtures/make_zip_fixtures.py; see
+// tests/fixtures/fixture_dir.h. Empty string on failure.
 inline const std::string& FixtureDir() {
-  static const std::string dir = [] {
-    std::string source = EnvOr("WG_SOURCE_DIR", WG_SOURCE_DIR);
-    std::string binary = EnvOr("WG_BINARY_DIR", WG_BINARY_DIR);
-    std::string cmd = "/usr/bin/python3 " + source + "/tests/fixtures/make_zip_fixtures.py " +
-                      binary + "/fixtures";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    if (p == nullptr) return std::string();
-    std::string out;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-    if (::pclose(p) != 0) return std::string();
-    while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-    size_t nl = out.rfind('\n');
-    return nl == std::string::npos ? out : out.substr(nl + 1);
-  }();
+  static const std::string dir =
+      ::weightgate::testing::GenerateFixtures("zip", {"make_zip_fixtures.py"});
   return dir;
-}
-
-inline std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 inline std::string HexDecode(const std::string& hex) {

@@ -36,11 +36,14 @@ def raw_unary(channel, method, request=b"", timeout=5):
     return call(request, timeout=timeout)
 
 
-def health_status(address, service=""):
-    """Returns the grpc.health.v1 status number (1 = SERVING) or None."""
+def health_status(address, service="", credentials=None):
+    """Returns the grpc.health.v1 status number (1 = SERVING) or None.
+    `credentials`: grpc.ssl_channel_credentials for a TLS server."""
     request = b"" if not service else b"\x0a" + bytes([len(service)]) + service.encode()
     try:
-        with grpc.insecure_channel(address) as channel:
+        channel = (grpc.secure_channel(address, credentials) if credentials is not None
+                   else grpc.insecure_channel(address))
+        with channel:
             response = raw_unary(channel, "/grpc.health.v1.Health/Check", request, timeout=2)
     except grpc.RpcError:
         return None
@@ -62,7 +65,7 @@ def run_cli(*args, server=None, env=None, timeout=120, stdin=None):
 class WeightgateServer:
     """A running weightgate-server. Use as a context manager or call start()/stop()."""
 
-    def __init__(self, store=None, extra_args=(), env=None):
+    def __init__(self, store=None, extra_args=(), env=None, credentials=None):
         self._tmp = None
         if store is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="wg-store-")
@@ -74,6 +77,7 @@ class WeightgateServer:
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.extra_args = list(extra_args)
         self.env = env
+        self.credentials = credentials
         self.proc = None
         self.log_path = None
 
@@ -89,7 +93,7 @@ class WeightgateServer:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
-            if health_status(self.address) == 1:
+            if health_status(self.address, credentials=self.credentials) == 1:
                 return self
             time.sleep(0.1)
         self.proc.kill()

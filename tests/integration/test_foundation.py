@@ -1,6 +1,8 @@
 """The foundation contract: server flags and lifecycle, health, reflection,
 metrics, CLI errors. Runs the real binaries."""
 import json
+import signal
+import time
 import os
 import subprocess
 import tempfile
@@ -152,7 +154,7 @@ class CliErrorTest(unittest.TestCase):
 class AuthTest(unittest.TestCase):
     def test_tokens(self):
         with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as f:
-            f.write("# comment\nwritertoken writer\nreadertoken reader\n")
+            f.write("# comment\nwritertoken writer\nreadertoken reader\nadmintoken admin ops\n")
             tokens = f.name
         try:
             with WeightgateServer(extra_args=["--tokens_file", tokens]) as server:
@@ -167,11 +169,41 @@ class AuthTest(unittest.TestCase):
                 r = server.cli("--token", "readertoken", "delete", "somemodel")
                 self.assertEqual(r.returncode, 2)
                 self.assertIn("may only read", r.stderr)
+                # Deleting is an admin's job.
                 r = server.cli("--token", "writertoken", "delete", "somemodel")
                 self.assertEqual(r.returncode, 2)
+                self.assertIn("needs admin", r.stderr)
+                r = server.cli("--token", "admintoken", "delete", "somemodel")
+                self.assertEqual(r.returncode, 2)
                 self.assertIn("not registered", r.stderr)
+                # The access log names the caller.
+                self.assertRegex(server.log(), r"access method=DeleteModel ref=somemodel .*identity=ops code=NOT_FOUND")
+                # SIGHUP re-reads the file: the old reader token stops working.
+                with open(tokens, "w") as f:
+                    f.write("rotated reader\n")
+                server.proc.send_signal(signal.SIGHUP)
+                deadline = time.time() + 10
+                while time.time() < deadline and "tokens reloaded" not in server.log():
+                    time.sleep(0.1)
+                self.assertIn("tokens reloaded", server.log())
+                r = server.cli("--token", "readertoken", "ls")
+                self.assertEqual(r.returncode, 2)
+                self.assertIn("unknown token", r.stderr)
+                r = server.cli("--token", "rotated", "ls")
+                self.assertEqual(r.returncode, 0, r.stderr)
         finally:
             os.unlink(tokens)
+
+    def test_tokens_on_public_address_need_tls(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            tokens = os.path.join(tmp, "tokens")
+            with open(tokens, "w") as f:
+                f.write("t admin\n")
+            r = subprocess.run([SERVER, "--listen", "0.0.0.0:0", "--metrics_listen", "",
+                                "--store", os.path.join(tmp, "store"), "--tokens_file", tokens],
+                               capture_output=True, text=True, timeout=30)
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("cleartext", r.stderr)
 
 
 if __name__ == "__main__":

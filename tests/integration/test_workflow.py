@@ -33,14 +33,16 @@ def readline(proc, timeout=30):
 
 
 def staged_bytes(staging_dir):
-    """Largest staging file's size (files may vanish while we look)."""
+    """Largest staging file's size under tmp/ (each process stages in its own
+    subdirectory; files may vanish while we look)."""
     largest = 0
-    for name in os.listdir(staging_dir):
-        if name.startswith("stage."):
-            try:
-                largest = max(largest, os.path.getsize(os.path.join(staging_dir, name)))
-            except FileNotFoundError:
-                pass
+    for parent, _, names in os.walk(staging_dir):
+        for name in names:
+            if name.startswith("stage."):
+                try:
+                    largest = max(largest, os.path.getsize(os.path.join(parent, name)))
+                except FileNotFoundError:
+                    pass
     return largest
 
 
@@ -163,6 +165,47 @@ class WorkflowTest(unittest.TestCase):
         r = self.server.cli("fetch", "tiny-resume@99", "-o", out)
         self.assertEqual(r.returncode, 2)
         self.assertIn("no version 99", r.stderr)
+
+    def test_fetch_some_tensors(self):
+        self.register("tiny-subset")
+        self.cli_ok("upload", "tiny-subset", self.path("reference.pt"))
+        full = self.path("subset-full.safetensors")
+        self.cli_ok("fetch", "tiny-subset", "-o", full)
+        out = self.path("subset.safetensors")
+        r = self.cli_ok("fetch", "tiny-subset", "-o", out, "--tensor", "fc.weight",
+                        "--tensor=bn.running_var")
+        self.assertIn("2 tensors", r.stdout)
+
+        def tensors(path):
+            with open(path, "rb") as f:
+                data = f.read()
+            n = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + n])
+            header.pop("__metadata__", None)
+            body = data[8 + n:]
+            return {name: (t["dtype"], t["shape"], body[t["data_offsets"][0]:t["data_offsets"][1]])
+                    for name, t in header.items()}
+
+        whole, some = tensors(full), tensors(out)
+        self.assertEqual(sorted(some), ["bn.running_var", "fc.weight"])
+        for name, t in some.items():
+            self.assertEqual(t, whole[name], name)
+        self.assertFalse(os.path.exists(out + ".tensors.tmp"))
+
+        out_pt = self.path("subset.pt")
+        self.cli_ok("fetch", "tiny-subset", "-o", out_pt, "--tensor", "fc.bias", "--format", "pt")
+        code = ("import torch, sys; sd = torch.load(sys.argv[1], weights_only=True); "
+                "print(sorted(sd), list(sd['fc.bias'].shape))")
+        r = subprocess.run([TORCH_PYTHON, "-c", code, out_pt], capture_output=True, text=True,
+                           timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), "['fc.bias'] [10]")
+
+        r = self.server.cli("fetch", "tiny-subset", "-o", self.path("none.safetensors"),
+                            "--tensor", "no.such")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("no.such", r.stderr)
+        self.assertFalse(os.path.exists(self.path("none.safetensors")))
 
     def test_watch_sees_alias_move(self):
         self.register("tiny-watch")

@@ -30,7 +30,9 @@ TEST(AuthorizerTest, BadTokenFilesRejected) {
   std::string path = "/tmp/wg-tokens-" + std::to_string(::getpid());
   std::ofstream(path) << "# only a comment\n";
   EXPECT_FALSE(Authorizer::Create(path).ok());
-  std::ofstream(path) << "tok admin\n";
+  std::ofstream(path) << "tok superuser\n";
+  EXPECT_FALSE(Authorizer::Create(path).ok());
+  std::ofstream(path) << "tok admin name extra\n";
   EXPECT_FALSE(Authorizer::Create(path).ok());
   std::ofstream(path) << "tok reader\nother\n";
   auto auth = Authorizer::Create(path);
@@ -136,6 +138,7 @@ TEST_F(ServerTest, UploadOverLimitIsResourceExhausted) {
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   // Nothing is left in staging once the call is over on the server too.
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->reset();
   EXPECT_TRUE(std::filesystem::is_empty(root_ + "/store/tmp"));
 }
 

@@ -201,11 +201,9 @@ TEST_P(NormalizeTest, VerdictFixesAndStrictLoad) {
   const Case& c = GetParam();
   absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx(c.spec));
   ASSERT_TRUE(spec.ok()) << spec.status();
-  v1::NormalizationPolicy policy;
-  for (size_t i = 0; i < c.flags.size(); ++i) {
-    absl::StatusOr<bool> used = weightgate::client::ConsumePolicyFlag(c.flags, i, &policy, nullptr);
-    ASSERT_TRUE(used.ok() && *used) << c.flags[i];
-  }
+  absl::StatusOr<v1::NormalizationPolicy> flags = weightgate::client::PolicyFromFlags(c.flags);
+  ASSERT_TRUE(flags.ok()) << flags.status();
+  const v1::NormalizationPolicy& policy = *flags;
   for (const char* ext : {".safetensors", ".pt"}) {
     SCOPED_TRACE(ext);
     NormalizeOptions options;
@@ -383,36 +381,5 @@ TEST_F(NormalizeDetailTest, UnknownDeviceIsAnError) {
 }
 
 // The helper binary: exit codes, --json, usage errors.
-TEST_F(NormalizeDetailTest, CommandLineExitCodes) {
-  const std::string bin = weightgate::testing::BinaryDir() + "/bin/weightgate-normalize";
-  std::string out;
-  EXPECT_EQ(RunCommand(bin + " '" + Fx("dataparallel.pt") + "' --spec '" + Fx("reference.pt") +
-                           "' -o '" + scratch_ + "/cli.safetensors'",
-                       &out),
-            0)
-      << out;
-  EXPECT_NE(out.find("NORMALIZED"), std::string::npos) << out;
-  EXPECT_NE(out.find("stripped 'module.' from 9 keys"), std::string::npos) << out;
-  EXPECT_EQ(
-      RunCommand(bin + " '" + Fx("nan.pt") + "' --spec '" + Fx("reference.pt") + "' --json", &out),
-      1)
-      << out;
-  EXPECT_NE(out.find("\"verdict\": \"INVALID\""), std::string::npos) << out;
-  EXPECT_NE(out.find("\"non_finite\""), std::string::npos) << out;
-  EXPECT_EQ(RunCommand(bin + " '" + Fx("nan.pt") + "' --spec '" + Fx("reference.pt") +
-                           "' --non_finite allow",
-                       &out),
-            0)
-      << out;
-  EXPECT_EQ(RunCommand(bin + " '" + Fx("clean.pt") + "'", &out), 2) << out;
-  EXPECT_EQ(RunCommand(bin + " '" + Fx("clean.pt") + "' --spec '" + Fx("reference.pt") +
-                           "' --dtype sometimes",
-                       &out),
-            2)
-      << out;
-  EXPECT_NE(out.find("--dtype: 'sometimes' is not one of cast, keep, reject"), std::string::npos)
-      << out;
-}
-
 }  // namespace
 }  // namespace weightgate::statedict

@@ -89,3 +89,33 @@ TEST_F(BlobCacheTest, CorruptBlobIsDataLoss) {
 
 }  // namespace
 }  // namespace weightgate::store
+
+namespace weightgate::store {
+namespace {
+
+// A blob truncated (or gone on NFS) while mapped: touching it raised SIGBUS
+// and killed the server. Now the read sees zeros, the blob is marked
+// damaged, and the cache reopens it instead of serving it again.
+TEST_F(BlobCacheTest, FileVanishingUnderTheMappingMarksDamagedNotCrash) {
+  std::string sha = Put(TinySafetensors('z'));
+  BlobCache cache(store_.get(), 1 << 20);
+  bool hit = false;
+  auto blob = *cache.Get(sha, &hit);
+  EXPECT_FALSE(blob->damaged());
+  std::string path = store_->BlobPath(sha);
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  ASSERT_EQ(::truncate(path.c_str(), 0), 0);
+  // Read every byte, as a fetch computing a chunk's CRC does.
+  std::string_view data = blob->file->data();
+  size_t nonzero = 0;
+  for (char c : data) nonzero += c != 0;
+  EXPECT_EQ(nonzero, 0u);
+  EXPECT_TRUE(blob->damaged());
+  // Not served again from the cache: reopening finds a corrupt (empty) file.
+  auto again = cache.Get(sha, &hit);
+  EXPECT_FALSE(again.ok());
+  EXPECT_FALSE(hit);
+}
+
+}  // namespace
+}  // namespace weightgate::store

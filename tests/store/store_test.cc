@@ -1,14 +1,17 @@
 #include "server/store/store.h"
 
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace weightgate::store {
@@ -27,8 +30,7 @@ class StoreTest : public ::testing::Test {
   }
   void TearDown() override { fs::remove_all(root_); }
 
-  std::unique_ptr<Store> Open() {
-    Store::Options options;
+  std::unique_ptr<Store> Open(Store::Options options = {}) {
     options.root = root_ + "/store";
     auto store = Store::Open(options);
     EXPECT_TRUE(store.ok()) << store.status();
@@ -72,7 +74,7 @@ TEST_F(StoreTest, BlobIsNamedBySha256AndStoredOnce) {
   EXPECT_EQ(Blob("hello"), a);
   EXPECT_EQ(store_->BlobBytes(), 5u);
   // Nothing left in staging.
-  EXPECT_TRUE(fs::is_empty(root_ + "/store/tmp"));
+  EXPECT_TRUE(fs::is_empty(store_->staging_dir()));
 }
 
 TEST_F(StoreTest, AbandonedStagedFileIsRemoved) {
@@ -96,6 +98,44 @@ TEST_F(StoreTest, StaleStagingRemovedOnOpenFreshKept) {
   auto reopened = Open();
   EXPECT_FALSE(fs::exists(old_file));
   EXPECT_TRUE(fs::exists(fresh_file));
+}
+
+TEST_F(StoreTest, StagingIsPerProcessAndSweepSparesLiveReplicas) {
+  // A live replica's staging file, older than any age limit, survives
+  // another replica's startup sweep: it is in the live process's directory.
+  auto staged = store_->NewStagedFile();
+  ASSERT_TRUE(staged.ok());
+  ASSERT_TRUE((*staged)->Append("in flight").ok());
+  EXPECT_EQ((*staged)->path().rfind(store_->staging_dir() + "/", 0), 0u);
+  fs::last_write_time((*staged)->path(), fs::file_time_type::clock::now() - std::chrono::hours(5));
+  fs::last_write_time(store_->staging_dir(),
+                      fs::file_time_type::clock::now() - std::chrono::hours(5));
+  // A crashed process of this host: its pid no longer exists.
+  pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ASSERT_GT(dead, 0);
+  ::waitpid(dead, nullptr, 0);
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  std::string dead_dir = root_ + "/store/tmp/" + host + "-" + std::to_string(dead) + "-1";
+  fs::create_directories(dead_dir);
+  std::ofstream(dead_dir + "/stage.1") << "orphan";
+  // Another host's fresh directory: unknown liveness, recent activity, kept.
+  std::string remote_dir = root_ + "/store/tmp/otherhost-12345-1";
+  fs::create_directories(remote_dir);
+  std::ofstream(remote_dir + "/stage.1") << "remote";
+
+  auto other = Open();
+  ASSERT_NE(other, nullptr);
+  EXPECT_NE(other->staging_dir(), store_->staging_dir());
+  EXPECT_TRUE(fs::exists((*staged)->path()));
+  EXPECT_FALSE(fs::exists(dead_dir));
+  EXPECT_TRUE(fs::exists(remote_dir + "/stage.1"));
+  fs::last_write_time(remote_dir + "/stage.1",
+                      fs::file_time_type::clock::now() - std::chrono::hours(5));
+  fs::last_write_time(remote_dir, fs::file_time_type::clock::now() - std::chrono::hours(5));
+  auto third = Open();
+  EXPECT_FALSE(fs::exists(remote_dir));
 }
 
 TEST_F(StoreTest, ModelRoundTripAndList) {
@@ -234,6 +274,108 @@ TEST_F(StoreTest, UpdateModelIsAtomicAcrossReplicas) {
   a.join();
   b.join();
   EXPECT_EQ(store_->GetModel("m")->version_count(), 50);
+}
+
+// The race of issue 8: an upload of bytes identical to an unreferenced, old
+// blob reuses it; garbage collection then runs before the version record is
+// written. The reused blob must survive.
+TEST_F(StoreTest, ReusedBlobIsRefreshedSoGcBetweenCommitAndVersionSparesIt) {
+  ASSERT_TRUE(store_->PutModel(MakeModel("m1")).ok());
+  std::string sha = Blob("identical weights");
+  fs::last_write_time(store_->BlobPath(sha),
+                      fs::file_time_type::clock::now() - std::chrono::hours(2));
+  auto staged = store_->NewStagedFile();
+  ASSERT_TRUE(staged.ok());
+  ASSERT_TRUE((*staged)->Append("identical weights").ok());
+  auto reused = store_->CommitBlob(*std::move(staged));
+  ASSERT_TRUE(reused.ok());
+  ASSERT_EQ(*reused, sha);
+  ASSERT_TRUE(store_->CollectGarbage().ok());  // the interleaving that lost the blob
+  Version v;
+  v.set_blob_sha256(sha);
+  auto added = store_->AddVersion("m1", v, "");
+  ASSERT_TRUE(added.ok()) << added.status();
+  EXPECT_TRUE(store_->HasBlob(store_->Resolve("m1")->blob_sha256()));
+}
+
+// With no grace period at all, CommitVersion still cannot lose its blob: GC
+// from another thread (or replica) waits for the one lock hold that places
+// the blob and writes the record.
+TEST_F(StoreTest, CommitVersionHoldsTheLockAcrossBlobAndRecord) {
+  std::atomic<bool> gc_done{false};
+  std::thread gc;
+  Store::Options options;
+  options.blob_grace_seconds = 0;
+  options.after_blob_hook_for_testing = [&] {
+    gc = std::thread([&] {
+      auto other = Open(Store::Options{.blob_grace_seconds = 0});
+      EXPECT_TRUE(other->CollectGarbage().ok());
+      gc_done = true;
+    });
+    // Give the collector every chance to run now, as it could without the lock.
+    for (int i = 0; i < 30 && !gc_done; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_FALSE(gc_done.load()) << "garbage collection ran between blob and version record";
+  };
+  auto store = Open(options);
+  ASSERT_TRUE(store->PutModel(MakeModel("m1")).ok());
+  std::string sha = Blob("identical weights");
+  fs::last_write_time(store->BlobPath(sha),
+                      fs::file_time_type::clock::now() - std::chrono::hours(2));
+  auto staged = store->NewStagedFile();
+  ASSERT_TRUE(staged.ok());
+  ASSERT_TRUE((*staged)->Append("identical weights").ok());
+  auto version = store->CommitVersion("m1", *std::move(staged), Version(), "prod");
+  ASSERT_TRUE(version.ok()) << version.status();
+  gc.join();
+  EXPECT_EQ(version->blob_sha256(), sha);
+  auto resolved = store->Resolve("m1@prod");
+  ASSERT_TRUE(resolved.ok());
+  EXPECT_TRUE(store->HasBlob(resolved->blob_sha256()));
+}
+
+TEST_F(StoreTest, AddVersionRefusesABlobThatVanished) {
+  ASSERT_TRUE(store_->PutModel(MakeModel("m")).ok());
+  Version v;
+  v.set_blob_sha256(std::string(64, 'a'));
+  EXPECT_EQ(store_->AddVersion("m", v, "").status().code(), absl::StatusCode::kAborted);
+}
+
+// Where flock is a no-op (some NFS setups), link() still gives every version
+// its own number: no record is ever overwritten.
+TEST_F(StoreTest, VersionNumbersNeverCollideWithoutFlock) {
+  ASSERT_TRUE(store_->PutModel(MakeModel("m")).ok());
+  constexpr int kReplicas = 4;
+  constexpr int kEach = 10;
+  std::vector<std::unique_ptr<Store>> replicas;
+  for (int i = 0; i < kReplicas; ++i) replicas.push_back(Open(Store::Options{.use_flock = false}));
+  std::vector<std::vector<Version>> got(kReplicas);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kReplicas; ++r) {
+    threads.emplace_back([&, r] {
+      for (int i = 0; i < kEach; ++i) {
+        Version v;
+        v.set_filename(absl::StrCat("r", r, "-", i));
+        auto added = replicas[r]->AddVersion("m", v, "");
+        ASSERT_TRUE(added.ok()) << added.status();
+        got[r].push_back(*added);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::set<int64_t> numbers;
+  for (const auto& list : got) {
+    for (const Version& v : list) {
+      numbers.insert(v.version());
+      // The record under that number is the one this writer wrote.
+      auto stored = store_->GetVersion("m", v.version());
+      ASSERT_TRUE(stored.ok());
+      EXPECT_EQ(stored->filename(), v.filename());
+    }
+  }
+  EXPECT_EQ(numbers.size(), size_t{kReplicas * kEach});
+  EXPECT_EQ(store_->ListVersions("m")->size(), size_t{kReplicas * kEach});
 }
 
 }  // namespace

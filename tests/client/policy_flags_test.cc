@@ -1,5 +1,6 @@
-// client/common: the policy flags shared by the CLI and weightgate-normalize,
-// and the report's human and JSON renderings.
+// client/common: the policy flags shared by the CLI and weightgate-normalize
+// (one table: parsing, values, help), and the report's human and JSON
+// renderings.
 #include "client/common/policy_flags.h"
 
 #include <unistd.h>
@@ -9,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "client/common/flag_table.h"
 #include "client/common/report_format.h"
 #include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
@@ -18,20 +21,27 @@ namespace {
 
 namespace v1 = weightgate::v1;
 
+// A command taking any number of words, -o OUT and the policy flags.
+// clang-format off
+const CommandSpec kSpec = {
+    .program = "test", .synopsis = "[WORD]...", .description = "",
+    .flags = {{.name = "--output", .value_name = "OUT", .help = "", .alias = "-o"}},
+    .groups = {&PolicyFlags()},
+    .min_args = 0, .max_args = 9, .args_error = "too many words"};
+// clang-format on
+
 absl::StatusOr<v1::NormalizationPolicy> Parse(const std::vector<std::string>& args,
-                                              std::vector<std::string>* rest = nullptr) {
+                                              ParsedArgs* parsed = nullptr) {
+  absl::StatusOr<ParsedArgs> p = ParseArgs(kSpec, args);
+  if (!p.ok()) return p.status();
   v1::NormalizationPolicy policy;
-  bool any = false;
-  for (size_t i = 0; i < args.size(); ++i) {
-    absl::StatusOr<bool> used = ConsumePolicyFlag(args, i, &policy, &any);
-    if (!used.ok()) return used.status();
-    if (!*used && rest != nullptr) rest->push_back(args[i]);
-  }
+  if (absl::Status s = ApplyPolicyFlags(*p, &policy, nullptr); !s.ok()) return s;
+  if (parsed != nullptr) *parsed = *std::move(p);
   return policy;
 }
 
 TEST(PolicyFlagsTest, EveryFlag) {
-  std::vector<std::string> rest;
+  ParsedArgs rest;
   absl::StatusOr<v1::NormalizationPolicy> p = Parse({"model-x",
                                                      "--container",
                                                      "checkpoint.weights",
@@ -54,7 +64,8 @@ TEST(PolicyFlagsTest, EveryFlag) {
                                                      "out.safetensors"},
                                                     &rest);
   ASSERT_TRUE(p.ok()) << p.status();
-  EXPECT_EQ(rest, (std::vector<std::string>{"model-x", "-o", "out.safetensors"}));
+  EXPECT_EQ(rest.positional, (std::vector<std::string>{"model-x"}));
+  EXPECT_EQ(rest.Get("--output"), "out.safetensors");
   EXPECT_EQ(p->container(), "checkpoint.weights");
   EXPECT_EQ(p->prefixes(), v1::NormalizationPolicy::PREFIX_NONE);
   ASSERT_EQ(p->rename_rules_size(), 2);
@@ -126,6 +137,25 @@ TEST(PolicyFlagsTest, PolicyFileIsMergedInOrder) {
   EXPECT_TRUE(p->has_optional_keys());
 
   EXPECT_FALSE(PolicyFromJson("{\"no_such_field\": 1}").ok());
+}
+
+TEST(PolicyFlagsTest, HelpListsEveryFlagTheParserTakes) {
+  const std::string help = PolicyFlagsHelp();
+  for (const Flag& flag : PolicyFlags().flags) {
+    EXPECT_NE(help.find(absl::StrCat("  ", flag.name)), std::string::npos) << flag.name;
+    std::vector<std::string> args = {std::string(flag.name)};
+    if (flag.takes_value()) {
+      std::string value = flag.name == "--rename" ? "a=b" : "x";
+      if (!flag.choices.empty())
+        value = std::string(flag.choices.substr(0, flag.choices.find('|')));
+      if (flag.name == "--policy") continue;  // needs a file; PolicyFileIsMergedInOrder
+      args.push_back(value);
+    }
+    ParsedArgs parsed;
+    absl::StatusOr<v1::NormalizationPolicy> p = Parse(args, &parsed);
+    EXPECT_TRUE(p.ok()) << flag.name << ": " << p.status();
+    EXPECT_TRUE(parsed.Has(flag.name)) << flag.name;
+  }
 }
 
 v1::ValidationReport SampleReport() {

@@ -1,0 +1,278 @@
+// `weightgate fetch REF -o OUT [--format safetensors|pt] [--tensor NAME]...`:
+// FetchWeights into OUT. The whole blob is written at its own offsets into
+// OUT.part (so an interrupted fetch resumes) and sha256-checked; a
+// --tensor subset is rewritten as a smaller safetensors file.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "client/cli/command_line.h"
+#include "client/cli/commands.h"
+#include "client/cli/file_convert.h"
+#include "client/common/report_format.h"
+#include "common/crc32c.h"
+#include "common/file_util.h"
+#include "common/human_bytes.h"
+#include "common/model_ref.h"
+#include "common/sha256.h"
+#include "server/checkpoint/dtype.h"
+#include "server/checkpoint/safetensors.h"
+
+namespace weightgate::cli {
+namespace {
+
+using client::CommandSpec;
+using client::ParsedArgs;
+using weightgate::v1::FetchResponse;
+using weightgate::v1::Manifest;
+
+// clang-format off
+const CommandSpec kFetchSpec = {
+    .program = "weightgate fetch", .synopsis = "REF",
+    .description =
+        "REF is MODEL, MODEL@VERSION or MODEL@ALIAS (MODEL = MODEL@latest).\n"
+        "Every chunk is CRC32C-checked and the whole file sha256-checked. An interrupted\n"
+        "fetch leaves OUT.part; running the same command again resumes it.\n"
+        "--format pt writes a torch.save archive: torch.load(OUT, weights_only=True).\n"
+        "--tensor writes only the named tensors (CRC32C-checked; not resumable, and not\n"
+        "sha256-checked since the file is not the stored blob).",
+    .flags = {
+        {.name = "--output", .value_name = "OUT", .help = "file to write", .alias = "-o",
+         .required = true},
+        {.name = "--format", .value_name = "safetensors|pt",
+         .help = "output format (default safetensors)", .choices = "safetensors|pt"},
+        {.name = "--tensor", .value_name = "NAME", .help = "fetch only this tensor; repeatable",
+         .repeatable = true},
+    },
+    .min_args = 1, .max_args = 1, .args_error = "expected REF"};
+// clang-format on
+
+// The checks a chunk passes before its bytes are used.
+absl::Status CheckChunk(const weightgate::v1::Chunk& chunk) {
+  if (common::Crc32c(chunk.data()) != chunk.crc32c()) {
+    return absl::DataLossError(
+        absl::StrCat("checksum mismatch in chunk at offset ", chunk.offset()));
+  }
+  return absl::OkStatus();
+}
+
+// A stream's outcome: the manifest, a local error (bad chunk, write failure)
+// or the RPC status.
+struct Received {
+  Manifest manifest;
+  absl::Status local;
+  grpc::Status rpc;
+};
+
+// Whole blob: chunks are written at their offsets into `part`, which may
+// already hold the first `have` bytes.
+Received FetchBlob(Connection& conn, const std::string& ref, const std::string& part,
+                   int64_t have) {
+  weightgate::v1::FetchRequest request;
+  request.set_ref(ref);
+  request.set_start_offset(static_cast<uint64_t>(have));
+  auto ctx = conn.NewContext();
+  auto reader = conn.stream().FetchWeights(ctx.get(), request);
+  Received got;
+  bool have_manifest = false;
+  int fd = -1;
+  FetchResponse response;
+  while (got.local.ok() && reader->Read(&response)) {
+    if (response.has_manifest()) {
+      got.manifest = response.manifest();
+      have_manifest = true;
+      fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) got.local = absl::InternalError(absl::StrCat("cannot write ", part));
+      continue;
+    }
+    const auto& chunk = response.chunk();
+    if (!have_manifest) {
+      got.local = absl::DataLossError("server sent data before the manifest");
+      continue;
+    }
+    got.local = CheckChunk(chunk);
+    if (got.local.ok() &&
+        ::pwrite(fd, chunk.data().data(), chunk.data().size(),
+                 static_cast<off_t>(chunk.offset())) != static_cast<ssize_t>(chunk.data().size())) {
+      got.local = absl::InternalError(absl::StrCat("write ", part, ": ", std::strerror(errno)));
+    }
+  }
+  if (!got.local.ok()) ctx->TryCancel();
+  got.rpc = reader->Finish();
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  return got;
+}
+
+// The requested tensors of `manifest`, in blob order (the order the server
+// sends their bytes in).
+absl::StatusOr<std::vector<weightgate::v1::TensorEntry>> SelectTensors(
+    const Manifest& manifest, const std::vector<std::string>& names) {
+  std::set<std::string> wanted(names.begin(), names.end());
+  std::vector<weightgate::v1::TensorEntry> selected;
+  for (const auto& t : manifest.tensors()) {
+    if (wanted.erase(t.name()) > 0) selected.push_back(t);
+  }
+  if (!wanted.empty()) {
+    return absl::NotFoundError(absl::StrCat("no tensor '", *wanted.begin(), "' in the manifest"));
+  }
+  std::sort(selected.begin(), selected.end(),
+            [](const auto& a, const auto& b) { return a.offset() < b.offset(); });
+  return selected;
+}
+
+absl::StatusOr<std::unique_ptr<checkpoint::SafetensorsWriter>> SubsetWriter(
+    const std::string& path, const std::vector<weightgate::v1::TensorEntry>& selected) {
+  std::vector<checkpoint::SafetensorsEntry> entries;
+  for (const auto& t : selected) {
+    std::optional<checkpoint::DType> dtype = checkpoint::DTypeFromName(t.dtype());
+    if (!dtype) return absl::DataLossError(absl::StrCat("unknown dtype '", t.dtype(), "'"));
+    entries.push_back({t.name(), *dtype, {t.shape().begin(), t.shape().end()}});
+  }
+  if (absl::Status s = checkpoint::ValidateSafetensorsLayout(entries, {}); !s.ok()) return s;
+  return checkpoint::SafetensorsWriter::Create(path, std::move(entries));
+}
+
+// Appends `chunk` after checking it continues the tensor being received:
+// selected[*k] at byte *pos.
+absl::Status AppendSubsetChunk(const weightgate::v1::Chunk& chunk,
+                               const std::vector<weightgate::v1::TensorEntry>& selected, size_t* k,
+                               uint64_t* pos, checkpoint::SafetensorsWriter* writer) {
+  while (*k < selected.size() && *pos == selected[*k].length()) {
+    ++*k;
+    *pos = 0;
+  }
+  if (*k >= selected.size() || chunk.offset() != selected[*k].offset() + *pos ||
+      chunk.data().size() > selected[*k].length() - *pos) {
+    return absl::DataLossError(
+        absl::StrCat("chunk at offset ", chunk.offset(), " is not the next requested byte range"));
+  }
+  *pos += chunk.data().size();
+  return writer->Append(chunk.data());
+}
+
+// Only `names`: their bytes are rewritten, back to back, as the safetensors
+// file `path`.
+Received FetchSubset(Connection& conn, const std::string& ref,
+                     const std::vector<std::string>& names, const std::string& path) {
+  weightgate::v1::FetchRequest request;
+  request.set_ref(ref);
+  for (const std::string& name : names) request.add_tensor_names(name);
+  auto ctx = conn.NewContext();
+  auto reader = conn.stream().FetchWeights(ctx.get(), request);
+  Received got;
+  std::vector<weightgate::v1::TensorEntry> selected;
+  std::unique_ptr<checkpoint::SafetensorsWriter> writer;
+  size_t k = 0;
+  uint64_t pos = 0;
+  FetchResponse response;
+  while (got.local.ok() && reader->Read(&response)) {
+    if (response.has_manifest()) {
+      got.manifest = response.manifest();
+      absl::StatusOr<std::vector<weightgate::v1::TensorEntry>> s =
+          SelectTensors(got.manifest, names);
+      if (!s.ok()) {
+        got.local = s.status();
+        break;
+      }
+      selected = *std::move(s);
+      absl::StatusOr<std::unique_ptr<checkpoint::SafetensorsWriter>> w =
+          SubsetWriter(path, selected);
+      if (w.ok()) writer = *std::move(w);
+      got.local = w.status();
+    } else if (writer == nullptr) {
+      got.local = absl::DataLossError("server sent data before the manifest");
+    } else if (got.local = CheckChunk(response.chunk()); got.local.ok()) {
+      got.local = AppendSubsetChunk(response.chunk(), selected, &k, &pos, writer.get());
+    }
+  }
+  if (!got.local.ok()) ctx->TryCancel();
+  got.rpc = reader->Finish();
+  if (got.local.ok() && got.rpc.ok()) {
+    got.local = writer != nullptr ? writer->Finish() : absl::DataLossError("no manifest received");
+  }
+  return got;
+}
+
+// Moves the checked safetensors file `from` to `out`, converting it for pt.
+absl::Status Deliver(const std::string& from, const std::string& out, const std::string& format) {
+  if (format == "pt") {
+    absl::Status converted = SafetensorsToTorch(from, out);
+    ::unlink(from.c_str());
+    return converted;
+  }
+  if (::rename(from.c_str(), out.c_str()) != 0) {
+    return absl::InternalError(
+        absl::StrCat("rename ", from, " -> ", out, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+// The whole-file check: the blob is named by its sha256.
+absl::Status CheckBlobSha256(const std::string& part, const Manifest& manifest) {
+  absl::StatusOr<std::string> sha = common::Sha256File(part);
+  if (!sha.ok()) return sha.status();
+  if (*sha == manifest.blob_sha256()) return absl::OkStatus();
+  ::unlink(part.c_str());
+  return absl::DataLossError(absl::StrCat("sha256 mismatch (got ", sha->substr(0, 16), ", want ",
+                                          manifest.blob_sha256().substr(0, 16),
+                                          "); partial file removed, run again"));
+}
+
+}  // namespace
+
+int RunFetch(const GlobalOptions& global, const Args& args) {
+  ParsedArgs p;
+  if (std::optional<int> rc = ParseOrExit(kFetchSpec, "fetch", args, &p)) return *rc;
+  const std::string& ref = p.positional[0];
+  std::string out = p.Get("--output");
+  if (out.empty()) return UsageError("fetch", "-o OUT is required");
+  std::string format = p.Get("--format", "safetensors");
+  std::vector<std::string> tensors = p.All("--tensor");
+  if (absl::StatusOr<common::ParsedRef> r = common::ParseRef(ref); !r.ok()) {
+    return UsageError("fetch", r.status().message());
+  }
+  auto conn = Connection::Open(global);
+  if (!conn) return kExitUsage;
+
+  std::string part = out + (tensors.empty() ? ".part" : ".tensors.tmp");
+  int64_t have = tensors.empty() ? std::max<int64_t>(common::RegularFileSize(part), 0) : 0;
+  Received got =
+      tensors.empty() ? FetchBlob(*conn, ref, part, have) : FetchSubset(*conn, ref, tensors, part);
+  // A subset file cannot be resumed: drop it on any failure.
+  if (!tensors.empty() && (!got.local.ok() || !got.rpc.ok())) ::unlink(part.c_str());
+  if (!got.local.ok()) {
+    return UsageError("fetch", absl::StrCat(got.local.message(), " (run again",
+                                            tensors.empty() ? " to resume)" : ")"));
+  }
+  if (!got.rpc.ok()) return ReportRpcError("fetch", got.rpc);
+  if (tensors.empty()) {
+    if (absl::Status s = CheckBlobSha256(part, got.manifest); !s.ok()) {
+      return UsageError("fetch", s.message());
+    }
+  }
+  if (absl::Status s = Deliver(part, out, format); !s.ok()) return UsageError("fetch", s.message());
+  const Manifest& m = got.manifest;
+  if (global.json) {
+    std::cout << client::ProtoToJson(m);
+    return kExitOk;
+  }
+  uint64_t bytes = tensors.empty() ? m.total_bytes() : common::RegularFileSize(out);
+  std::cout << "fetched " << m.model_id() << "@" << m.version() << ": "
+            << (tensors.empty() ? m.tensors_size()
+                                : std::set<std::string>(tensors.begin(), tensors.end()).size())
+            << " tensors, " << common::HumanBytes(static_cast<double>(bytes))
+            << (have > 0 ? absl::StrCat(" (resumed at ", have, ")") : std::string()) << " -> "
+            << out << "\n";
+  return kExitOk;
+}
+
+}  // namespace weightgate::cli

@@ -2,6 +2,7 @@
 
 #include <string_view>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "google/protobuf/util/json_util.h"
@@ -146,6 +147,26 @@ const PolicyFlag kPolicyFlags[] = {
      [](const std::string& v, Policy* p) {
        p->set_unknown_calls(v == "allow" ? Policy::UNKNOWN_CALLS_ALLOW
                                          : Policy::UNKNOWN_CALLS_REJECT);
+       return absl::OkStatus();
+     }},
+    {{.name = "--zero_weights", .value_name = "fp32|module",
+      .help = "DeepSpeed ZeRO sets: fp32 master weights (default) or the module weights",
+      .choices = "fp32|module"},
+     [](const std::string& v, Policy* p) {
+       p->set_zero_weights(v);
+       return absl::OkStatus();
+     }},
+    {{.name = "--tp_merge_dim", .value_name = "NAME=DIM",
+      .help = "tensor-parallel sets: merge NAME along DIM (-1 = replicated); repeatable",
+      .repeatable = true},
+     [](const std::string& v, Policy* p) {
+       size_t eq = v.rfind('=');
+       int dim = 0;
+       if (eq == std::string::npos || eq == 0 || !absl::SimpleAtoi(v.substr(eq + 1), &dim) ||
+           dim < -1) {
+         return absl::InvalidArgumentError(absl::StrCat("--tp_merge_dim: '", v, "' is not NAME=DIM"));
+       }
+       p->add_tp_merge_dims(v);
        return absl::OkStatus();
      }},
 };

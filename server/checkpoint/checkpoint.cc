@@ -4,13 +4,24 @@
 
 #include "absl/status/status.h"
 #include "common/str_util.h"
+#include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/json_spec.h"
 #include "server/checkpoint/read_budget.h"
+#include "server/checkpoint/module_pickle.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
 
 namespace weightgate::checkpoint {
+namespace {
+
+// Pickled nn.Modules read as their state_dicts (module_pickle.h).
+absl::StatusOr<Checkpoint> WithModulesAsStateDicts(absl::StatusOr<Checkpoint> ckpt) {
+  if (ckpt.ok()) ReadModulesAsStateDicts(&*ckpt);
+  return ckpt;
+}
+
+}  // namespace
 
 std::string_view FormatName(Format format) {
   switch (format) {
@@ -23,6 +34,13 @@ std::string_view FormatName(Format format) {
   return "unknown";
 }
 
+const common::MappedFile* Checkpoint::FileOf(const StorageRecord& record) const {
+  if (record.inflated_index >= 0 || record.file_index < 0) return nullptr;
+  if (record.file_index == 0) return file.get();
+  if (static_cast<size_t>(record.file_index) > more_files.size()) return nullptr;
+  return more_files[static_cast<size_t>(record.file_index) - 1].get();
+}
+
 std::string_view Checkpoint::StorageBytes(int index) const {
   if (index < 0 || static_cast<size_t>(index) >= storages.size()) return {};
   const StorageRecord& r = storages[static_cast<size_t>(index)];
@@ -31,8 +49,9 @@ std::string_view Checkpoint::StorageBytes(int index) const {
     std::string_view bytes = inflated[static_cast<size_t>(r.inflated_index)];
     return bytes.substr(0, std::min<uint64_t>(r.nbytes, bytes.size()));
   }
-  if (file == nullptr) return {};
-  std::string_view data = file->data();
+  const common::MappedFile* f = FileOf(r);
+  if (f == nullptr) return {};
+  std::string_view data = f->data();
   if (r.file_offset > data.size() || r.nbytes > data.size() - r.file_offset) return {};
   return data.substr(static_cast<size_t>(r.file_offset), static_cast<size_t>(r.nbytes));
 }
@@ -59,9 +78,11 @@ absl::StatusOr<Checkpoint> ReadAnyFormat(std::shared_ptr<const common::MappedFil
   if (LooksLikeZip(data)) {
     absl::StatusOr<ZipReader> zip = ZipReader::Open(data, ZipLimitsFrom(options));
     if (!zip.ok()) return zip.status();
-    return ReadTorchZip(std::move(file), *zip, options);
+    return WithModulesAsStateDicts(ReadTorchZip(std::move(file), *zip, options));
   }
-  if (LooksLikeTorchLegacy(data)) return ReadTorchLegacy(std::move(file), options);
+  if (LooksLikeTorchLegacy(data)) {
+    return WithModulesAsStateDicts(ReadTorchLegacy(std::move(file), options));
+  }
   if (LooksLikeSafetensors(data)) return ReadSafetensors(std::move(file), options);
   if (LooksLikeJsonSpec(data)) return ReadJsonSpec(std::move(file), options);
   return absl::InvalidArgumentError(
@@ -94,6 +115,7 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFi
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {
+  if (IsCheckpointSetPath(path)) return ReadCheckpointSet(path, options);
   absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok()) return file.status();
   return ReadCheckpoint(*std::move(file), options);

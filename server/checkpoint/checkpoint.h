@@ -6,9 +6,12 @@
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_CHECKPOINT_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_CHECKPOINT_H_
 
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -32,6 +35,8 @@ struct Checkpoint {
   Format format = Format::kTorchZip;
   std::string archive_prefix;  // zip formats: the top folder ("archive", "model", ...)
   std::shared_ptr<const common::MappedFile> file;
+  std::vector<std::shared_ptr<const common::MappedFile>>
+      more_files;  // file sets (checkpoint_set.h)
   std::unique_ptr<ValueArena> arena = std::make_unique<ValueArena>();
   const Value* root = nullptr;
   std::vector<StorageRecord> storages;
@@ -50,6 +55,9 @@ struct Checkpoint {
 
   bool unsafe() const { return !unsafe_globals.empty(); }
 
+  // The file storage `record` lies in (nullptr for inflated or bad indices).
+  const common::MappedFile* FileOf(const StorageRecord& record) const;
+
   // The bytes of storage `index` (file or inflated); empty view when out of range.
   std::string_view StorageBytes(int index) const;
 
@@ -57,6 +65,12 @@ struct Checkpoint {
   // Callers use strides/shape to address elements; the reader has checked
   // that every addressed element lies inside the storage.
   std::string_view TensorStorageBytes(const TensorRecord& tensor) const;
+};
+
+// Which weights a DeepSpeed ZeRO set yields (zero_reader.h).
+enum class ZeroWeights {
+  kFp32,    // the fp32 master weights rebuilt from the optimizer partitions
+  kModule,  // the (often half-precision) module weights saved beside them; stages 1-2
 };
 
 // Caps applied while reading; defaults suit checkpoints up to hundreds of GB.
@@ -106,6 +120,14 @@ struct ReadOptions {
   uint64_t max_memo_entries = 1 << 24;
   uint64_t max_values = uint64_t{1} << 24;  // arena nodes (~176 bytes each)
   uint64_t max_safetensors_header = 100 << 20;
+  ZeroWeights zero_weights = ZeroWeights::kFp32;
+
+  // Tensor-parallel sets (megatron_reader.h): the shape the registered spec
+  // gives a tensor name, when known (MakeSpecShapeLookup builds one); and
+  // per-name merge dims that override everything ("name" -> dim, -1 =
+  // replicated).
+  std::function<std::optional<std::vector<int64_t>>(std::string_view name)> expected_shape;
+  std::vector<std::pair<std::string, int>> tp_merge_dims;
 };
 
 // Reads any supported format. Errors are InvalidArgument with a short reason
@@ -115,7 +137,8 @@ struct ReadOptions {
 absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
                                           const ReadOptions& options = {});
 
-// Convenience: Open + ReadCheckpoint.
+// Convenience: Open + ReadCheckpoint. A directory or an index file is read
+// as a set of files (ReadCheckpointSet, checkpoint_set.h).
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path,
                                               const ReadOptions& options = {});
 

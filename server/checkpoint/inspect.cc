@@ -274,6 +274,12 @@ std::string RenderInspectionText(const Inspection& in) {
   if (!in.archive_prefix.empty())
     format += Cat(", archive prefix '", Printable(in.archive_prefix), "'");
   row("format", format);
+  std::vector<std::string> read_as;  // checkpoint sets and module pickles (checkpoint_set.h)
+  for (const std::string& m : in.metadata) {
+    if (m.rfind("set_", 0) == 0 || m.rfind("module_pickle=", 0) == 0)
+      read_as.push_back(Printable(m));
+  }
+  if (!read_as.empty()) row("read as", JoinNames(read_as, kMaxListedNames));
   if (!in.top_level_keys.empty()) {
     std::vector<std::string> keys;
     for (const std::string& k : in.top_level_keys) keys.push_back(Printable(k));

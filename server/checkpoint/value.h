@@ -31,6 +31,7 @@ struct StorageRecord {
   uint64_t file_offset = 0;  // offset of the first byte in the file
   uint64_t nbytes = 0;       // bytes present for this storage
   int inflated_index = -1;   // >= 0: index into Checkpoint::inflated instead of the file
+  int file_index = 0;        // file sets: 0 = Checkpoint::file, k > 0 = more_files[k - 1]
 };
 
 // One tensor as torch would rebuild it: a strided view of a storage.

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "server/statedict/candidates.h"
+#include "server/statedict/ties.h"
 
 namespace weightgate::statedict {
 namespace {
@@ -109,10 +110,13 @@ struct MatchContext {
   std::vector<int> key_to_spec;
   // Per spec tensor: the key that fills it (-1 = none).
   std::vector<int> spec_to_key;
+  // Spec name -> the other members of its tie group (ties.h).
+  absl::flat_hash_map<std::string, std::vector<std::string>> tie_partners;
   MatchResult result;
 };
 
 absl::Status IndexSpec(const v1::ModelSpec& spec_proto, MatchContext& ctx) {
+  ctx.tie_partners = TiePartners(spec_proto);
   for (const v1::TensorSpec& t : spec_proto.tensors()) {
     ctx.spec.tensors.push_back({t.name(), checkpoint::DTypeFromName(t.dtype()),
                                 std::vector<int64_t>(t.shape().begin(), t.shape().end())});
@@ -302,6 +306,18 @@ void CheckSpecTensors(MatchContext& ctx) {
   for (size_t j = 0; j < ctx.spec.tensors.size(); ++j) {
     const SpecTensor& s = ctx.spec.tensors[j];
     int i = ctx.spec_to_key[j];
+    std::string tied_from;  // a tie member the checkpoint omits is its partner (ties.h)
+    if (auto p = i < 0 ? ctx.tie_partners.find(s.name) : ctx.tie_partners.end();
+        p != ctx.tie_partners.end()) {
+      for (const std::string& partner : p->second) {
+        auto pj = ctx.spec.index.find(partner);
+        if (pj != ctx.spec.index.end() && ctx.spec_to_key[pj->second] >= 0) {
+          i = ctx.spec_to_key[pj->second];
+          tied_from = partner;
+          break;
+        }
+      }
+    }
     if (i < 0) {
       if (Matches(ctx.optional_globs, s.name) && s.dtype.has_value()) {
         MatchedTensor m;
@@ -351,6 +367,11 @@ void CheckSpecTensors(MatchContext& ctx) {
           AddReason(report, "dtype_mismatch");
         }
       }
+    }
+    if (!tied_from.empty()) {
+      AddFix(report, "fill_tied",
+             absl::StrCat("filled '", s.name, "' from its tied partner '", tied_from, "'"), 1,
+             tied_from, s.name);
     }
     ctx.result.tensors.push_back(std::move(m));
   }

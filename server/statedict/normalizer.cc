@@ -21,6 +21,9 @@
 #include "common/mapped_file.h"
 #include "common/sha256.h"
 #include "server/checkpoint/read_budget.h"
+#include "server/checkpoint/checkpoint_set.h"
+#include "server/checkpoint/megatron_reader.h"
+#include "server/checkpoint/set_bundle.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
@@ -83,12 +86,14 @@ constexpr double kHalfOverflow = 65520.0;
 // in memory (FromString, inflated zip entries) are left alone.
 void ReleaseBytes(const Checkpoint& ckpt, const TensorRecord& rec, const char* begin_ptr,
                   uint64_t len) {
-  if (ckpt.file == nullptr || ckpt.file->path().empty() || len == 0) return;
-  if (rec.storage_index < 0 || static_cast<size_t>(rec.storage_index) >= ckpt.storages.size() ||
-      ckpt.storages[rec.storage_index].inflated_index >= 0) {
+  if (len == 0 || rec.storage_index < 0 ||
+      static_cast<size_t>(rec.storage_index) >= ckpt.storages.size()) {
     return;
   }
-  std::string_view file = ckpt.file->data();
+  // Sets map several files: the one this storage lies in.
+  const common::MappedFile* mapped = ckpt.FileOf(ckpt.storages[rec.storage_index]);
+  if (mapped == nullptr || mapped->path().empty()) return;
+  std::string_view file = mapped->data();
   if (begin_ptr < file.data() || len > file.size() ||
       static_cast<uint64_t>(begin_ptr - file.data()) > file.size() - len) {
     return;
@@ -220,6 +225,8 @@ struct NormalizeContext {
   Clock::time_point start = Clock::now();
   std::string device_name;
   v1::ValidationReport report;
+  // Keeps an unpacked set bundle's files for as long as the call reads them.
+  std::unique_ptr<checkpoint::UnpackedSet> input;
   std::shared_ptr<const common::MappedFile> file;
   std::optional<Checkpoint> ckpt;
   MatchResult match;
@@ -232,35 +239,89 @@ struct NormalizeContext {
   std::vector<uint16_t> half_buffer;
 };
 
-// Maps and parses the file. False when the report is already final
+// Maps and parses the file, or the set of files (a directory, an index file
+// or an uploaded set bundle). False when the report is already final
 // (unreadable, unsafe, not a checkpoint).
 bool ReadPhase(NormalizeContext& ctx) {
   v1::ValidationReport& report = ctx.report;
   const Clock::time_point phase = Clock::now();
-  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
-      common::MappedFile::Open(ctx.checkpoint_path);
-  if (!file.ok()) {
+  // An uploaded set arrives as one bundle, unpacked for the read (set_bundle.h).
+  absl::StatusOr<std::unique_ptr<checkpoint::UnpackedSet>> input =
+      checkpoint::UnpackedSet::Open(ctx.checkpoint_path);
+  if (!input.ok()) {
     AddReason(&report, "unreadable");
-    report.set_error(std::string(file.status().message()));
+    report.set_error(std::string(input.status().message()));
     return false;
   }
-  ctx.file = *std::move(file);
-  if (ctx.options.compute_input_sha256) {
-    absl::StatusOr<std::string> sha = common::Sha256File(ctx.checkpoint_path);
-    if (sha.ok()) report.set_input_sha256(*sha);
+  ctx.input = *std::move(input);
+  const std::string& input_path = ctx.input->path();
+  absl::StatusOr<Checkpoint> read = absl::UnknownError("not read");
+  bool looks_like_checkpoint = true;
+  if (checkpoint::IsCheckpointSetPath(input_path)) {
+    // A directory or index file: its files read as one checkpoint, tensor
+    // parallel ranks merged by the spec's shapes (checkpoint_set.h).
+    checkpoint::ReadOptions set_options = ctx.options.read_options;
+    if (ctx.policy.zero_weights() == "module") {
+      set_options.zero_weights = checkpoint::ZeroWeights::kModule;
+    }
+    for (const std::string& rule : ctx.policy.tp_merge_dims()) {
+      int dim = 0;
+      size_t eq = rule.rfind('=');
+      if (eq != std::string::npos && absl::SimpleAtoi(rule.substr(eq + 1), &dim)) {
+        set_options.tp_merge_dims.emplace_back(rule.substr(0, eq), dim);
+      }
+    }
+    if (!set_options.expected_shape) {
+      std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+      for (const v1::TensorSpec& t : ctx.spec.tensors()) {
+        shapes.emplace_back(t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end()));
+      }
+      set_options.expected_shape = checkpoint::MakeSpecShapeLookup(std::move(shapes));
+    }
+    read = checkpoint::ReadCheckpointSet(input_path, set_options);
+    if (ctx.options.compute_input_sha256) {
+      absl::StatusOr<std::string> sha = checkpoint::Sha256CheckpointSet(input_path);
+      if (sha.ok()) report.set_input_sha256(*sha);
+    }
+  } else {
+    absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+        common::MappedFile::Open(input_path);
+    if (!file.ok()) {
+      AddReason(&report, "unreadable");
+      report.set_error(std::string(file.status().message()));
+      return false;
+    }
+    ctx.file = *std::move(file);
+    if (ctx.options.compute_input_sha256) {
+      absl::StatusOr<std::string> sha = common::Sha256File(input_path);
+      if (sha.ok()) report.set_input_sha256(*sha);
+    }
+    read = checkpoint::ReadCheckpoint(ctx.file, ctx.options.read_options);
+    looks_like_checkpoint = LooksLikeCheckpoint(ctx.file->data());
   }
-  absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(ctx.file, ctx.options.read_options);
   report.mutable_timings()->set_read_ms(MsSince(phase));
   if (!read.ok()) {
     // A reader limit (read budget, inflated bytes, tensor names) is its own reason.
     AddReason(&report, checkpoint::IsResourceLimit(read.status()) ? "resource_limit"
-                       : LooksLikeCheckpoint(ctx.file->data())    ? "unreadable"
+                       : looks_like_checkpoint                    ? "unreadable"
                                                                   : "not_a_checkpoint");
     report.set_error(std::string(read.status().message()));
     return false;
   }
   ctx.ckpt.emplace(*std::move(read));
   const Checkpoint& ckpt = *ctx.ckpt;
+  for (const std::string& m : ckpt.metadata) {
+    // Rebuilt ZeRO weights are a repair the report names (zero_reader.h).
+    if (m.rfind("zero_weights=", 0) == 0) {
+      v1::Fix* fix = report.add_fixes();
+      fix->set_kind("zero_weights");
+      fix->set_detail(absl::StrCat("DeepSpeed ZeRO set read as its ", m.substr(13),
+                                   m == "zero_weights=fp32"
+                                       ? " master weights (optimizer partitions)"
+                                       : " weights (model states)"));
+      fix->set_to(m.substr(13));
+    }
+  }
   report.set_format(std::string(checkpoint::FormatName(ckpt.format)));
   for (const std::string& g : ckpt.opaque_globals) report.add_opaque_globals(g);
   for (const std::string& g : ckpt.unsafe_globals) report.add_unsafe_globals(g);

@@ -148,7 +148,9 @@ TEST(PolicyFlagsTest, HelpListsEveryFlagTheParserTakes) {
     EXPECT_NE(help.find(absl::StrCat("  ", flag.name)), std::string::npos) << flag.name;
     std::vector<std::string> args = {std::string(flag.name)};
     if (flag.takes_value()) {
-      std::string value = flag.name == "--rename" ? "a=b" : "x";
+      std::string value = flag.name == "--rename"         ? "a=b"
+                          : flag.name == "--tp_merge_dim" ? "a=0"
+                                                          : "x";
       if (!flag.choices.empty())
         value = std::string(flag.choices.substr(0, flag.choices.find('|')));
       if (flag.name == "--policy") continue;  // needs a file; PolicyFileIsMergedInOrder

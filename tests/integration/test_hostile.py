@@ -213,7 +213,11 @@ class HostileStormTest(unittest.TestCase):
         def run_hostile(name):
             start = time.monotonic()
             try:
-                upload(self.registry, "linear", os.path.join(self.hostile, name), timeout=30)
+                response = upload(self.registry, "linear", os.path.join(self.hostile, name), timeout=30)
+                # An INVALID checkpoint is refused in the response body (nothing stored).
+                if response.report.verdict == types_pb2.INVALID and not response.HasField("version"):
+                    problem = "" if response.report.reasons else "INVALID report without reasons"
+                    return name, time.monotonic() - start, problem, ",".join(response.report.reasons)
                 return name, time.monotonic() - start, "accepted (the upload succeeded)", None
             except grpc.RpcError as e:
                 seconds = time.monotonic() - start

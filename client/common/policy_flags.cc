@@ -57,21 +57,42 @@ const PolicyFlag kPolicyFlags[] = {
     {{.name = "--policy", .value_name = "FILE.json",
       .help = "NormalizationPolicy as proto JSON (merged)"},
      ApplyPolicyFile},
-    {{.name = "--container", .value_name = "auto|PATH",
-      .help = "where the state_dict is (default auto)"},
+    {{.name = "--container", .value_name = "auto|.|PATH",
+      .help = "where the state_dict is: a dotted path, . for the top level (default auto)"},
      [](const std::string& v, Policy* p) {
        if (v.empty()) return absl::InvalidArgumentError("--container needs a value");
        p->set_container(v == "auto" ? "" : v);
        return absl::OkStatus();
      }},
-    {{.name = "--prefixes", .value_name = "auto|none",
-      .help = "strip/add wrapper prefixes (default auto)", .choices = "auto|none"},
+    {{.name = "--prefixes", .value_name = "auto|none|any",
+      .help = "strip/add known wrapper and training prefixes; none: keys as they are; any: "
+              "also swap an arbitrary root (default auto)",
+      .choices = "auto|none|any"},
      [](const std::string& v, Policy* p) {
-       p->set_prefixes(v == "auto" ? Policy::PREFIX_AUTO : Policy::PREFIX_NONE);
+       p->set_prefixes(v == "auto"   ? Policy::PREFIX_AUTO
+                       : v == "none" ? Policy::PREFIX_NONE
+                                     : Policy::PREFIX_ANY);
+       return absl::OkStatus();
+     }},
+    {{.name = "--weights", .value_name = "auto|raw|ema",
+      .help = "raw or EMA weights when a checkpoint holds both (default auto: both with "
+              "different values is ambiguous_match)",
+      .choices = "auto|raw|ema"},
+     [](const std::string& v, Policy* p) {
+       p->set_weights(v == "auto"  ? Policy::WEIGHTS_AUTO
+                      : v == "raw" ? Policy::WEIGHTS_RAW
+                                   : Policy::WEIGHTS_EMA);
+       return absl::OkStatus();
+     }},
+    {{.name = "--key_prefix", .value_name = "PREFIX",
+      .help = "the state_dict is the keys under PREFIX (e.g. student.), stripped"},
+     [](const std::string& v, Policy* p) {
+       if (v.empty() || v == ".") return absl::InvalidArgumentError("--key_prefix needs a prefix");
+       p->set_key_prefix(v);
        return absl::OkStatus();
      }},
     {{.name = "--rename", .value_name = "REGEX=REPLACEMENT",
-      .help = "rename keys; repeatable, in order; ECMAScript regex, $1..$9", .repeatable = true},
+      .help = "rename keys; repeatable, in order; RE2 regex, $1..$9", .repeatable = true},
      ApplyRename},
     {{.name = "--legacy_gamma_beta", .value_name = "",
       .help = "rename gamma/beta to weight/bias"},
@@ -117,6 +138,14 @@ const PolicyFlag kPolicyFlags[] = {
       .help = "NaN/Inf values (default reject)", .choices = "reject|allow"},
      [](const std::string& v, Policy* p) {
        p->set_non_finite(v == "reject" ? Policy::NONFINITE_REJECT : Policy::NONFINITE_ALLOW);
+       return absl::OkStatus();
+     }},
+    {{.name = "--unknown_calls", .value_name = "allow|reject",
+      .help = "globals the pickle calls outside the allow-list, never executed (default allow: "
+              "reported)", .choices = "allow|reject"},
+     [](const std::string& v, Policy* p) {
+       p->set_unknown_calls(v == "allow" ? Policy::UNKNOWN_CALLS_ALLOW
+                                         : Policy::UNKNOWN_CALLS_REJECT);
        return absl::OkStatus();
      }},
 };

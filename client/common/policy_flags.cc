@@ -140,6 +140,14 @@ const PolicyFlag kPolicyFlags[] = {
        p->set_non_finite(v == "reject" ? Policy::NONFINITE_REJECT : Policy::NONFINITE_ALLOW);
        return absl::OkStatus();
      }},
+    {{.name = "--unknown_calls", .value_name = "allow|reject",
+      .help = "globals the pickle calls outside the allow-list, never executed (default allow: "
+              "reported)", .choices = "allow|reject"},
+     [](const std::string& v, Policy* p) {
+       p->set_unknown_calls(v == "allow" ? Policy::UNKNOWN_CALLS_ALLOW
+                                         : Policy::UNKNOWN_CALLS_REJECT);
+       return absl::OkStatus();
+     }},
 };
 // clang-format on
 

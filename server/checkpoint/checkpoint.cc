@@ -5,6 +5,7 @@
 #include "absl/status/status.h"
 #include "common/str_util.h"
 #include "server/checkpoint/json_spec.h"
+#include "server/checkpoint/read_budget.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/torch_reader.h"
 #include "server/checkpoint/zip_reader.h"
@@ -48,8 +49,10 @@ std::string_view Checkpoint::TensorStorageBytes(const TensorRecord& tensor) cons
   return bytes.substr(static_cast<size_t>(skip));
 }
 
-absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
-                                          const ReadOptions& options) {
+namespace {
+
+absl::StatusOr<Checkpoint> ReadAnyFormat(std::shared_ptr<const common::MappedFile> file,
+                                         const ReadOptions& options) {
   if (file == nullptr) return absl::InvalidArgumentError("not a checkpoint: no file");
   std::string_view data = file->data();
   if (data.empty()) return absl::InvalidArgumentError("not a checkpoint: empty file");
@@ -64,6 +67,30 @@ absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFi
   return absl::InvalidArgumentError(
       "not a checkpoint: neither a zip archive, a legacy torch.save file, safetensors nor a JSON "
       "spec");
+}
+
+}  // namespace
+
+absl::StatusOr<Checkpoint> ReadCheckpoint(std::shared_ptr<const common::MappedFile> file,
+                                          const ReadOptions& options) {
+  const uint64_t file_bytes = file == nullptr ? 0 : file->data().size();
+  absl::StatusOr<Checkpoint> ckpt = ReadAnyFormat(std::move(file), options);
+  if (!ckpt.ok()) return ckpt;
+  if (ckpt->budget_limit == 0) {
+    // Formats without a pickle: the file itself is the input.
+    ckpt->budget_limit =
+        ReadBudget::LimitFor(options.budget_fixed_bytes, options.budget_per_input_byte, file_bytes);
+  }
+  // Whatever the tree, the names every consumer flattens it into are
+  // bounded here, once.
+  ReadBudget budget(ckpt->budget_limit, ckpt->budget_used);
+  FlattenLimits limits;
+  limits.max_key_bytes = options.max_tensor_key_bytes;
+  limits.max_names = options.max_tensor_names;
+  limits.max_visits = options.max_flatten_visits;
+  if (absl::Status s = CheckTensorNames(ckpt->root, limits, &budget); !s.ok()) return s;
+  ckpt->budget_used = budget.used();
+  return ckpt;
 }
 
 absl::StatusOr<Checkpoint> ReadCheckpointFile(const std::string& path, const ReadOptions& options) {

@@ -38,7 +38,15 @@ struct Checkpoint {
   std::vector<std::string> inflated;        // bytes of deflated storages (rare)
   std::vector<std::string> opaque_globals;  // unknown globals, deduplicated, in first-seen order
   std::vector<std::string> unsafe_globals;  // known-dangerous globals
+  // Unknown globals the pickle calls (what plain torch.load would execute);
+  // see PickleContext::called_globals.
+  std::vector<std::string> called_globals;
+  // Why torch 1.13's torch.load(weights_only=True) would refuse the file:
+  // globals outside its allow-list and opcodes it lacks. Empty: it loads.
+  std::vector<std::string> weights_only_blockers;
   std::vector<std::string> metadata;  // safetensors __metadata__ as key=value, zip "version", ...
+  uint64_t budget_limit = 0;          // the read budget (ReadOptions) of this file
+  uint64_t budget_used = 0;           // what reading it charged, tensor names included
 
   bool unsafe() const { return !unsafe_globals.empty(); }
 
@@ -52,13 +60,49 @@ struct Checkpoint {
 };
 
 // Caps applied while reading; defaults suit checkpoints up to hundreds of GB.
+// Every resource limit reached is a ResourceExhausted error naming it
+// ("resource limit read_budget: ...", see read_budget.h), which validation
+// reports as INVALID reason `resource_limit`.
 struct ReadOptions {
   uint64_t max_pickle_bytes = uint64_t{256} << 20;  // one data.pkl / legacy pickle
   uint32_t max_zip_entries = 1 << 20;
+  // Deflated zip entries: each may inflate at most this ratio (plus 4 KiB,
+  // kZipRatioSlackBytes), whatever its size ...
   uint32_t max_compression_ratio = 1000;
-  uint64_t max_inflated_bytes = uint64_t{4} << 30;  // all deflated entries together
-  uint32_t max_stack_depth = 1 << 20;               // pickle stack + metastack entries
-  uint32_t max_nesting = 256;                       // container nesting
+  // ... and all of them together at most
+  //   min(max_inflated_bytes,
+  //       inflated_fixed_bytes + inflated_per_archive_byte x archive bytes).
+  // torch.save stores (never deflates) its entries, so honest archives use
+  // none of this.
+  uint64_t max_inflated_bytes = uint64_t{4} << 30;
+  uint64_t inflated_fixed_bytes = uint64_t{1} << 20;
+  uint32_t inflated_per_archive_byte = 64;
+
+  // The read budget (read_budget.h): every byte the reader allocates for the
+  // object tree (nodes, container items, items copied by REDUCE of set /
+  // frozenset / OrderedDict / torch.Size / unknown constructors, strings,
+  // memo, stack, tensor shapes), for inflated entries and for the tensor
+  // names checked at the end counts against
+  //   budget_fixed_bytes + budget_per_input_byte x input bytes,
+  // where the input bytes are those the pickle occupies in the file (the
+  // data.pkl entry as stored, deflated or not; for the legacy format, the
+  // pickle bytes read so far) or the whole file (safetensors, JSON specs).
+  // Honest torch pickles take 20 to 50 bytes per pickle byte (the torch
+  // fixtures, names included); a hostile one is stopped at the limit, so a
+  // 1 KB file never takes more than about 64 MiB.
+  uint64_t budget_fixed_bytes = uint64_t{64} << 20;
+  uint32_t budget_per_input_byte = 256;
+
+  // Tensor names as FlattenTensors builds them (dotted dict paths): one name
+  // at most max_tensor_key_bytes long, at most max_tensor_names of them (a
+  // shared sub-dict counts once per path that reaches it), their bytes
+  // charged to the read budget, and the walk that finds them at most
+  // max_flatten_visits node visits.
+  uint32_t max_tensor_key_bytes = 4096;
+  uint64_t max_tensor_names = uint64_t{1} << 22;
+  uint64_t max_flatten_visits = uint64_t{1} << 22;
+  uint32_t max_stack_depth = 1 << 20;  // pickle stack + metastack entries
+  uint32_t max_nesting = 256;          // container nesting
   uint64_t max_memo_entries = 1 << 24;
   uint64_t max_values = uint64_t{1} << 24;  // arena nodes (~176 bytes each)
   uint64_t max_safetensors_header = 100 << 20;

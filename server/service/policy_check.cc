@@ -92,6 +92,10 @@ absl::Status CheckOverrideOnlyTightens(const NormalizationPolicy& model,
       req.non_finite() != NormalizationPolicy::NONFINITE_REJECT) {
     return Loosens("non_finite", "NaN/Inf allowed");
   }
+  if (model.unknown_calls() == NormalizationPolicy::UNKNOWN_CALLS_REJECT &&
+      req.unknown_calls() != NormalizationPolicy::UNKNOWN_CALLS_REJECT) {
+    return Loosens("unknown_calls", "calls of unknown globals allowed");
+  }
   return absl::OkStatus();
 }
 

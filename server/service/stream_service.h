@@ -10,12 +10,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "server/service/auth.h"
 #include "server/service/executor.h"
 #include "server/service/limits.h"
@@ -54,17 +54,16 @@ class StreamService final : public weightgate::v1::WeightStream::CallbackService
       grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) override;
 
   // Finishes every open watch stream so a draining server can stop.
-  void StopWatches();
+  void StopWatches() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   friend class WatchReactor;
-  void PollLoop();
+  void PollLoop() ABSL_LOCKS_EXCLUDED(mu_);
 
   Options options_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::set<WatchReactor*> watches_;  // guarded by mu_; owned
-  bool stopping_ = false;            // guarded by mu_
+  absl::Mutex mu_;
+  std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(mu_);  // owned
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread poller_;
 };
 

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/mapped_file.h"
 #include "common/sha256.h"
+#include "server/checkpoint/read_budget.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
@@ -251,7 +252,10 @@ bool ReadPhase(NormalizeContext& ctx) {
   absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(ctx.file, ctx.options.read_options);
   report.mutable_timings()->set_read_ms(MsSince(phase));
   if (!read.ok()) {
-    AddReason(&report, LooksLikeCheckpoint(ctx.file->data()) ? "unreadable" : "not_a_checkpoint");
+    // A reader limit (read budget, inflated bytes, tensor names) is its own reason.
+    AddReason(&report, checkpoint::IsResourceLimit(read.status()) ? "resource_limit"
+                       : LooksLikeCheckpoint(ctx.file->data())    ? "unreadable"
+                                                                  : "not_a_checkpoint");
     report.set_error(std::string(read.status().message()));
     return false;
   }
@@ -260,11 +264,24 @@ bool ReadPhase(NormalizeContext& ctx) {
   report.set_format(std::string(checkpoint::FormatName(ckpt.format)));
   for (const std::string& g : ckpt.opaque_globals) report.add_opaque_globals(g);
   for (const std::string& g : ckpt.unsafe_globals) report.add_unsafe_globals(g);
+  for (const std::string& g : ckpt.called_globals) report.add_called_globals(g);
+  for (const std::string& g : ckpt.weights_only_blockers) report.add_weights_only_blockers(g);
+  report.set_loads_with_weights_only((ckpt.format == checkpoint::Format::kTorchZip ||
+                                      ckpt.format == checkpoint::Format::kTorchLegacy) &&
+                                     ckpt.weights_only_blockers.empty());
   if (ckpt.unsafe()) {
     // Nothing in an unsafe file is trusted further, not even its layout.
     AddReason(&report, "unsafe_pickle");
     report.set_error(absl::StrCat("pickle names dangerous globals: ", ckpt.unsafe_globals.front(),
                                   ckpt.unsafe_globals.size() > 1 ? ", ..." : ""));
+    return false;
+  }
+  if (ctx.policy.unknown_calls() == v1::NormalizationPolicy::UNKNOWN_CALLS_REJECT &&
+      !ckpt.called_globals.empty()) {
+    AddReason(&report, "unknown_calls");
+    report.set_error(absl::StrCat("pickle calls ", ckpt.called_globals.front(),
+                                  ckpt.called_globals.size() > 1 ? ", ..." : "",
+                                  " (policy unknown_calls = reject)"));
     return false;
   }
   if (ckpt.format == checkpoint::Format::kJsonSpec) {

@@ -60,6 +60,8 @@ TEST(PolicyFlagsTest, EveryFlag) {
                                                      "--unexpected",
                                                      "reject",
                                                      "--non_finite=allow",
+                                                     "--unknown_calls",
+                                                     "reject",
                                                      "-o",
                                                      "out.safetensors"},
                                                     &rest);
@@ -80,6 +82,7 @@ TEST(PolicyFlagsTest, EveryFlag) {
   EXPECT_EQ(p->optional_keys().values_size(), 2);
   EXPECT_EQ(p->unexpected(), v1::NormalizationPolicy::UNEXPECTED_REJECT);
   EXPECT_EQ(p->non_finite(), v1::NormalizationPolicy::NONFINITE_ALLOW);
+  EXPECT_EQ(p->unknown_calls(), v1::NormalizationPolicy::UNKNOWN_CALLS_REJECT);
 }
 
 TEST(PolicyFlagsTest, DefaultsStayUnset) {

@@ -1,5 +1,6 @@
 // The matcher on hand-built checkpoint trees: which container and prefix
-// transform wins, which fixes and findings are reported. No files, no torch.
+// transform wins, which fixes and findings are reported, and the caps of the
+// candidate search. No files, no torch.
 #include "server/statedict/matcher.h"
 
 #include <ctime>
@@ -9,123 +10,12 @@
 
 #include "gtest/gtest.h"
 #include "server/checkpoint/value.h"
+#include "tests/statedict/matcher_test_util.h"
 
 namespace weightgate::statedict {
 namespace {
 
-using checkpoint::DType;
-using checkpoint::Value;
-namespace v1 = weightgate::v1;
-
-class Tree {
- public:
-  // A contiguous tensor with its own storage (or `storage` when given).
-  const Value* T(std::vector<int64_t> shape, DType dtype = DType::kF32, int storage = -1,
-                 int64_t offset = 0) {
-    Value* v = arena_.New(Value::Kind::kTensor);
-    v->tensor.dtype = dtype;
-    v->tensor.shape = shape;
-    v->tensor.strides.assign(shape.size(), 1);
-    for (int d = static_cast<int>(shape.size()) - 2; d >= 0; --d) {
-      v->tensor.strides[d] = v->tensor.strides[d + 1] * shape[d + 1];
-    }
-    v->tensor.storage_offset = offset;
-    v->tensor.storage_index = storage >= 0 ? storage : next_storage_++;
-    return v;
-  }
-  const Value* Int(int64_t i) {
-    Value* v = arena_.New(Value::Kind::kInt);
-    v->i = i;
-    return v;
-  }
-  const Value* Dict(std::vector<std::pair<std::string, const Value*>> items) {
-    Value* v = arena_.New(Value::Kind::kDict);
-    for (auto& [k, val] : items) {
-      Value* key = arena_.New(Value::Kind::kString);
-      key->str = k;
-      v->items.push_back(key);
-      v->items.push_back(val);
-    }
-    return v;
-  }
-
- private:
-  checkpoint::ValueArena arena_;
-  int next_storage_ = 1000;
-};
-
-// conv + bn + fc, like the fixture model.
-v1::ModelSpec SmallSpec(const std::string& prefix = "") {
-  v1::ModelSpec spec;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape, const char* dtype = "F32") {
-    v1::TensorSpec* t = spec.add_tensors();
-    t->set_name(prefix + name);
-    t->set_dtype(dtype);
-    t->mutable_shape()->Assign(shape.begin(), shape.end());
-  };
-  add("conv.weight", {8, 3, 3, 3});
-  add("conv.bias", {8});
-  add("bn.weight", {8});
-  add("bn.bias", {8});
-  add("bn.running_mean", {8});
-  add("bn.running_var", {8});
-  add("bn.num_batches_tracked", {}, "I64");
-  add("fc.weight", {10, 8});
-  add("fc.bias", {10});
-  return spec;
-}
-
-// A state_dict for SmallSpec with every key prefixed by `prefix`.
-std::vector<std::pair<std::string, const Value*>> SmallStateDict(Tree& t, const std::string& prefix,
-                                                                 bool with_nbt = true) {
-  std::vector<std::pair<std::string, const Value*>> items = {
-      {prefix + "conv.weight", t.T({8, 3, 3, 3})},
-      {prefix + "conv.bias", t.T({8})},
-      {prefix + "bn.weight", t.T({8})},
-      {prefix + "bn.bias", t.T({8})},
-      {prefix + "bn.running_mean", t.T({8})},
-      {prefix + "bn.running_var", t.T({8})},
-      {prefix + "fc.weight", t.T({10, 8})},
-      {prefix + "fc.bias", t.T({10})},
-  };
-  if (with_nbt) {
-    items.insert(items.begin() + 6, {prefix + "bn.num_batches_tracked", t.T({}, DType::kI64)});
-  }
-  return items;
-}
-
-struct Outcome {
-  MatchResult match;
-  v1::ValidationReport report;
-};
-
-Outcome Match(const Value* root, const v1::ModelSpec& spec,
-              const v1::NormalizationPolicy& policy = {}, const MatchOptions& options = {}) {
-  Outcome o;
-  absl::StatusOr<MatchResult> m = MatchStateDict(root, spec, policy, &o.report, options);
-  EXPECT_TRUE(m.ok()) << m.status();
-  if (m.ok()) o.match = std::move(*m);
-  o.report.set_verdict(VerdictOf(o.report));
-  return o;
-}
-
-std::vector<std::string> FixKinds(const v1::ValidationReport& r) {
-  std::vector<std::string> kinds;
-  for (const v1::Fix& f : r.fixes()) kinds.push_back(f.kind());
-  return kinds;
-}
-
-std::vector<std::string> Names(const MatchResult& m) {
-  std::vector<std::string> names;
-  for (const MatchedTensor& t : m.tensors) names.push_back(t.name);
-  return names;
-}
-
-std::vector<std::string> SpecNames(const v1::ModelSpec& spec) {
-  std::vector<std::string> names;
-  for (const v1::TensorSpec& t : spec.tensors()) names.push_back(t.name());
-  return names;
-}
+using namespace matcher_testing;  // NOLINT: test helpers
 
 TEST(MatcherTest, CleanStateDictIsValid) {
   Tree t;
@@ -485,32 +375,6 @@ TEST(MatcherTest, TiedStoragesReportedAndTied) {
   EXPECT_EQ(o.match.tensors[2].tied_to, -1);  // same storage, different view
 }
 
-TEST(MatcherTest, RawAndEmaContainersWithDifferentValuesAreAmbiguous) {
-  Tree t;
-  const Value* root = t.Dict({{"state_dict_ema", t.Dict(SmallStateDict(t, ""))},
-                              {"state_dict", t.Dict(SmallStateDict(t, ""))}});
-  for (int i = 0; i < 3; ++i) {  // the same report every time
-    Outcome o = Match(root, SmallSpec());
-    EXPECT_EQ(o.report.verdict(), v1::INVALID);
-    EXPECT_EQ(std::vector<std::string>(o.report.reasons().begin(), o.report.reasons().end()),
-              std::vector<std::string>{"ambiguous_match"});
-    ASSERT_EQ(o.report.alternatives_size(), 2);
-    EXPECT_EQ(o.report.alternatives(0).container(), "state_dict");
-    EXPECT_EQ(o.report.alternatives(0).select_flag(), "--weights raw");
-    EXPECT_EQ(o.report.alternatives(1).container(), "state_dict_ema");
-    EXPECT_EQ(o.report.alternatives(1).select_flag(), "--weights ema");
-    EXPECT_NE(o.report.error().find("--weights ema"), std::string::npos) << o.report.error();
-    EXPECT_TRUE(o.match.tensors.empty());
-    EXPECT_TRUE(o.report.fixes().empty());
-  }
-  v1::NormalizationPolicy ema;
-  ema.set_weights(v1::NormalizationPolicy::WEIGHTS_EMA);
-  Outcome o = Match(root, SmallSpec(), ema);
-  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(o.report.container_path(), "state_dict_ema");
-  EXPECT_EQ(o.report.winner().weights(), "ema");
-}
-
 TEST(MatcherTest, DuplicateKeyWithWrongShapeDoesNotHideGoodOne) {
   Tree t;
   auto items = SmallStateDict(t, "");
@@ -660,170 +524,6 @@ TEST(MatcherTest, CancelledSearchStops) {
       MatchStateDict(SharedContainerDag(t, 2), SmallSpec(), {}, &report, options);
   EXPECT_EQ(m.status().code(), absl::StatusCode::kCancelled);
   EXPECT_EQ(polls, 3);
-}
-
-// ---- matching never guesses ----
-
-std::vector<std::string> Reasons(const v1::ValidationReport& r) {
-  return std::vector<std::string>(r.reasons().begin(), r.reasons().end());
-}
-
-std::vector<std::string> Flags(const v1::ValidationReport& r) {
-  std::vector<std::string> flags;
-  for (const v1::Candidate& c : r.alternatives()) flags.push_back(c.select_flag());
-  return flags;
-}
-
-std::vector<std::pair<std::string, const Value*>> Concat(
-    std::vector<std::pair<std::string, const Value*>> a,
-    const std::vector<std::pair<std::string, const Value*>>& b) {
-  a.insert(a.end(), b.begin(), b.end());
-  return a;
-}
-
-TEST(MatcherTest, TeacherStudentIsAmbiguousUntilAPrefixIsChosen) {
-  Tree t;
-  const Value* root =
-      t.Dict({{"state_dict",
-               t.Dict(Concat(SmallStateDict(t, "teacher."), SmallStateDict(t, "student.")))}});
-  Outcome o = Match(root, SmallSpec());
-  EXPECT_EQ(o.report.verdict(), v1::INVALID);
-  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
-  EXPECT_EQ(Flags(o.report),
-            (std::vector<std::string>{"--key_prefix student.", "--key_prefix teacher."}));
-  v1::NormalizationPolicy policy;
-  policy.set_key_prefix("student.");
-  Outcome chosen = Match(root, SmallSpec(), policy);
-  EXPECT_EQ(chosen.report.verdict(), v1::NORMALIZED);
-  ASSERT_EQ(chosen.match.tensors.size(), 9u);
-  for (const MatchedTensor& m : chosen.match.tensors) {
-    EXPECT_EQ(m.source_name, "student." + m.name);
-  }
-  EXPECT_EQ(chosen.report.unexpected_keys_size(), 9);  // the teacher, dropped
-  EXPECT_EQ(FixKinds(chosen.report),
-            (std::vector<std::string>{"select_container", "strip_prefix", "drop_unexpected"}));
-  EXPECT_EQ(chosen.report.fixes(1).origin(), "chosen_prefix");
-}
-
-TEST(MatcherTest, LightningRawAndEmaAttributes) {
-  Tree t;
-  auto raw = SmallStateDict(t, "model.");
-  auto ema = SmallStateDict(t, "model_ema.");
-  const Value* root = t.Dict({{"state_dict", t.Dict(Concat(raw, ema))}});
-  Outcome o = Match(root, SmallSpec());
-  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
-  EXPECT_EQ(Flags(o.report), (std::vector<std::string>{"--weights raw", "--weights ema"}));
-  EXPECT_EQ(o.report.alternatives(1).weights(), "ema");
-
-  // Bitwise-identical copies are not ambiguous: raw wins, the EMA copy is
-  // reported as equal.
-  MatchOptions identical;
-  identical.same_bytes = [](const checkpoint::TensorRecord&, const checkpoint::TensorRecord&) {
-    return true;
-  };
-  Outcome same = Match(root, SmallSpec(), {}, identical);
-  EXPECT_EQ(same.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(same.report.winner().transform(), "strip 'model.'");
-  ASSERT_EQ(same.report.alternatives_size(), 1);
-  EXPECT_TRUE(same.report.alternatives(0).equal_to_winner());
-  EXPECT_EQ(same.report.alternatives(0).transform(), "strip 'model_ema.'");
-
-  v1::NormalizationPolicy want_ema;
-  want_ema.set_weights(v1::NormalizationPolicy::WEIGHTS_EMA);
-  Outcome e = Match(root, SmallSpec(), want_ema);
-  EXPECT_EQ(e.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(e.match.tensors[0].source_name, "model_ema.conv.weight");
-  EXPECT_EQ(e.report.fixes(1).origin(), "training_attribute");
-  v1::NormalizationPolicy want_raw;
-  want_raw.set_weights(v1::NormalizationPolicy::WEIGHTS_RAW);
-  EXPECT_EQ(Match(root, SmallSpec(), want_raw).match.tensors[0].source_name, "model.conv.weight");
-}
-
-TEST(MatcherTest, TwoContainersWithDifferentWeights) {
-  Tree t;
-  const Value* root = t.Dict(
-      {{"model", t.Dict(SmallStateDict(t, ""))}, {"state_dict", t.Dict(SmallStateDict(t, ""))}});
-  Outcome o = Match(root, SmallSpec());
-  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
-  EXPECT_EQ(Flags(o.report),
-            (std::vector<std::string>{"--container state_dict", "--container model"}));
-  v1::NormalizationPolicy policy;
-  policy.set_container("model");
-  Outcome chosen = Match(root, SmallSpec(), policy);
-  EXPECT_EQ(chosen.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(chosen.report.container_path(), "model");
-}
-
-TEST(MatcherTest, ArbitraryRootSwapNeedsARenameRule) {
-  Tree t;
-  const Value* root = t.Dict(SmallStateDict(t, "other."));
-  Outcome o = Match(root, SmallSpec("layer."));
-  EXPECT_EQ(o.report.verdict(), v1::INVALID);
-  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"prefix_rename_needed"});
-  EXPECT_EQ(Flags(o.report), std::vector<std::string>{"--rename '^other\\.=layer.'"});
-  EXPECT_NE(o.report.error().find("--prefixes any"), std::string::npos) << o.report.error();
-  EXPECT_TRUE(o.match.tensors.empty());
-
-  v1::NormalizationPolicy rule;
-  v1::RenameRule* r = rule.add_rename_rules();
-  r->set_pattern("^other\\.");
-  r->set_replacement("layer.");
-  Outcome renamed = Match(root, SmallSpec("layer."), rule);
-  EXPECT_EQ(renamed.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(Names(renamed.match), SpecNames(SmallSpec("layer.")));
-  EXPECT_EQ(renamed.report.fixes(0).origin(), "user_rule");
-
-  v1::NormalizationPolicy any;
-  any.set_prefixes(v1::NormalizationPolicy::PREFIX_ANY);
-  Outcome allowed = Match(root, SmallSpec("layer."), any);
-  EXPECT_EQ(allowed.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(allowed.report.winner().transform(), "strip 'other.' + add 'layer.'");
-  EXPECT_EQ(allowed.report.fixes(0).origin(), "any_prefix");
-  EXPECT_EQ(allowed.report.fixes(1).origin(), "spec_root");
-}
-
-TEST(MatcherTest, RootSwapBetweenEqualHalvesIsAmbiguous) {
-  Tree t;
-  const Value* root =
-      t.Dict(Concat(SmallStateDict(t, "enc."), SmallStateDict(t, "dec.", /*with_nbt=*/false)));
-  Outcome o = Match(root, SmallSpec("layer."));
-  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
-  EXPECT_EQ(Flags(o.report), (std::vector<std::string>{"--key_prefix enc.", "--key_prefix dec."}));
-  v1::NormalizationPolicy policy;
-  policy.set_key_prefix("dec");
-  Outcome chosen = Match(root, SmallSpec("layer."), policy);
-  EXPECT_EQ(chosen.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(chosen.match.tensors[0].source_name, "dec.conv.weight");
-  EXPECT_EQ(chosen.report.winner().transform(), "strip 'dec.' + add 'layer.'");
-}
-
-TEST(MatcherTest, UnknownContainerKeyIsNamedAsContainer) {
-  Tree t;
-  const Value* root = t.Dict({{"weights", t.Dict(SmallStateDict(t, ""))}, {"epoch", t.Int(1)}});
-  Outcome o = Match(root, SmallSpec());
-  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"prefix_rename_needed"});
-  EXPECT_EQ(Flags(o.report), std::vector<std::string>{"--container weights"});
-  v1::NormalizationPolicy policy;
-  policy.set_container("weights");
-  EXPECT_EQ(Match(root, SmallSpec(), policy).report.verdict(), v1::NORMALIZED);
-}
-
-TEST(MatcherTest, RunnerUpOnlyWhenARealAlternative) {
-  Tree t;
-  EXPECT_FALSE(Match(t.Dict(SmallStateDict(t, "")), SmallSpec()).report.has_runner_up());
-  EXPECT_FALSE(Match(t.Dict(SmallStateDict(t, "module.")), SmallSpec()).report.has_runner_up());
-  // A Lightning module with a frozen copy of part of the network: the copy
-  // is a comparable reading of other tensors, so it is shown with its score.
-  auto teacher = SmallStateDict(t, "teacher.");
-  teacher.resize(5);
-  const Value* root =
-      t.Dict({{"state_dict", t.Dict(Concat(SmallStateDict(t, "model."), teacher))}});
-  Outcome o = Match(root, SmallSpec());
-  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
-  EXPECT_EQ(o.report.winner().transform(), "strip 'model.'");
-  ASSERT_TRUE(o.report.has_runner_up());
-  EXPECT_EQ(o.report.runner_up().transform(), "strip 'teacher.'");
-  EXPECT_EQ(o.report.runner_up().matched(), 5);
 }
 
 }  // namespace

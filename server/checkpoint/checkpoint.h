@@ -75,7 +75,7 @@ enum class ZeroWeights {
 
 // Caps applied while reading; defaults suit checkpoints up to hundreds of GB.
 // Every resource limit reached is a ResourceExhausted error naming it
-// ("resource limit read_budget: ...", see read_budget.h), which validation
+// ("resource_limit read_budget: ...", see read_budget.h), which validation
 // reports as INVALID reason `resource_limit`.
 struct ReadOptions {
   uint64_t max_pickle_bytes = uint64_t{256} << 20;  // one data.pkl / legacy pickle

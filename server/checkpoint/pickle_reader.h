@@ -22,7 +22,7 @@
 // allocates (nodes, container items, items a call copies, strings, memo,
 // stack) is counted against a ReadBudget proportional to the input. Errors
 // are InvalidArgument with a short reason starting with "pickle: "; a limit
-// reached is ResourceExhausted ("pickle: resource limit read_budget: ...").
+// reached is ResourceExhausted ("pickle: resource_limit read_budget: ...").
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
 

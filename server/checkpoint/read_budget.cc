@@ -36,7 +36,7 @@ absl::Status ReadBudget::Charge(uint64_t bytes, std::string_view what) {
 
 absl::Status ResourceLimitError(std::string_view where, std::string_view limit,
                                 std::string_view detail) {
-  return absl::ResourceExhaustedError(AbslView(Cat(where, "resource limit ", limit, ": ", detail)));
+  return absl::ResourceExhaustedError(AbslView(Cat(where, "resource_limit ", limit, ": ", detail)));
 }
 
 bool IsResourceLimit(const absl::Status& status) {

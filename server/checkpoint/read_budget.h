@@ -8,9 +8,9 @@
 //
 // ResourceLimitError is the one way the reader reports any resource limit
 // (read budget, inflated bytes, compression ratio, tensor names, key
-// length): code ResourceExhausted, message "[<where>: ]resource limit
-// <limit name>: <detail>". Validation turns it into INVALID reason
-// `resource_limit`; every other reading error stays InvalidArgument.
+// length): code ResourceExhausted, message "[<where>: ]resource_limit
+// <limit name>: <detail>", the reason validation reports first. Validation turns it into INVALID
+// reason `resource_limit`; every other reading error stays InvalidArgument.
 //
 // Not thread-safe: one reader, one budget.
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_READ_BUDGET_H_
@@ -53,7 +53,7 @@ class ReadBudget final {
   absl::Status status_;
 };
 
-// ResourceExhausted "<where>resource limit <limit>: <detail>"; `where` is
+// ResourceExhausted "<where>resource_limit <limit>: <detail>"; `where` is
 // empty or ends in ": ".
 absl::Status ResourceLimitError(std::string_view where, std::string_view limit,
                                 std::string_view detail);

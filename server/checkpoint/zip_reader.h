@@ -6,7 +6,7 @@
 // deflated (8), absolute names and `..` components, duplicate names, entries
 // overlapping one another or the central directory, and deflated entries
 // whose declared size breaks the caps in ZipLimits (those are
-// ResourceExhausted errors, "zip: resource limit <name>: ...").
+// ResourceExhausted errors, "zip: resource_limit <name>: ...").
 //
 // Parsing only ever looks at bytes inside the archive view and compares
 // lengths by subtraction, never by `off + n > size`. Every error is an

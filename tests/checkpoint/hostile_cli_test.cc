@@ -99,7 +99,7 @@ std::string Marker() { return HostileFixtureDir() + "/../hostile-PWNED"; }
 
 // What `inspect` prints for each INVALID reason the manifest expects.
 std::string InspectSign(const std::string& reason) {
-  if (reason == "resource_limit") return "resource limit";
+  if (reason == "resource_limit") return "resource_limit";
   if (reason == "unsafe_pickle") return "unsafe pickle";
   if (reason == "not_a_checkpoint") return "not a checkpoint";
   return "";

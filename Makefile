@@ -28,19 +28,17 @@ run: build
 test: test-deps build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 900
 
-# The full load and fault test (two replicas, 64 fetch streams, SIGKILL); prints figures.
+# The full load and fault test (two replicas, 64 fetch streams, SIGKILL), then
+# the hostile-upload storm of `make test` ten times longer; both print figures.
 load: build
 	cd tests/load && WG_LOAD=full WG_SOURCE_DIR=$(CURDIR) WG_BINARY_DIR=$(CURDIR)/$(BUILD_DIR) \
 		/usr/bin/python3 -m unittest -v load_test
+	cd tests/integration && WG_HOSTILE_UPLOADS=2000 WG_SOURCE_DIR=$(CURDIR) \
+		WG_BINARY_DIR=$(CURDIR)/$(BUILD_DIR) PYTHONPATH=$(CURDIR)/$(BUILD_DIR)/python:. \
+		PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m unittest -v test_hostile.HostileStormTest
 
 bench: build
 	tests/bench/run_all.sh $(BUILD_DIR)
-
-# The hostile-upload storm of `make test`, ten times longer.
-load: build
-	cd tests/integration && WG_HOSTILE_UPLOADS=2000 WG_SOURCE_DIR=$(CURDIR) \
-	  WG_BINARY_DIR=$(abspath $(BUILD_DIR)) PYTHONPATH=$(abspath $(BUILD_DIR))/python:. \
-	  PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m unittest -v test_hostile.HostileStormTest
 
 fuzz:
 	scripts/install-deps.sh build fuzz

@@ -16,6 +16,8 @@ constexpr char kInspectUsageText[] =
     "without executing anything and prints its format, container, where the state_dict sits,\n"
     "wrapper prefixes, tensors (name, dtype, shape, bytes), shared storages, non-contiguous\n"
     "tensors and the opaque and unsafe globals its pickle names.\n"
+    "FILE may be a checkpoint set read as one: a directory or an index file (HF sharded,\n"
+    "torch.distributed.checkpoint, DeepSpeed ZeRO, Megatron tensor-parallel ranks).\n"
     "Exit codes: 0 readable and safe, 1 unreadable or unsafe, 2 usage.\n";
 
 // One line, whatever the message holds.

@@ -15,12 +15,25 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "common/human_bytes.h"
 #include "grpcpp/grpcpp.h"
+#include "server/checkpoint/checkpoint_set.h"
+#include "server/checkpoint/set_bundle.h"
 
 namespace weightgate::cli {
 
 inline constexpr size_t kSendChunkBytes = 1 << 20;
+
+// Bytes SendFile will send for `path`: a checkpoint set (directory or index
+// file) travels as one set bundle (set_bundle.h). -1 when unreadable.
+inline int64_t UploadSize(const std::string& path) {
+  if (checkpoint::IsCheckpointSetPath(path)) {
+    absl::StatusOr<uint64_t> bundle = checkpoint::SetBundleSize(path);
+    return bundle.ok() ? static_cast<int64_t>(*bundle) : -1;
+  }
+  return common::RegularFileSize(path);
+}
 
 // Writes `header`, then the file at `path`, then WritesDone. A write the
 // server refuses ends the loop quietly: the caller's Finish() says why.
@@ -31,6 +44,17 @@ absl::Status SendFile(grpc::ClientWriter<Request>* writer, const Header& header,
   Request first;
   *first.mutable_header() = header;
   if (!writer->Write(first)) return absl::UnavailableError("server closed the stream");
+  if (checkpoint::IsCheckpointSetPath(path)) {
+    // A directory or index file: every file of the set in one bundle.
+    Request piece;
+    absl::Status streamed =
+        checkpoint::StreamSetBundle(path, kSendChunkBytes, [&](std::string_view bytes) {
+          piece.set_chunk(bytes.data(), bytes.size());
+          return writer->Write(piece);
+        });
+    writer->WritesDone();
+    return streamed;
+  }
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return absl::NotFoundError(absl::StrCat("cannot open ", path));
   bool tty = ::isatty(2);

@@ -32,7 +32,8 @@ const CommandSpec kRegisterSpec = {
     .description =
         "FILE: a reference state_dict (torch.save, safetensors), a TorchScript archive\n"
         "(torch.jit.script(model).save) or a JSON spec {\"tensors\": {name: {dtype, shape}}}.\n"
-        "--example_input 1x3x32x32 (TorchScript only) enables a forward-pass smoke test.",
+        "--example_input 1x3x32x32 (TorchScript only) enables a forward-pass smoke test.\n"
+        "FILE may be a checkpoint set: a directory or an index file (sent as one bundle).",
     .flags = {
         {.name = "--from", .value_name = "FILE", .help = "what defines the expected tensors",
          .required = true},
@@ -49,7 +50,9 @@ const CommandSpec kValidateSpec = {
     .description =
         "Dry run: reads, repairs and checks FILE against MODEL's spec; stores nothing.\n"
         "Exit 0 when VALID or NORMALIZED, 1 when INVALID (also unreadable or unsafe files),\n"
-        "2 on usage or connection errors. Policy flags override the model's policy.",
+        "2 on usage or connection errors. Policy flags override the model's policy.\n"
+        "FILE may be a checkpoint set: a directory (HF shards, DCP, ZeRO, Megatron) or an\n"
+        "index file; every file is sent in one request.",
     .groups = {&PolicyFlags()},
     .min_args = 2, .max_args = 2, .args_error = "expected MODEL FILE"};
 
@@ -58,7 +61,8 @@ const CommandSpec kUploadSpec = {
     .description =
         "Validates and repairs FILE, stores the fixed weights as MODEL's next version\n"
         "(moving `latest`, and NAME if given) and prints the version.\n"
-        "Exit 1 when the checkpoint is INVALID (nothing is stored).",
+        "Exit 1 when the checkpoint is INVALID (nothing is stored).\n"
+        "FILE may be a checkpoint set (a directory or an index file): one version.",
     .flags = {
         {.name = "--alias", .value_name = "NAME", .help = "also point this alias at the version"},
     },
@@ -92,7 +96,7 @@ int FillUploadHeader(const std::string& command, const ParsedArgs& p,
   if (!any) header->clear_policy_override();
   if (int rc = CheckModelId(command, p.positional[0]); rc != kExitOk) return rc;
   const std::string& file = p.positional[1];
-  int64_t size = common::RegularFileSize(file);
+  int64_t size = UploadSize(file);
   if (size < 0) return UsageError(command, absl::StrCat("cannot read ", file));
   header->set_model_id(p.positional[0]);
   header->set_total_bytes(size);
@@ -111,7 +115,7 @@ int RunRegister(const GlobalOptions& global, const Args& args) {
   }
   if (int rc = CheckModelId("register", p.positional[0]); rc != kExitOk) return rc;
   std::string file = p.Get("--from");
-  int64_t size = common::RegularFileSize(file);
+  int64_t size = UploadSize(file);
   if (size < 0) return UsageError("register", absl::StrCat("cannot read ", file));
   header.set_model_id(p.positional[0]);
   header.set_description(p.Get("--description"));

@@ -2,6 +2,7 @@
 
 #include <string_view>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
 #include "google/protobuf/util/json_util.h"
@@ -57,21 +58,42 @@ const PolicyFlag kPolicyFlags[] = {
     {{.name = "--policy", .value_name = "FILE.json",
       .help = "NormalizationPolicy as proto JSON (merged)"},
      ApplyPolicyFile},
-    {{.name = "--container", .value_name = "auto|PATH",
-      .help = "where the state_dict is (default auto)"},
+    {{.name = "--container", .value_name = "auto|.|PATH",
+      .help = "where the state_dict is: a dotted path, . for the top level (default auto)"},
      [](const std::string& v, Policy* p) {
        if (v.empty()) return absl::InvalidArgumentError("--container needs a value");
        p->set_container(v == "auto" ? "" : v);
        return absl::OkStatus();
      }},
-    {{.name = "--prefixes", .value_name = "auto|none",
-      .help = "strip/add wrapper prefixes (default auto)", .choices = "auto|none"},
+    {{.name = "--prefixes", .value_name = "auto|none|any",
+      .help = "strip/add known wrapper and training prefixes; none: keys as they are; any: "
+              "also swap an arbitrary root (default auto)",
+      .choices = "auto|none|any"},
      [](const std::string& v, Policy* p) {
-       p->set_prefixes(v == "auto" ? Policy::PREFIX_AUTO : Policy::PREFIX_NONE);
+       p->set_prefixes(v == "auto"   ? Policy::PREFIX_AUTO
+                       : v == "none" ? Policy::PREFIX_NONE
+                                     : Policy::PREFIX_ANY);
+       return absl::OkStatus();
+     }},
+    {{.name = "--weights", .value_name = "auto|raw|ema",
+      .help = "raw or EMA weights when a checkpoint holds both (default auto: both with "
+              "different values is ambiguous_match)",
+      .choices = "auto|raw|ema"},
+     [](const std::string& v, Policy* p) {
+       p->set_weights(v == "auto"  ? Policy::WEIGHTS_AUTO
+                      : v == "raw" ? Policy::WEIGHTS_RAW
+                                   : Policy::WEIGHTS_EMA);
+       return absl::OkStatus();
+     }},
+    {{.name = "--key_prefix", .value_name = "PREFIX",
+      .help = "the state_dict is the keys under PREFIX (e.g. student.), stripped"},
+     [](const std::string& v, Policy* p) {
+       if (v.empty() || v == ".") return absl::InvalidArgumentError("--key_prefix needs a prefix");
+       p->set_key_prefix(v);
        return absl::OkStatus();
      }},
     {{.name = "--rename", .value_name = "REGEX=REPLACEMENT",
-      .help = "rename keys; repeatable, in order; ECMAScript regex, $1..$9", .repeatable = true},
+      .help = "rename keys; repeatable, in order; RE2 regex, $1..$9", .repeatable = true},
      ApplyRename},
     {{.name = "--legacy_gamma_beta", .value_name = "",
       .help = "rename gamma/beta to weight/bias"},
@@ -117,6 +139,34 @@ const PolicyFlag kPolicyFlags[] = {
       .help = "NaN/Inf values (default reject)", .choices = "reject|allow"},
      [](const std::string& v, Policy* p) {
        p->set_non_finite(v == "reject" ? Policy::NONFINITE_REJECT : Policy::NONFINITE_ALLOW);
+       return absl::OkStatus();
+     }},
+    {{.name = "--unknown_calls", .value_name = "allow|reject",
+      .help = "globals the pickle calls outside the allow-list, never executed (default allow: "
+              "reported)", .choices = "allow|reject"},
+     [](const std::string& v, Policy* p) {
+       p->set_unknown_calls(v == "allow" ? Policy::UNKNOWN_CALLS_ALLOW
+                                         : Policy::UNKNOWN_CALLS_REJECT);
+       return absl::OkStatus();
+     }},
+    {{.name = "--zero_weights", .value_name = "fp32|module",
+      .help = "DeepSpeed ZeRO sets: fp32 master weights (default) or the module weights",
+      .choices = "fp32|module"},
+     [](const std::string& v, Policy* p) {
+       p->set_zero_weights(v);
+       return absl::OkStatus();
+     }},
+    {{.name = "--tp_merge_dim", .value_name = "NAME=DIM",
+      .help = "tensor-parallel sets: merge NAME along DIM (-1 = replicated); repeatable",
+      .repeatable = true},
+     [](const std::string& v, Policy* p) {
+       size_t eq = v.rfind('=');
+       int dim = 0;
+       if (eq == std::string::npos || eq == 0 || !absl::SimpleAtoi(v.substr(eq + 1), &dim) ||
+           dim < -1) {
+         return absl::InvalidArgumentError(absl::StrCat("--tp_merge_dim: '", v, "' is not NAME=DIM"));
+       }
+       p->add_tp_merge_dims(v);
        return absl::OkStatus();
      }},
 };

@@ -75,6 +75,12 @@ std::string FormatReport(const v1::ValidationReport& r) {
     Row(&out, "container", r.container_path().empty() ? "(top level)" : r.container_path());
     Row(&out, "match", CandidateText(r.winner()));
     if (r.has_runner_up()) Row(&out, "runner-up", CandidateText(r.runner_up()));
+    // The readings a flag must choose between, or that were bitwise equal.
+    ListRows(&out, "choices", r.alternatives(), [](const v1::Candidate& c) {
+      return absl::StrCat(CandidateText(c), c.weights() == "ema" ? " (EMA)" : "",
+                          c.equal_to_winner() ? ": bitwise identical to the match"
+                                              : absl::StrCat(": ", c.select_flag()));
+    });
   }
   if (!r.device().empty()) Row(&out, "device", r.device());
   if (r.tensor_count() > 0) {
@@ -99,6 +105,13 @@ std::string FormatReport(const v1::ValidationReport& r) {
            [](const v1::SharedStorage& s) { return absl::StrJoin(s.names(), " = "); });
   ListRows(&out, "unsafe", r.unsafe_globals(), [](const std::string& s) { return s; });
   ListRows(&out, "opaque", r.opaque_globals(), [](const std::string& s) { return s; });
+  ListRows(&out, "calls", r.called_globals(), [](const std::string& s) { return s; });
+  if (!r.format().empty() && (r.format() == "torch_zip" || r.format() == "torch_legacy")) {
+    Row(&out, "weights_only",
+        r.loads_with_weights_only() ? "loads under torch.load(weights_only=True) (torch 1.13)"
+                                    : absl::StrCat("refused by torch.load(weights_only=True): ",
+                                                   absl::StrJoin(r.weights_only_blockers(), ", ")));
+  }
   if (r.smoke_test().ran()) {
     const v1::SmokeTestResult& s = r.smoke_test();
     Row(&out, "smoke test",

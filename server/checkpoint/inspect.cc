@@ -203,6 +203,14 @@ Inspection Inspect(const Checkpoint& ckpt) {
   in.archive_prefix = ckpt.archive_prefix;
   in.opaque_globals = ckpt.opaque_globals;
   in.unsafe_globals = ckpt.unsafe_globals;
+  in.called_globals = ckpt.called_globals;
+  in.weights_only_blockers = ckpt.weights_only_blockers;
+  if (ckpt.format == Format::kTorchZip || ckpt.format == Format::kTorchLegacy) {
+    in.weights_only = in.weights_only_blockers.empty() ? Inspection::WeightsOnly::kLoads
+                                                       : Inspection::WeightsOnly::kRefused;
+  }
+  in.budget_used = ckpt.budget_used;
+  in.budget_limit = ckpt.budget_limit;
   in.metadata = ckpt.metadata;
   const Value* root = ckpt.root;
   if (root == nullptr) return in;
@@ -266,6 +274,12 @@ std::string RenderInspectionText(const Inspection& in) {
   if (!in.archive_prefix.empty())
     format += Cat(", archive prefix '", Printable(in.archive_prefix), "'");
   row("format", format);
+  std::vector<std::string> read_as;  // checkpoint sets and module pickles (checkpoint_set.h)
+  for (const std::string& m : in.metadata) {
+    if (m.rfind("set_", 0) == 0 || m.rfind("module_pickle=", 0) == 0)
+      read_as.push_back(Printable(m));
+  }
+  if (!read_as.empty()) row("read as", JoinNames(read_as, kMaxListedNames));
   if (!in.top_level_keys.empty()) {
     std::vector<std::string> keys;
     for (const std::string& k : in.top_level_keys) keys.push_back(Printable(k));
@@ -297,6 +311,24 @@ std::string RenderInspectionText(const Inspection& in) {
   row("opaque globals", opaque.empty() ? "none" : JoinNames(opaque, kMaxListedNames));
   row("unsafe globals",
       unsafe.empty() ? "none" : JoinNames(unsafe, kMaxListedNames) + "  <- UNSAFE");
+  std::vector<std::string> calls, blockers;
+  for (const std::string& g : in.called_globals) calls.push_back(Printable(g));
+  for (const std::string& g : in.weights_only_blockers) blockers.push_back(Printable(g));
+  row("calls", calls.empty() ? "none" : JoinNames(calls, kMaxListedNames));
+  switch (in.weights_only) {
+    case Inspection::WeightsOnly::kLoads:
+      row("weights_only", "loads under torch.load(weights_only=True) (torch 1.13)");
+      break;
+    case Inspection::WeightsOnly::kRefused:
+      row("weights_only", Cat("refused by torch.load(weights_only=True) (torch 1.13): ",
+                              JoinNames(blockers, kMaxListedNames)));
+      break;
+    case Inspection::WeightsOnly::kNotApplicable: row("weights_only", "n/a"); break;
+  }
+  if (in.budget_limit > 0) {
+    row("read budget",
+        Cat(HumanBytes(in.budget_used), " of ", HumanBytes(in.budget_limit), " used"));
+  }
   if (in.tensors.empty()) return out;
 
   size_t name_width = 4;
@@ -362,6 +394,15 @@ std::string RenderInspectionJson(const Inspection& in) {
   JsonStrings(&o, in.opaque_globals);
   o += ",\"unsafe_globals\":";
   JsonStrings(&o, in.unsafe_globals);
+  o += ",\"called_globals\":";
+  JsonStrings(&o, in.called_globals);
+  o += Cat(",\"weights_only\":\"",
+           in.weights_only == Inspection::WeightsOnly::kLoads     ? "loads"
+           : in.weights_only == Inspection::WeightsOnly::kRefused ? "refused"
+                                                                  : "n/a",
+           "\",\"weights_only_blockers\":");
+  JsonStrings(&o, in.weights_only_blockers);
+  o += Cat(",\"read_budget\":{\"used\":", in.budget_used, ",\"limit\":", in.budget_limit, "}");
   o += Cat(",\"unsafe\":", in.unsafe() ? "true" : "false");
   o += ",\"metadata\":";
   JsonStrings(&o, in.metadata);

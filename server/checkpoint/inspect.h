@@ -1,8 +1,11 @@
 // Inspection is the offline summary of a parsed Checkpoint that `weightgate
 // inspect` prints: format, archive prefix, top-level keys, where the
 // state_dict sits, wrapper prefixes, its tensors (name, dtype, shape,
-// bytes), shared storages, non-contiguous tensors, and the opaque and unsafe
-// globals the pickle named. It reads only metadata: no tensor bytes.
+// bytes), shared storages, non-contiguous tensors, the opaque and unsafe
+// globals the pickle named, the unknown globals it calls, whether torch 1.13's
+// torch.load(weights_only=True) would load it (and if not, what stops it),
+// and how much of the read budget reading it took. It reads only metadata:
+// no tensor bytes.
 //
 // Where the state_dict sits: the top level when the root dict holds tensors
 // directly (or the root is an object such as a TorchScript module), else the
@@ -53,7 +56,15 @@ struct Inspection {
   std::vector<std::string> non_contiguous;
   std::vector<std::string> opaque_globals;
   std::vector<std::string> unsafe_globals;
+  std::vector<std::string> called_globals;  // unknown globals the pickle calls
+  // torch.load(weights_only=True) on torch 1.13: kNotApplicable for formats
+  // torch.load does not read that way (safetensors, JSON specs, TorchScript).
+  enum class WeightsOnly { kLoads, kRefused, kNotApplicable };
+  WeightsOnly weights_only = WeightsOnly::kNotApplicable;
+  std::vector<std::string> weights_only_blockers;  // globals / opcodes that stop it
   std::vector<std::string> metadata;
+  uint64_t budget_used = 0;  // read budget (ReadOptions) used, of budget_limit
+  uint64_t budget_limit = 0;
 
   bool unsafe() const { return !unsafe_globals.empty(); }
 };

@@ -62,6 +62,22 @@ std::string_view CanonicalModule(std::string_view module);
 // "torch" or "torch.cuda": the modules storage classes live in.
 bool IsStorageModule(std::string_view module);
 
+// True for names made only of class names ("Outer.Inner"): a nested class,
+// not an attribute path through modules or functions.
+bool IsNestedClassPath(std::string_view name);
+
+// Callables that only build plain values when a real unpickler calls them
+// (numpy scalars, dtypes and _reconstruct, datetime, pathlib paths,
+// collections types, enums, argparse.Namespace, builtins types,
+// torch.device): a call of one is not reported as "calls NAME".
+bool IsDataOnlyCallable(std::string_view module, std::string_view name);
+
+// torch 1.13's torch.load(weights_only=True): the globals its unpickler
+// allows ("module.name" exactly as the GLOBAL opcode writes it) and the
+// opcodes it implements. Anything else makes that load fail.
+bool TorchWeightsOnlyAllows(std::string_view module, std::string_view name);
+bool TorchWeightsOnlySupportsOpcode(unsigned char op);
+
 }  // namespace weightgate::checkpoint::pickle_internal
 
 #endif  // WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_GLOBALS_H_

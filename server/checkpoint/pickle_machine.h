@@ -5,6 +5,7 @@
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_MACHINE_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_MACHINE_H_
 
+#include <bitset>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -19,6 +20,7 @@
 #include "server/checkpoint/pickle_globals.h"
 #include "server/checkpoint/pickle_literals.h"
 #include "server/checkpoint/pickle_reader.h"
+#include "server/checkpoint/read_budget.h"
 #include "server/checkpoint/value.h"
 
 namespace weightgate::checkpoint::pickle_internal {
@@ -34,13 +36,27 @@ constexpr size_t kMaxRecordedGlobals = 1024;
 // Calls nested through _rebuild_from_type_v2.
 constexpr int kMaxCallDepth = 8;
 
+// What one arena node costs the budget: the Value and its share of the
+// deque's blocks.
+inline constexpr uint64_t kValueBytes = sizeof(Value) + 16;
+// What one pointer in a container, the stack or the scratch copy costs.
+inline constexpr uint64_t kItemBytes = sizeof(Value*);
+// One memo entry (hash slot, control byte, growth slack).
+inline constexpr uint64_t kMemoEntryBytes = 32;
+
 inline absl::Status Invalid(std::string_view reason) {
   return absl::InvalidArgumentError(Cat("pickle: ", reason));
 }
 
 class Machine final {
  public:
-  Machine(std::string_view data, const PickleContext& ctx) : data_(data), ctx_(ctx) {}
+  Machine(std::string_view data, const PickleContext& ctx)
+      : data_(data),
+        ctx_(ctx),
+        own_budget_(ReadBudget::LimitFor(ctx.limits.budget_fixed_bytes,
+                                         ctx.limits.budget_per_input_byte, data.size())),
+        budget_(ctx.budget != nullptr ? ctx.budget : &own_budget_),
+        base_limit_(budget_->limit()) {}
 
   absl::StatusOr<Value*> Run(size_t* consumed);
 
@@ -48,6 +64,22 @@ class Machine final {
   absl::Status Truncated() const { return Invalid(Cat("truncated at offset ", off_)); }
   absl::Status Bad(std::string_view what) const {
     return Invalid(Cat(what, " at offset ", op_off_));
+  }
+
+  // Budget. Small allocations (a node, a string, a memo slot) are counted
+  // with Note(), which never fails on the spot: Run checks the budget before
+  // every opcode, and one opcode allocates little. Copies that grow with
+  // the input (container items copied by a call, bytes copied by bytes())
+  // are charged with Charge() before they happen.
+  void Note(uint64_t bytes, std::string_view what) { budget_->Charge(bytes, what).IgnoreError(); }
+  absl::Status Charge(uint64_t bytes, std::string_view what) {
+    if (!budget_->Charge(bytes, what).ok()) return OverBudget();
+    return absl::OkStatus();
+  }
+  absl::Status OverBudget() const {
+    return absl::Status(
+        budget_->status().code(),
+        AbslView(Cat("pickle: ", StdView(budget_->status().message()), " at offset ", op_off_)));
   }
 
   // Bounded reads: each checks `n > size - off` before touching bytes.
@@ -76,7 +108,10 @@ class Machine final {
     return absl::OkStatus();
   }
 
-  Value* New(Kind kind) { return ctx_.arena->New(kind); }
+  Value* New(Kind kind) {
+    Note(kValueBytes, "values");
+    return ctx_.arena->New(kind);
+  }
 
   // None, True and False are immutable (no opcode mutates them), so a pickle
   // repeating them costs a stack slot, not a node each.
@@ -94,6 +129,11 @@ class Machine final {
       return Bad(Cat("stack deeper than ", ctx_.limits.max_stack_depth));
     }
     stack_.push_back(v);
+    if (stack_.size() > stack_high_) {
+      // The stack and the scratch copy PopMark may make of it.
+      stack_high_ = stack_.size();
+      Note(2 * kItemBytes, "the stack");
+    }
     return absl::OkStatus();
   }
   size_t Base() const { return marks_.empty() ? 0 : marks_.back(); }
@@ -130,6 +170,7 @@ class Machine final {
   }
   absl::Status AddItem(Value* parent, const Value* child) {
     if (absl::Status s = Nest(parent, child); !s.ok()) return s;
+    if (absl::Status s = Charge(kItemBytes, "container items"); !s.ok()) return s;
     parent->items.push_back(child);
     return absl::OkStatus();
   }
@@ -152,11 +193,13 @@ class Machine final {
     int64_t i;
     if (TwosComplementToInt64(twos, &i)) return MakeInt(i);
     Value* v = New(Kind::kBigInt);
+    Note(twos.size(), "strings");
     v->str.assign(twos);
     return v;
   }
   Value* MakeStr(Kind kind, std::string_view s) {
     Value* v = New(kind);
+    Note(s.size(), "strings");
     v->str.assign(s);
     return v;
   }
@@ -169,7 +212,7 @@ class Machine final {
     if (index >= ctx_.limits.max_memo_entries) {
       return Bad(Cat("memo index ", index, " over the cap"));
     }
-    memo_[index] = v;
+    if (memo_.insert_or_assign(index, v).second) Note(kMemoEntryBytes, "the memo");
     return absl::OkStatus();
   }
   absl::Status Recall(uint64_t index) {
@@ -180,8 +223,13 @@ class Machine final {
 
   absl::StatusOr<Value*> Global(std::string_view module, std::string_view name);
   void Record(std::vector<std::string>* list, const std::string& name);
+  // Records `callee` in called_globals when calling it runs unknown code.
+  void RecordCall(const Value* callee);
   absl::StatusOr<Value*> Call(Value* callee, Value* args, int call_depth);
   absl::StatusOr<Value*> Opaque(const Value* callee, Value* args);
+  // Copies `src`'s items into `dst` (a call that copies a container),
+  // charged to the budget first.
+  absl::Status CopyItems(Value* dst, const Value* src, const Value* callee);
   absl::StatusOr<Value*> RebuildTensor(GlobalId id, const Value* args);
   absl::Status AddToDict(Value* dict, const std::vector<Value*>& kv);
   absl::Status AddToList(Value* list, const std::vector<Value*>& items);
@@ -192,6 +240,10 @@ class Machine final {
 
   std::string_view data_;
   const PickleContext& ctx_;
+  ReadBudget own_budget_;  // used when the context brings none
+  ReadBudget* budget_;
+  uint64_t base_limit_;  // budget_'s limit when this pickle started
+  size_t stack_high_ = 0;
   size_t off_ = 0;
   size_t op_off_ = 0;
   std::vector<Value*> stack_;
@@ -202,6 +254,7 @@ class Machine final {
   Value* true_ = nullptr;
   Value* false_ = nullptr;
   absl::flat_hash_set<std::string> recorded_;  // names already in the global lists
+  std::bitset<256> blocked_ops_;               // opcodes already in weights_only_blockers
 };
 
 }  // namespace weightgate::checkpoint::pickle_internal

@@ -28,20 +28,23 @@ absl::StatusOr<Value*> Machine::ParseDecimalInt(std::string_view text, bool long
 
 absl::StatusOr<Value*> Machine::ParseRawUnicodeEscape(std::string_view text) {
   Value* v = New(Kind::kString);
-  if (absl::Status s = DecodeRawUnicodeEscape(text, &v->str); !s.ok())
+  if (absl::Status s = DecodeRawUnicodeEscape(text, &v->str); !s.ok()) {
     return Bad(StdView(s.message()));
+  }
+  Note(v->str.size(), "strings");
   return v;
 }
 
 absl::StatusOr<Value*> Machine::ParsePy2String(std::string_view text) {
   Value* v = New(Kind::kString);
   if (absl::Status s = DecodePy2String(text, &v->str); !s.ok()) return Bad(StdView(s.message()));
+  Note(v->str.size(), "strings");
   return v;
 }
 
 void Machine::Record(std::vector<std::string>* list, const std::string& name) {
   if (list == nullptr || list->size() >= kMaxRecordedGlobals) return;
-  std::string key = Cat(list == ctx_.unsafe_globals ? "u:" : "o:", name);
+  std::string key = Cat(reinterpret_cast<uintptr_t>(list), ":", name);
   if (!recorded_.insert(key).second) return;
   // The lists may already hold names from an earlier pickle (legacy format).
   if (std::find(list->begin(), list->end(), name) == list->end()) list->push_back(name);
@@ -119,6 +122,81 @@ enum : unsigned char {
   kReadonlyBuffer = 0x98,
 };
 
+// pickletools' name of an opcode, for messages.
+std::string OpcodeName(unsigned char op) {
+  switch (op) {
+    case kMark: return "MARK";
+    case kStop: return "STOP";
+    case kPop: return "POP";
+    case kPopMark: return "POP_MARK";
+    case kDup: return "DUP";
+    case kFloat: return "FLOAT";
+    case kInt: return "INT";
+    case kBinInt: return "BININT";
+    case kBinInt1: return "BININT1";
+    case kLong: return "LONG";
+    case kBinInt2: return "BININT2";
+    case kNone: return "NONE";
+    case kPersId: return "PERSID";
+    case kBinPersId: return "BINPERSID";
+    case kReduce: return "REDUCE";
+    case kString: return "STRING";
+    case kBinString: return "BINSTRING";
+    case kShortBinString: return "SHORT_BINSTRING";
+    case kUnicode: return "UNICODE";
+    case kBinUnicode: return "BINUNICODE";
+    case kAppend: return "APPEND";
+    case kBuild: return "BUILD";
+    case kGlobalOp: return "GLOBAL";
+    case kDict: return "DICT";
+    case kEmptyDict: return "EMPTY_DICT";
+    case kAppends: return "APPENDS";
+    case kGet: return "GET";
+    case kBinGet: return "BINGET";
+    case kInst: return "INST";
+    case kLongBinGet: return "LONG_BINGET";
+    case kList: return "LIST";
+    case kEmptyList: return "EMPTY_LIST";
+    case kObj: return "OBJ";
+    case kPut: return "PUT";
+    case kBinPut: return "BINPUT";
+    case kLongBinPut: return "LONG_BINPUT";
+    case kSetItem: return "SETITEM";
+    case kTuple: return "TUPLE";
+    case kEmptyTuple: return "EMPTY_TUPLE";
+    case kSetItems: return "SETITEMS";
+    case kBinFloat: return "BINFLOAT";
+    case kProto: return "PROTO";
+    case kNewObj: return "NEWOBJ";
+    case kExt1: return "EXT1";
+    case kExt2: return "EXT2";
+    case kExt4: return "EXT4";
+    case kTuple1: return "TUPLE1";
+    case kTuple2: return "TUPLE2";
+    case kTuple3: return "TUPLE3";
+    case kNewTrue: return "NEWTRUE";
+    case kNewFalse: return "NEWFALSE";
+    case kLong1: return "LONG1";
+    case kLong4: return "LONG4";
+    case kBinBytes: return "BINBYTES";
+    case kShortBinBytes: return "SHORT_BINBYTES";
+    case kShortBinUnicode: return "SHORT_BINUNICODE";
+    case kBinUnicode8: return "BINUNICODE8";
+    case kBinBytes8: return "BINBYTES8";
+    case kEmptySet: return "EMPTY_SET";
+    case kAddItems: return "ADDITEMS";
+    case kFrozenSetOp: return "FROZENSET";
+    case kNewObjEx: return "NEWOBJ_EX";
+    case kStackGlobal: return "STACK_GLOBAL";
+    case kMemoize: return "MEMOIZE";
+    case kFrame: return "FRAME";
+    case kByteArray8: return "BYTEARRAY8";
+    case kNextBuffer: return "NEXT_BUFFER";
+    case kReadonlyBuffer: return "READONLY_BUFFER";
+    default: return Cat("byte ", static_cast<int>(op));
+  }
+}
+
 #define WG_RETURN_IF_ERROR(expr)              \
   do {                                        \
     if (absl::Status s_ = (expr); !s_.ok()) { \
@@ -140,7 +218,15 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
     if (ctx_.arena->size() + 4 > ctx_.limits.max_values) {
       return Bad(Cat("more than ", ctx_.limits.max_values, " values"));
     }
+    if (ctx_.budget_per_consumed_byte > 0) {
+      budget_->RaiseTo(ReadBudget::LimitFor(base_limit_, ctx_.budget_per_consumed_byte, off_));
+    }
+    if (budget_->exhausted()) return OverBudget();
     const unsigned char op = static_cast<unsigned char>(data_[off_++]);
+    if (!TorchWeightsOnlySupportsOpcode(op) && !blocked_ops_[op]) {
+      blocked_ops_[op] = true;
+      Record(ctx_.weights_only_blockers, Cat("opcode ", OpcodeName(op)));
+    }
     switch (op) {
       case kProto: {
         uint8_t proto;
@@ -165,6 +251,10 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
           return Bad(Cat("stack deeper than ", ctx_.limits.max_stack_depth));
         }
         marks_.push_back(stack_.size());
+        if (stack_.size() + marks_.size() > stack_high_) {
+          stack_high_ = stack_.size() + marks_.size();
+          Note(2 * kItemBytes, "the stack");
+        }
         break;
       case kPop: {
         if (stack_.size() > Base()) {
@@ -489,6 +579,7 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         WG_RETURN_IF_ERROR(Pop(&args));
         WG_RETURN_IF_ERROR(Pop(&cls));
         if (args->kind != Kind::kTuple) return Bad("NEWOBJ_EX arguments are not a tuple");
+        RecordCall(cls);
         Value* v = nullptr;
         WG_ASSIGN_OR_RETURN(v, Opaque(cls, args));
         if (kwargs->kind == Kind::kDict && !kwargs->items.empty()) {
@@ -549,6 +640,7 @@ absl::StatusOr<Value*> Machine::Run(size_t* consumed) {
         absl::StatusOr<Value*> v = ctx_.persistent_load(*pid);
         if (!v.ok()) return v.status();
         if (*v == nullptr) return Bad("persistent id resolved to nothing");
+        Note(kValueBytes, "values");
         WG_RETURN_IF_ERROR(Push(*v));
         break;
       }

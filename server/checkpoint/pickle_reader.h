@@ -10,11 +10,19 @@
 // how Python >= 3.11 pickles enum members and reads as an opaque value;
 // any other getattr, or calling what it returned, is recorded as unsafe.
 // Python 2 module names (__builtin__, copy_reg, commands, ...) are mapped to
-// their Python 3 names first, as the CPython unpickler does.
+// their Python 3 names first, as the CPython unpickler does. A global name
+// that is an attribute path (torch + "os.system") is unsafe unless it is a
+// path of class names (a nested class). Every other global the pickle calls
+// is reported as called (PickleContext::called_globals) unless it only
+// builds plain data (numpy scalars, datetime, pathlib, argparse.Namespace).
+// The tables are in pickle_globals.cc.
 //
 // Every length, memo index, stack and mark depth, nesting depth and value
-// count is checked against the caps before use. Errors are InvalidArgument
-// with a short reason starting with "pickle: ".
+// count is checked against the caps before use, and every byte the machine
+// allocates (nodes, container items, items a call copies, strings, memo,
+// stack) is counted against a ReadBudget proportional to the input. Errors
+// are InvalidArgument with a short reason starting with "pickle: "; a limit
+// reached is ResourceExhausted ("pickle: resource limit read_budget: ...").
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_PICKLE_READER_H_
 
@@ -25,6 +33,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "server/checkpoint/read_budget.h"
 #include "server/checkpoint/value.h"
 
 namespace weightgate::checkpoint {
@@ -36,6 +45,9 @@ struct PickleLimits {
   uint64_t max_memo_entries = 1 << 24;      // also bounds memo indices
   uint64_t max_values = uint64_t{1} << 24;  // arena nodes (counted over the whole arena)
   uint32_t max_tensor_dims = 64;
+  // Budget when the context brings none: fixed + per byte x pickle bytes.
+  uint64_t budget_fixed_bytes = uint64_t{64} << 20;
+  uint32_t budget_per_input_byte = 256;
 };
 
 // How the allow-list classifies a global "module.name".
@@ -50,14 +62,30 @@ struct PickleContext {
   ValueArena* arena = nullptr;  // REQUIRED
   PickleLimits limits;
 
+  // Counts what the machine allocates; shared by the pickles of one file.
+  // Null: the machine budgets itself from `limits` and the pickle's size.
+  ReadBudget* budget = nullptr;
+  // When set, `budget`'s limit grows by this many bytes per pickle byte
+  // consumed (for inputs whose pickle size is not known up front).
+  uint32_t budget_per_consumed_byte = 0;
+
   // Storages created by `persistent_load`; tensor rebuilds check their
   // extent against `nbytes` of the record they name. May be null when the
   // pickle holds no tensors.
   const std::vector<StorageRecord>* storages = nullptr;
 
-  // Receives deduplicated global names; may be null.
+  // Receive deduplicated names (at most 1024 each); may be null.
   std::vector<std::string>* opaque_globals = nullptr;
   std::vector<std::string>* unsafe_globals = nullptr;
+  // Globals the pickle calls (REDUCE, NEWOBJ, OBJ, INST, _reconstructor)
+  // that are neither in the allow-list nor data-only callables: what plain
+  // torch.load would execute. Calling an object returned by a call is
+  // recorded as "NAME()".
+  std::vector<std::string>* called_globals = nullptr;
+  // What stops torch 1.13's torch.load(weights_only=True): globals outside
+  // its allow-list ("module.name" as written) and "opcode NAME" for opcodes
+  // it does not implement.
+  std::vector<std::string>* weights_only_blockers = nullptr;
 
   // Resolves PERSID / BINPERSID ids (the torch formats return a kStorage
   // Value). Unset: persistent ids are an error.

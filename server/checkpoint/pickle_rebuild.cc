@@ -26,6 +26,7 @@ absl::StatusOr<Value*> Machine::Global(std::string_view raw_module, std::string_
     }
   }
   Value* v = New(Kind::kGlobal);
+  Note(full.size(), "strings");
   v->str = std::move(full);
   if (cls == GlobalClass::kAllowed) {
     GlobalId id = LookupAllowed(module, name);
@@ -43,20 +44,41 @@ absl::StatusOr<Value*> Machine::Global(std::string_view raw_module, std::string_
     Record(ctx_.unsafe_globals, v->str);
   } else {
     Record(ctx_.opaque_globals, v->str);
+    v->b = IsDataOnlyCallable(module, name);  // calling it builds plain data
+  }
+  if (!TorchWeightsOnlyAllows(raw_module, name)) {
+    Record(ctx_.weights_only_blockers, Cat(raw_module, ".", name));
   }
   return v;
+}
+
+void Machine::RecordCall(const Value* callee) {
+  if (callee->kind == Kind::kGlobal) {
+    if (callee->i == kNotAllowed && !callee->b) Record(ctx_.called_globals, callee->str);
+  } else if (callee->kind == Kind::kOpaque) {
+    Record(ctx_.called_globals, Cat(callee->str.substr(0, 1024), "()"));
+  }
 }
 
 absl::StatusOr<Value*> Machine::Opaque(const Value* callee, Value* args) {
   Value* v = New(Kind::kOpaque);
   if (callee->kind == Kind::kGlobal || callee->kind == Kind::kOpaque) {
+    Note(callee->str.size(), "strings");
     v->str = callee->str;
   } else {
     v->str = Cat("<", KindName(callee->kind), ">");
+    Note(v->str.size(), "strings");
   }
   if (args != nullptr) {
+    if (absl::Status s = Charge(args->items.size() * kItemBytes,
+                                Cat("items copied by a call of ", v->str.substr(0, 128)));
+        !s.ok()) {
+      return s;
+    }
+    v->items.reserve(args->items.size());
     for (const Value* item : args->items) {
-      if (absl::Status s = AddItem(v, item); !s.ok()) return s;
+      if (absl::Status s = Nest(v, item); !s.ok()) return s;
+      v->items.push_back(item);
     }
   }
   return v;
@@ -90,6 +112,7 @@ absl::StatusOr<Value*> Machine::RebuildTensor(GlobalId id, const Value* args) {
   if (size->items.size() != stride->items.size())
     return Bad("tensor size and stride differ in rank");
   if (size->items.size() > ctx_.limits.max_tensor_dims) return Bad("tensor rank over the cap");
+  Note(2 * sizeof(int64_t) * size->items.size(), "tensor shapes");
   t.shape.resize(size->items.size());
   t.strides.resize(size->items.size());
   bool empty = false;
@@ -135,6 +158,17 @@ absl::StatusOr<Value*> Machine::RebuildTensor(GlobalId id, const Value* args) {
   return v;
 }
 
+absl::Status Machine::CopyItems(Value* dst, const Value* src, const Value* callee) {
+  if (absl::Status s = Charge(src->items.size() * kItemBytes,
+                              Cat("items copied by a call of ", callee->str.substr(0, 128)));
+      !s.ok()) {
+    return s;
+  }
+  dst->items = src->items;
+  dst->depth = src->depth;
+  return absl::OkStatus();
+}
+
 absl::Status Machine::AddToDict(Value* dict, const std::vector<Value*>& kv) {
   if (kv.size() % 2 != 0) return Bad("odd number of dict items");
   return AddToContainer(dict, kv, Kind::kDict, "SETITEM on a ");
@@ -167,7 +201,10 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
     Record(ctx_.unsafe_globals, "builtins.getattr");
     return Opaque(callee, args);
   }
-  if (callee->kind != Kind::kGlobal || callee->i == kNotAllowed) return Opaque(callee, args);
+  if (callee->kind != Kind::kGlobal || callee->i == kNotAllowed) {
+    RecordCall(callee);
+    return Opaque(callee, args);
+  }
   const std::vector<const Value*>& a = args->items;
   switch (static_cast<GlobalId>(callee->i)) {
     case kGetattr: {
@@ -181,6 +218,7 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
           ClassifyGlobal(a[0]->str.substr(0, a[0]->str.rfind('.')),
                          a[0]->str.substr(a[0]->str.rfind('.') + 1)) == GlobalClass::kOpaque) {
         Value* v = New(Kind::kOpaque);
+        Note(a[0]->str.size() + a[1]->str.size() + 1, "strings");
         v->str = Cat(a[0]->str, ".", a[1]->str);
         v->i = kGetattrResult;
         return v;
@@ -196,6 +234,7 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
     case kParameterClass: {
       if (a.empty() || a[0]->kind != Kind::kTensor) return Bad("parameter without a tensor");
       Value* v = New(Kind::kTensor);
+      Note(2 * sizeof(int64_t) * a[0]->tensor.shape.size(), "tensor shapes");
       v->tensor = a[0]->tensor;
       v->tensor.is_parameter = true;
       v->tensor.requires_grad = true;
@@ -215,8 +254,7 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
         return Bad("bad torch.Size");
       }
       Value* v = New(Kind::kTuple);
-      v->items = a[0]->items;
-      v->depth = a[0]->depth;
+      if (absl::Status s = CopyItems(v, a[0], callee); !s.ok()) return s;
       return v;
     }
     case kOrderedDict: {
@@ -225,8 +263,7 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
       if (!a.empty()) {
         const Value* src = a[0];
         if (src->kind == Kind::kDict) {
-          v->items = src->items;
-          v->depth = src->depth;
+          if (absl::Status s = CopyItems(v, src, callee); !s.ok()) return s;
         } else if (src->kind == Kind::kList || src->kind == Kind::kTuple) {
           for (const Value* pair : src->items) {
             if (pair->kind != Kind::kTuple && pair->kind != Kind::kList)
@@ -257,8 +294,7 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
             a[0]->kind != Kind::kFrozenSet) {
           return Bad("bad set argument");
         }
-        v->items = a[0]->items;
-        v->depth = a[0]->depth;
+        if (absl::Status s = CopyItems(v, a[0], callee); !s.ok()) return s;
       }
       return v;
     }
@@ -267,10 +303,12 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
       Value* v = New(Kind::kBytes);
       if (a.empty()) return v;
       if (a[0]->kind == Kind::kBytes) {
+        if (absl::Status s = Charge(a[0]->str.size(), "bytes copied by bytes()"); !s.ok()) return s;
         v->str = a[0]->str;
         return v;
       }
       if (a[0]->kind == Kind::kString && a.size() == 2 && a[1]->kind == Kind::kString) {
+        if (absl::Status s = Charge(a[0]->str.size(), "bytes copied by bytes()"); !s.ok()) return s;
         if (!Utf8ToLatin1(a[0]->str, &v->str)) return Bad("bytes text is not latin-1");
         return v;
       }
@@ -281,6 +319,9 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
         std::string enc = absl::AsciiStrToLower(a[1]->str);
         if (enc == "latin1" || enc == "latin-1" || enc == "iso-8859-1") {
           Value* v = New(Kind::kBytes);
+          if (absl::Status s = Charge(a[0]->str.size(), "bytes copied by encode()"); !s.ok()) {
+            return s;
+          }
           if (!Utf8ToLatin1(a[0]->str, &v->str)) return Bad("bytes text is not latin-1");
           return v;
         }
@@ -289,7 +330,10 @@ absl::StatusOr<Value*> Machine::Call(Value* callee, Value* args, int call_depth)
     }
     case kReconstructor: {
       // copyreg._reconstructor(cls, base, state): an instance of cls.
-      if (!a.empty() && a[0]->kind == Kind::kGlobal) return Opaque(a[0], nullptr);
+      if (!a.empty() && a[0]->kind == Kind::kGlobal) {
+        RecordCall(a[0]);  // cls.__new__ runs, and base.__init__ when base is not object
+        return Opaque(a[0], nullptr);
+      }
       return Opaque(callee, args);
     }
     case kGetattrResult: break;

@@ -1,5 +1,6 @@
 #include "server/checkpoint/torch_reader.h"
 
+#include <algorithm>
 #include <functional>
 #include <string>
 #include <utility>
@@ -138,6 +139,8 @@ PickleLimits PickleLimitsFrom(const ReadOptions& options) {
   limits.max_nesting = options.max_nesting;
   limits.max_memo_entries = options.max_memo_entries;
   limits.max_values = options.max_values;
+  limits.budget_fixed_bytes = options.budget_fixed_bytes;
+  limits.budget_per_input_byte = options.budget_per_input_byte;
   return limits;
 }
 
@@ -146,6 +149,8 @@ ZipLimits ZipLimitsFrom(const ReadOptions& options) {
   limits.max_entries = options.max_zip_entries;
   limits.max_compression_ratio = options.max_compression_ratio;
   limits.max_total_inflated = options.max_inflated_bytes;
+  limits.inflated_fixed_bytes = options.inflated_fixed_bytes;
+  limits.inflated_per_archive_byte = options.inflated_per_archive_byte;
   return limits;
 }
 
@@ -199,6 +204,15 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const common::MappedFile
 
   const ZipEntry* pkl = zip.Find(Cat(prefix, "/data.pkl"));
   if (pkl->size > options.max_pickle_bytes) return Invalid(Cat(fmt, ": data.pkl too large"));
+  // The budget follows the bytes data.pkl occupies in the file: a deflated
+  // pickle does not earn a larger one by inflating.
+  ReadBudget budget(ReadBudget::LimitFor(options.budget_fixed_bytes, options.budget_per_input_byte,
+                                         pkl->compressed_size));
+  if (pkl->method != 0) {
+    if (absl::Status s = budget.Charge(pkl->size, "inflating data.pkl"); !s.ok()) {
+      return WithPrefix(s, Cat(fmt, ": "));
+    }
+  }
   std::string pkl_scratch;
   absl::StatusOr<std::string_view> pickle = zip.Read(*pkl, &pkl_scratch);
   if (!pickle.ok()) return pickle.status();
@@ -207,9 +221,12 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const common::MappedFile
   PickleContext ctx;
   ctx.arena = ckpt.arena.get();
   ctx.limits = PickleLimitsFrom(options);
+  ctx.budget = &budget;
   ctx.storages = &ckpt.storages;
   ctx.opaque_globals = &ckpt.opaque_globals;
   ctx.unsafe_globals = &ckpt.unsafe_globals;
+  ctx.called_globals = &ckpt.called_globals;
+  ctx.weights_only_blockers = &ckpt.weights_only_blockers;
   ctx.persistent_load = [&](const Value& pid) -> absl::StatusOr<Value*> {
     absl::StatusOr<StorageId> id = ParseStorageId(pid, fmt);
     if (!id.ok()) return id.status();
@@ -226,6 +243,10 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const common::MappedFile
         if (!bytes.ok()) return bytes.status();
         r.file_offset = static_cast<uint64_t>(bytes->data() - base.data());
       } else {
+        if (absl::Status s = budget.Charge(e->size, Cat("inflating storage data/", id->key));
+            !s.ok()) {
+          return WithPrefix(s, Cat(fmt, ": "));
+        }
         std::string inflated;
         absl::StatusOr<std::string_view> bytes = zip.Read(*e, &inflated);
         if (!bytes.ok()) return bytes.status();
@@ -239,6 +260,8 @@ absl::StatusOr<Checkpoint> ReadTorchZip(std::shared_ptr<const common::MappedFile
   absl::StatusOr<Value*> root = Unpickle(*pickle, ctx);
   if (!root.ok()) return root.status();
   ckpt.root = *root;
+  ckpt.budget_limit = budget.limit();
+  ckpt.budget_used = budget.used();
   return ckpt;
 }
 
@@ -267,21 +290,27 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const common::MappedF
   std::string_view data = file->data();
   size_t off = 0;
 
+  // The pickles come first and their size is known only once read: the
+  // budget starts at the fixed allowance and grows with the bytes consumed,
+  // so storage bytes after the pickles (or junk) earn nothing.
+  ReadBudget budget(options.budget_fixed_bytes);
   PickleContext ctx;
   ctx.arena = ckpt.arena.get();
   ctx.limits = PickleLimitsFrom(options);
+  ctx.budget = &budget;
+  ctx.budget_per_consumed_byte = options.budget_per_input_byte;
   ctx.storages = &ckpt.storages;
   ctx.opaque_globals = &ckpt.opaque_globals;
   ctx.unsafe_globals = &ckpt.unsafe_globals;
+  ctx.called_globals = &ckpt.called_globals;
+  ctx.weights_only_blockers = &ckpt.weights_only_blockers;
 
   auto next = [&](std::string_view what) -> absl::StatusOr<Value*> {
     std::string_view rest = data.substr(off);
     if (rest.size() > options.max_pickle_bytes) rest = rest.substr(0, options.max_pickle_bytes);
     size_t used = 0;
     absl::StatusOr<Value*> v = Unpickle(rest, ctx, &used);
-    if (!v.ok()) {
-      return Invalid(Cat("legacy ", what, ": ", v.status().message()));
-    }
+    if (!v.ok()) return WithPrefix(v.status(), Cat("legacy ", what, ": "));
     off += used;
     return v;
   };
@@ -368,6 +397,8 @@ absl::StatusOr<Checkpoint> ReadTorchLegacy(std::shared_ptr<const common::MappedF
       return Invalid(Cat("torch legacy: storage '", ckpt.storages[k].key, "' has no data"));
     }
   }
+  ckpt.budget_limit = budget.limit();
+  ckpt.budget_used = budget.used();
   return ckpt;
 }
 

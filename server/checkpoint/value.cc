@@ -82,11 +82,19 @@ bool KeyName(const Value* key, std::string* out) {
 // Node visits per FlattenTensors call: a pickle can share nodes so that a
 // small file unfolds into an exponential tree.
 constexpr int64_t kMaxVisits = int64_t{1} << 22;
+// Name bytes per FlattenTensors call, for trees nobody checked.
+constexpr uint64_t kMaxNameBytes = uint64_t{256} << 20;
 
 void Flatten(const Value* v, std::string& prefix, int depth, int max_depth,
-             std::vector<const Value*>& path, int64_t& budget, std::vector<NamedTensor>* out) {
+             std::vector<const Value*>& path, int64_t& budget, uint64_t& name_bytes,
+             std::vector<NamedTensor>* out) {
   if (v == nullptr || depth > max_depth || --budget < 0) return;
   if (v->kind == Value::Kind::kTensor) {
+    if (prefix.size() > kMaxNameBytes - name_bytes) {
+      budget = -1;
+      return;
+    }
+    name_bytes += prefix.size();
     out->push_back({prefix, &v->tensor});
     return;
   }
@@ -97,7 +105,7 @@ void Flatten(const Value* v, std::string& prefix, int depth, int max_depth,
     size_t old = prefix.size();
     if (!prefix.empty()) prefix.push_back('.');
     prefix.append(name);
-    Flatten(c, prefix, depth + 1, max_depth, path, budget, out);
+    Flatten(c, prefix, depth + 1, max_depth, path, budget, name_bytes, out);
     prefix.resize(old);
   };
   path.push_back(v);
@@ -119,7 +127,7 @@ void Flatten(const Value* v, std::string& prefix, int depth, int max_depth,
       // wrappers); a dict state is the object's __dict__.
       if (v->state != nullptr) {
         size_t old = prefix.size();
-        Flatten(v->state, prefix, depth + 1, max_depth, path, budget, out);
+        Flatten(v->state, prefix, depth + 1, max_depth, path, budget, name_bytes, out);
         prefix.resize(old);
       }
       break;
@@ -191,8 +199,112 @@ std::vector<NamedTensor> FlattenTensors(const Value* root, int max_depth) {
   std::string prefix;
   std::vector<const Value*> path;
   int64_t budget = kMaxVisits;
-  Flatten(root, prefix, 0, max_depth, path, budget, &out);
+  uint64_t name_bytes = 0;
+  Flatten(root, prefix, 0, max_depth, path, budget, name_bytes, &out);
   return out;
+}
+
+namespace {
+
+size_t DecimalLength(uint64_t v) {
+  size_t n = 1;
+  while (v >= 10) {
+    v /= 10;
+    ++n;
+  }
+  return n;
+}
+
+// Length of KeyName's output, or false when the key names nothing.
+bool KeyLength(const Value* key, uint64_t* out) {
+  switch (key->kind) {
+    case Value::Kind::kString: *out = key->str.size(); return true;
+    case Value::Kind::kInt:
+      *out = key->i < 0 ? 1 + DecimalLength(0 - static_cast<uint64_t>(key->i))
+                        : DecimalLength(static_cast<uint64_t>(key->i));
+      return true;
+    case Value::Kind::kBool: *out = key->b ? 4 : 5; return true;
+    default: return false;
+  }
+}
+
+// Flatten's walk, counting instead of building.
+class NameCheck final {
+ public:
+  NameCheck(const FlattenLimits& limits, ReadBudget* budget) : limits_(limits), budget_(budget) {}
+
+  absl::Status Walk(const Value* v, uint64_t name_length, int depth) {
+    if (v == nullptr || depth > limits_.max_depth) return absl::OkStatus();
+    if (++visits_ > limits_.max_visits) {
+      return ResourceLimitError("tensor names: ", "max_flatten_visits",
+                                Cat("walking the object tree takes more than ", limits_.max_visits,
+                                    " node visits (shared sub-trees unfold once per path)"));
+    }
+    if (v->kind == Value::Kind::kTensor) {
+      if (name_length > limits_.max_key_bytes) {
+        return ResourceLimitError(
+            "tensor names: ", "max_tensor_key_bytes",
+            Cat("a tensor key of ", name_length, " bytes (cap ", limits_.max_key_bytes, ")"));
+      }
+      if (++names_ > limits_.max_names) {
+        return ResourceLimitError("tensor names: ", "max_tensor_names",
+                                  Cat("more than ", limits_.max_names,
+                                      " tensor names (shared sub-dicts unfold once per path)"));
+      }
+      if (budget_ != nullptr) {
+        if (absl::Status s = budget_->Charge(
+                (name_length + sizeof(NamedTensor)) * limits_.name_cost_factor, "tensor names");
+            !s.ok()) {
+          return WithPrefix(s, "tensor names: ");
+        }
+      }
+      return absl::OkStatus();
+    }
+    for (const Value* on_path : path_) {
+      if (on_path == v) return absl::OkStatus();  // a cycle
+    }
+    auto child = [&](const Value* c, uint64_t key_length) {
+      uint64_t length = name_length + (name_length > 0 ? 1 : 0) + key_length;
+      return Walk(c, length, depth + 1);
+    };
+    path_.push_back(v);
+    absl::Status status;
+    switch (v->kind) {
+      case Value::Kind::kDict:
+        for (size_t k = 0; k + 1 < v->items.size() && status.ok(); k += 2) {
+          uint64_t key_length;
+          if (!KeyLength(v->items[k], &key_length)) continue;
+          status = child(v->items[k + 1], key_length);
+        }
+        break;
+      case Value::Kind::kList:
+      case Value::Kind::kTuple:
+        for (size_t k = 0; k < v->items.size() && status.ok(); ++k) {
+          status = child(v->items[k], DecimalLength(k));
+        }
+        break;
+      case Value::Kind::kOpaque:
+        if (v->state != nullptr) status = Walk(v->state, name_length, depth + 1);
+        break;
+      default: break;
+    }
+    path_.pop_back();
+    return status;
+  }
+
+ private:
+  const FlattenLimits& limits_;
+  ReadBudget* budget_;
+  uint64_t visits_ = 0;
+  uint64_t names_ = 0;
+  std::vector<const Value*> path_;
+};
+
+}  // namespace
+
+absl::Status CheckTensorNames(const Value* root, const FlattenLimits& limits, ReadBudget* budget) {
+  NameCheck check(limits, budget);
+  return check.Walk(root, 0, 0);
 }
 
 std::string DebugString(const Value* v, int max_depth) {

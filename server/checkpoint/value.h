@@ -17,7 +17,9 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "server/checkpoint/dtype.h"
+#include "server/checkpoint/read_budget.h"
 
 namespace weightgate::checkpoint {
 
@@ -29,6 +31,7 @@ struct StorageRecord {
   uint64_t file_offset = 0;  // offset of the first byte in the file
   uint64_t nbytes = 0;       // bytes present for this storage
   int inflated_index = -1;   // >= 0: index into Checkpoint::inflated instead of the file
+  int file_index = 0;        // file sets: 0 = Checkpoint::file, k > 0 = more_files[k - 1]
 };
 
 // One tensor as torch would rebuild it: a strided view of a storage.
@@ -100,6 +103,12 @@ class ValueArena final {
   }
   size_t size() const { return values_.size(); }
 
+  // Calls f(const Value&) for every value, in creation order.
+  template <typename F>
+  void ForEach(F&& f) const {
+    for (const Value& v : values_) f(v);
+  }
+
  private:
   std::deque<Value> values_;
 };
@@ -113,8 +122,30 @@ struct NamedTensor {
 };
 
 // Every tensor under `root`, in insertion order, with its dotted name relative
-// to `root`. Visits each node at most once per path and stops at `max_depth`.
+// to `root`. Visits each node at most once per path and stops at `max_depth`,
+// after 4M node visits or 256 MiB of names (a tree that passed
+// CheckTensorNames never gets there).
 std::vector<NamedTensor> FlattenTensors(const Value* root, int max_depth = 64);
+
+// Bounds on what FlattenTensors(root) would build. A pickle can share one
+// sub-dict under many keys at every level, so that a small file unfolds into
+// exponentially many names.
+struct FlattenLimits {
+  uint32_t max_key_bytes = 4096;            // one tensor name
+  uint64_t max_names = uint64_t{1} << 22;   // tensor names, one per path
+  uint64_t max_visits = uint64_t{1} << 22;  // node visits of the walk
+  int max_depth = 64;                       // as FlattenTensors' default
+  // Budget bytes charged per name byte: consumers (inspect, the matcher)
+  // each build the names again, some of them more than once.
+  uint32_t name_cost_factor = 4;
+};
+
+// Walks `root` as FlattenTensors(root) does without building any name and
+// fails with a resource limit error (read_budget.h) naming the limit when a
+// tensor name would be longer than max_key_bytes, there would be more than
+// max_names names or the walk would take more than max_visits visits; the
+// names' bytes are charged to `budget` (may be null).
+absl::Status CheckTensorNames(const Value* root, const FlattenLimits& limits, ReadBudget* budget);
 
 // A short Python-like rendering of `v` for messages and tests ("{'a': 1}",
 // "<tensor F32[2, 3]>", "<opaque argparse.Namespace>"), bounded in depth and

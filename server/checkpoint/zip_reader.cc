@@ -8,9 +8,13 @@
 #include <utility>
 
 #include "absl/strings/string_view.h"
+#include "common/str_util.h"
+#include "server/checkpoint/read_budget.h"
 
 namespace weightgate::checkpoint {
 namespace {
+
+using common::Cat;
 
 // Signatures (APPNOTE 4.3), little-endian "PK.." literals.
 constexpr uint32_t kLocalHeaderSignature = 0x04034b50;
@@ -302,9 +306,24 @@ absl::Status ReadLocalHeader(std::string_view data, uint64_t cd_offset, ZipEntry
   return absl::OkStatus();
 }
 
-// Compares without overflow: size > compressed * ratio.
+// Compares without overflow: size > compressed * ratio + slack.
 bool ExceedsRatio(uint64_t size, uint64_t compressed, uint32_t ratio) {
-  return static_cast<unsigned __int128>(compressed) * ratio < size;
+  return static_cast<unsigned __int128>(compressed) * ratio + kZipRatioSlackBytes < size;
+}
+
+absl::Status RatioError(const ZipEntry& entry, uint32_t ratio) {
+  return ResourceLimitError(
+      "zip: ", "max_compression_ratio",
+      Cat("compression ratio exceeds limit: '", entry.name.substr(0, 128), "' inflates ",
+          entry.compressed_size, " bytes to ", entry.size, " (cap ", ratio, ":1)"));
+}
+
+absl::Status TotalError(uint64_t cap) {
+  return ResourceLimitError(
+      "zip: ", "inflated_bytes",
+      Cat("inflated size exceeds limit: deflated entries would take more than ", cap,
+          " bytes (ReadOptions::inflated_fixed_bytes + inflated_per_archive_byte x archive "
+          "bytes, at most max_inflated_bytes)"));
 }
 
 }  // namespace
@@ -315,6 +334,14 @@ bool LooksLikeZip(std::string_view data) {
   // exactly fitting record at the end counts.
   return FindEocd(data, /*exact=*/true).ok();
 }
+
+ZipReader::ZipReader(std::string_view data, const ZipLimits& limits)
+    : data_(data),
+      limits_(limits),
+      total_inflated_cap_(
+          std::min(limits.max_total_inflated,
+                   ReadBudget::LimitFor(limits.inflated_fixed_bytes,
+                                        limits.inflated_per_archive_byte, data.size()))) {}
 
 absl::StatusOr<ZipReader> ZipReader::Open(std::string_view data, const ZipLimits& limits) {
   absl::StatusOr<uint64_t> eocd = FindEocd(data);
@@ -342,14 +369,13 @@ absl::StatusOr<ZipReader> ZipReader::Open(std::string_view data, const ZipLimits
       return Error("stored entry sizes differ");
     }
     if (entry.method == kMethodDeflated) {
-      if (entry.size > limits.max_total_inflated - total_inflated) {
-        return Error("inflated size exceeds limit");
+      if (ExceedsRatio(entry.size, entry.compressed_size, limits.max_compression_ratio)) {
+        return RatioError(entry, limits.max_compression_ratio);
+      }
+      if (entry.size > reader.total_inflated_cap_ - total_inflated) {
+        return TotalError(reader.total_inflated_cap_);
       }
       total_inflated += entry.size;
-      if (entry.size > kZipMinSizeForRatioCheck &&
-          ExceedsRatio(entry.size, entry.compressed_size, limits.max_compression_ratio)) {
-        return Error("compression ratio exceeds limit");
-      }
     }
     if (absl::Status s = ReadLocalHeader(data, dir->offset, &entry); !s.ok()) return s;
     if (!reader.by_name_.emplace(entry.name, reader.entries_.size()).second) {
@@ -389,11 +415,10 @@ absl::StatusOr<std::string_view> ZipReader::Read(const ZipEntry& entry,
     return in;
   }
   if (entry.method != kMethodDeflated) return Error("unsupported compression method");
-  if (entry.size > limits_.max_total_inflated) return Error("inflated size exceeds limit");
-  if (entry.size > kZipMinSizeForRatioCheck &&
-      ExceedsRatio(entry.size, entry.compressed_size, limits_.max_compression_ratio)) {
-    return Error("compression ratio exceeds limit");
+  if (ExceedsRatio(entry.size, entry.compressed_size, limits_.max_compression_ratio)) {
+    return RatioError(entry, limits_.max_compression_ratio);
   }
+  if (entry.size > total_inflated_cap_) return TotalError(total_inflated_cap_);
 
   if (entry.size >= std::numeric_limits<size_t>::max() / 2)
     return Error("inflated size exceeds limit");

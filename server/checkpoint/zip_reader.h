@@ -5,7 +5,8 @@
 // writes and an attacker would: encryption, methods other than stored (0) and
 // deflated (8), absolute names and `..` components, duplicate names, entries
 // overlapping one another or the central directory, and deflated entries
-// whose declared size breaks the caps in ZipLimits.
+// whose declared size breaks the caps in ZipLimits (those are
+// ResourceExhausted errors, "zip: resource limit <name>: ...").
 //
 // Parsing only ever looks at bytes inside the archive view and compares
 // lengths by subtraction, never by `off + n > size`. Every error is an
@@ -50,17 +51,22 @@ struct ZipLimits {
   uint32_t max_entries = 1 << 20;
   // Bytes in one entry name.
   uint32_t max_name_length = 4096;
-  // size / compressed_size of a deflated entry, checked for entries larger
-  // than kZipMinSizeForRatioCheck (small entries of zeros legitimately
-  // compress ~1000:1).
+  // size / compressed_size of every deflated entry, with kZipRatioSlackBytes
+  // of slack so that tiny entries are not refused for compressing well.
   uint32_t max_compression_ratio = 1000;
   // Declared sizes of all deflated entries together; also the most one Read
-  // inflates.
+  // inflates. The cap is the smaller of max_total_inflated and
+  //   inflated_fixed_bytes + inflated_per_archive_byte x archive bytes,
+  // so a small archive cannot inflate into much memory even when each entry
+  // keeps to the ratio.
   uint64_t max_total_inflated = uint64_t{4} << 30;
+  uint64_t inflated_fixed_bytes = uint64_t{1} << 20;
+  uint32_t inflated_per_archive_byte = 64;
 };
 
-// Deflated entries at most this large skip the compression-ratio check.
-inline constexpr uint64_t kZipMinSizeForRatioCheck = uint64_t{1} << 20;
+// A deflated entry may inflate to max_compression_ratio x its compressed size
+// plus this many bytes.
+inline constexpr uint64_t kZipRatioSlackBytes = 4096;
 
 // True when `data` starts with a local file header signature ("PK\3\4") or
 // ends with an end-of-central-directory record whose comment reaches exactly
@@ -92,10 +98,11 @@ class ZipReader final {
   std::string_view data() const { return data_; }
 
  private:
-  ZipReader(std::string_view data, const ZipLimits& limits) : data_(data), limits_(limits) {}
+  ZipReader(std::string_view data, const ZipLimits& limits);
 
   std::string_view data_;
   ZipLimits limits_;
+  uint64_t total_inflated_cap_;  // from limits_ and the archive's size
   std::vector<ZipEntry> entries_;
   absl::flat_hash_map<std::string, size_t> by_name_;
 };

@@ -16,6 +16,7 @@
 #include "common/time_util.h"
 #include "server/registry/registry.h"
 #include "server/statedict/normalizer.h"
+#include "server/statedict/renamer.h"
 #include "server/statedict/spec.h"
 
 namespace weightgate::registry {
@@ -65,6 +66,8 @@ absl::StatusOr<v1::Model> Registry::RegisterModel(const v1::RegisterModelHeader&
   }
   if (!existing.ok() && !absl::IsNotFound(existing.status())) return existing.status();
 
+  // A policy that cannot be applied is refused now, not at every upload.
+  if (absl::Status s = statedict::ValidateRenameRules(header.policy()); !s.ok()) return s;
   std::vector<v1::ExampleInput> examples(header.example_inputs().begin(),
                                          header.example_inputs().end());
   absl::StatusOr<v1::ModelSpec> spec = DeriveSpec(reference_path, examples, control);

@@ -44,6 +44,19 @@ absl::Status CheckOverrideOnlyTightens(const NormalizationPolicy& model,
       req.prefixes() != NormalizationPolicy::PREFIX_NONE) {
     return Loosens("prefixes", "automatic prefix handling where the model uses keys as they are");
   }
+  if (model.prefixes() != NormalizationPolicy::PREFIX_ANY &&
+      req.prefixes() == NormalizationPolicy::PREFIX_ANY) {
+    return Loosens("prefixes", "any root may be swapped for the spec's");
+  }
+  // Choosing raw or EMA weights where the model leaves it open only narrows
+  // the readings; a key prefix strips a root the model does not.
+  if (model.weights() != NormalizationPolicy::WEIGHTS_AUTO && req.weights() != model.weights()) {
+    return Loosens("weights", "other weights than the model's policy selects");
+  }
+  if (req.key_prefix() != model.key_prefix()) {
+    return Loosens("key_prefix",
+                   absl::StrCat("'", req.key_prefix(), "' instead of '", model.key_prefix(), "'"));
+  }
   if (req.rename_rules_size() != model.rename_rules_size()) {
     return Loosens("rename_rules", "different rename rules");
   }
@@ -78,6 +91,10 @@ absl::Status CheckOverrideOnlyTightens(const NormalizationPolicy& model,
   if (model.non_finite() == NormalizationPolicy::NONFINITE_REJECT &&
       req.non_finite() != NormalizationPolicy::NONFINITE_REJECT) {
     return Loosens("non_finite", "NaN/Inf allowed");
+  }
+  if (model.unknown_calls() == NormalizationPolicy::UNKNOWN_CALLS_REJECT &&
+      req.unknown_calls() != NormalizationPolicy::UNKNOWN_CALLS_REJECT) {
+    return Loosens("unknown_calls", "calls of unknown globals allowed");
   }
   return absl::OkStatus();
 }

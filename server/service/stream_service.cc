@@ -4,6 +4,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "common/crc32c.h"
 #include "common/model_ref.h"
 #include "common/time_util.h"
@@ -329,8 +330,8 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   const std::string& model_id() const { return model_id_; }
 
   // `model` is the model as just read from the store.
-  void Poll(const absl::StatusOr<weightgate::v1::Model>& model) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Poll(const absl::StatusOr<weightgate::v1::Model>& model) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     if (finished_) return;
     if (!model.ok()) {
       if (absl::IsNotFound(model.status())) FinishLocked(ToGrpcStatus(model.status()));
@@ -349,19 +350,19 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
     StartWrite(&event_);
   }
 
-  void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     writing_ = false;
     if (!ok) FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "client went away"));
   }
 
-  void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
+  void OnCancel() override ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled"));
   }
 
-  void Stop() {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
     FinishLocked(grpc::Status::OK);
   }
 
@@ -374,7 +375,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   bool done() const { return done_.load(); }
 
  private:
-  void FinishLocked(const grpc::Status& status) {
+  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_) return;
     finished_ = true;
     log_->Finish(status);
@@ -384,12 +385,12 @@ class WatchReactor final : public grpc::ServerWriteReactor<WatchEvent> {
   StreamService* const service_;
   const std::string model_id_;
   const std::string alias_;
-  std::mutex mu_;
-  std::unique_ptr<CallLog> log_;  // guarded by mu_
-  WatchEvent event_;              // guarded by mu_
-  int64_t last_sent_ = 0;         // guarded by mu_
-  bool writing_ = false;          // guarded by mu_
-  bool finished_ = false;         // guarded by mu_
+  absl::Mutex mu_;
+  std::unique_ptr<CallLog> log_ ABSL_GUARDED_BY(mu_);
+  WatchEvent event_ ABSL_GUARDED_BY(mu_);
+  int64_t last_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> done_{false};
 };
 
@@ -400,10 +401,9 @@ StreamService::StreamService(const Options& options) : options_(options) {
 StreamService::~StreamService() {
   StopWatches();
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
   poller_.join();
   // The server has shut down before its services are destroyed, so every
   // stream is over.
@@ -411,21 +411,18 @@ StreamService::~StreamService() {
 }
 
 void StreamService::StopWatches() {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (WatchReactor* w : watches_) w->Stop();
 }
 
 void StreamService::ModelChanged(const std::string& model_id) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (watches_.empty()) return;
-    changed_ = true;
-  }
-  cv_.notify_all();
+  absl::MutexLock lock(&mu_);
+  if (watches_.empty()) return;
+  changed_ = true;  // PollLoop's Await re-checks its condition on unlock
 }
 
 void StreamService::PollLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   for (;;) {
     // Reactors whose stream is over are deleted here, not in OnDone: OnDone
     // may run inline inside Finish() while locks are held.
@@ -443,15 +440,16 @@ void StreamService::PollLoop() {
     // Only this thread deletes reactors, so the pointers stay valid meanwhile.
     std::set<std::string> ids;
     for (WatchReactor* w : watches_) ids.insert(w->model_id());
-    lock.unlock();
+    mu_.Unlock();
     std::map<std::string, absl::StatusOr<weightgate::v1::Model>> models;
     for (const std::string& id : ids) models.emplace(id, options_.store->GetModel(id));
-    lock.lock();
+    mu_.Lock();
     for (WatchReactor* w : watches_) {
       auto it = models.find(w->model_id());
       if (it != models.end()) w->Poll(it->second);  // watches added meanwhile: next round
     }
-    cv_.wait_for(lock, options_.watch_poll, [this] { return stopping_ || changed_; });
+    mu_.AwaitWithTimeout(absl::Condition(this, &StreamService::StoppingOrChanged),
+                         absl::FromChrono(options_.watch_poll));
     changed_ = false;
   }
 }
@@ -483,7 +481,7 @@ grpc::ServerWriteReactor<WatchEvent>* StreamService::WatchModel(
     return new FinishedWriter<WatchEvent>(auth);
   }
   auto* watch = new WatchReactor(this, ref->model_id, ref->alias, std::move(log));
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   if (stopping_) {
     watch->Stop();
   } else {

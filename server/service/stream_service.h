@@ -11,12 +11,12 @@
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "server/service/auth.h"
 #include "server/service/chunk_crcs.h"
 #include "server/service/executor.h"
@@ -60,23 +60,25 @@ class StreamService final : public weightgate::v1::WeightStream::WithCallbackMet
       grpc::CallbackServerContext* context, const weightgate::v1::WatchRequest* request) override;
 
   // Finishes every open watch stream so a draining server can stop.
-  void StopWatches();
+  void StopWatches() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Re-reads the watched models now instead of at the next poll: called
   // after this process wrote `model_id`'s metadata. Never blocks on disk.
-  void ModelChanged(const std::string& model_id);
+  void ModelChanged(const std::string& model_id) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   friend class WatchReactor;
-  void PollLoop();
+  void PollLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  bool StoppingOrChanged() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return stopping_ || changed_;
+  }
 
   Options options_;
   ChunkCrcCache crc_cache_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::set<WatchReactor*> watches_;  // guarded by mu_; owned
-  bool stopping_ = false;            // guarded by mu_
-  bool changed_ = false;             // guarded by mu_; a write awaits a poll round
+  absl::Mutex mu_;
+  std::set<WatchReactor*> watches_ ABSL_GUARDED_BY(mu_);  // owned
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool changed_ ABSL_GUARDED_BY(mu_) = false;  // a write awaits a poll round
   std::thread poller_;
 };
 

@@ -1,24 +1,31 @@
 // The matcher decides which tensors of a parsed checkpoint become which
-// tensors of a model's spec, without touching a tensor byte. It finds the
+// tensors of a model's spec, without touching a tensor byte (except to tell
+// whether two candidate readings hold identical values). It finds the
 // state_dict inside the checkpoint (container), strips or adds wrapper and
 // attribute prefixes, applies the policy's rename rules, the legacy
 // gamma/beta renames and the opt-in positional remap, then compares names,
 // shapes and dtypes against the spec.
 //
-// Among all (container x prefix transform) candidates it keeps the one that
-// matches the most (name, shape) pairs of the spec; ties go to fewer
-// leftover checkpoint keys, then to fewer transform steps, then to the
-// container tried first, then to the transform's description (so the choice
-// never depends on hash order). The winner and the best candidate that maps
-// tensors differently (runner-up) are reported.
+// It never guesses. Automatic repairs are the known wrappers, one leading
+// training attribute (kTrainingAttributes, kEmaAttributes) and adding the
+// spec's own common root; among the readings they allow, the one matching
+// the most (name, shape) pairs of the spec wins, with deterministic
+// tie-breaks. Two best readings that select different tensors (teacher /
+// student, raw / EMA, two containers) are INVALID `ambiguous_match`, each
+// named with the flag that selects it; identical tensors are reported as
+// equal. A reading that needs an arbitrary root swap is INVALID
+// `prefix_rename_needed` with the --rename rule that does it (or
+// prefixes ANY). The runner-up is reported only when it is a real
+// alternative (other tensors, at least half the winner's score).
 //
 // Everything here is pure logic over checkpoint::Value trees: no libtorch, no
-// I/O. Numeric checks (NaN/Inf) and writing happen in numeric.h.
+// I/O. Numeric checks (NaN/Inf) and writing happen in normalizer.cc.
 #ifndef WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_
 #define WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -27,6 +34,7 @@
 #include "absl/strings/string_view.h"
 #include "server/checkpoint/dtype.h"
 #include "server/checkpoint/value.h"
+#include "server/statedict/renamer.h"
 #include "weightgate/v1/types.pb.h"
 
 namespace weightgate::statedict {
@@ -37,11 +45,30 @@ inline constexpr std::array<absl::string_view, 8> kContainerKeys = {
     "state_dict", "model_state_dict", "model",     "module",
     "net",        "state_dict_ema",   "model_ema", "ema"};
 
+// Leading attributes that training wrappers put in front of the model's own
+// keys (Lightning's self.model / self.net, and their EMA copies). Stripping
+// one is an automatic repair; any other root is not (prefix_rename_needed).
+inline constexpr std::array<absl::string_view, 2> kTrainingAttributes = {"model", "net"};
+inline constexpr std::array<absl::string_view, 4> kEmaAttributes = {"model_ema", "ema", "ema_model",
+                                                                    "net_ema"};
+// Container keys that hold EMA weights.
+inline constexpr std::array<absl::string_view, 3> kEmaContainerKeys = {"state_dict_ema",
+                                                                       "model_ema", "ema"};
+
 // Key components that wrappers insert: DataParallel/DDP, torch.compile, FSDP,
 // activation checkpointing. Stripping one removes every occurrence, because
 // FSDP and compiled submodules put them at every level, not just in front.
 inline constexpr std::array<absl::string_view, 4> kWrapperComponents = {
     "module", "_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"};
+
+// Caps on the candidate search, whatever the checkpoint: tensor keys over all
+// containers tried, their bytes, and key lookups over all candidates scored
+// (each candidate costs one lookup per key of its container). A checkpoint
+// that needs more is INVALID `resource_limit`, naming the cap. A real
+// state_dict of 100k tensors needs well under a tenth of each.
+inline constexpr size_t kMaxMatchKeys = size_t{1} << 20;
+inline constexpr uint64_t kMaxMatchKeyBytes = uint64_t{64} << 20;
+inline constexpr uint64_t kMaxMatchWork = uint64_t{1} << 23;
 
 // Spec keys that may be missing when policy.optional_keys is unset.
 inline constexpr absl::string_view kDefaultOptionalGlob = "*.num_batches_tracked";
@@ -77,12 +104,29 @@ struct MatchResult {
 // shared_storages, winner, runner_up, tensor_count, total_bytes. Verdict is
 // left to the caller (numeric checks may still add reasons).
 //
-// Errors only for a policy that cannot be applied (a rename pattern that is
-// not a valid ECMAScript regex); checkpoint problems are report reasons.
+// Errors only for a policy that cannot be applied (a rename rule that is not
+// valid RE2 or breaks a cap, see renamer.h) and for cancellation; checkpoint
+// problems, including one that needs more than the caps above, are report
+// reasons.
+struct MatchOptions {
+  // Polled during the candidate search; true stops the match with
+  // Cancelled. Default: never.
+  std::function<bool()> cancelled;
+  // Whether two tensor views hold bitwise-identical values (same dtype and
+  // shape assumed checked). Default: only the very same view of the same
+  // storage counts as identical.
+  std::function<bool(const checkpoint::TensorRecord&, const checkpoint::TensorRecord&)> same_bytes;
+  // The caps above (lower them to test them).
+  size_t max_keys = kMaxMatchKeys;
+  uint64_t max_key_bytes = kMaxMatchKeyBytes;
+  uint64_t max_work = kMaxMatchWork;
+};
+
 absl::StatusOr<MatchResult> MatchStateDict(const checkpoint::Value* root,
                                            const weightgate::v1::ModelSpec& spec,
                                            const weightgate::v1::NormalizationPolicy& policy,
-                                           weightgate::v1::ValidationReport* report);
+                                           weightgate::v1::ValidationReport* report,
+                                           const MatchOptions& options = {});
 
 // The value at dotted `path` under `root` through dict keys ("" = root);
 // nullptr when absent.
@@ -93,11 +137,6 @@ const checkpoint::Value* ResolveContainer(const checkpoint::Value* root, absl::s
 // kept as they are. Sets *container_path.
 std::vector<checkpoint::NamedTensor> ReferenceTensors(const checkpoint::Value* root,
                                                       std::string* container_path);
-
-// Applies `policy.rename_rules` in order to `key`; the regex syntax is
-// ECMAScript (std::regex) and the replacement uses $1..$9 and $&.
-absl::StatusOr<std::string> ApplyRenameRules(const weightgate::v1::NormalizationPolicy& policy,
-                                             const std::string& key);
 
 // Verdict from the report's reasons and fixes: INVALID with any reason,
 // NORMALIZED with any fix, else VALID.

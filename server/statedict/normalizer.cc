@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -19,6 +20,10 @@
 #include "absl/strings/str_cat.h"
 #include "common/mapped_file.h"
 #include "common/sha256.h"
+#include "server/checkpoint/read_budget.h"
+#include "server/checkpoint/checkpoint_set.h"
+#include "server/checkpoint/megatron_reader.h"
+#include "server/checkpoint/set_bundle.h"
 #include "server/statedict/half_convert.h"
 #include "server/statedict/matcher.h"
 #include "server/statedict/output_writer.h"
@@ -81,12 +86,14 @@ constexpr double kHalfOverflow = 65520.0;
 // in memory (FromString, inflated zip entries) are left alone.
 void ReleaseBytes(const Checkpoint& ckpt, const TensorRecord& rec, const char* begin_ptr,
                   uint64_t len) {
-  if (ckpt.file == nullptr || ckpt.file->path().empty() || len == 0) return;
-  if (rec.storage_index < 0 || static_cast<size_t>(rec.storage_index) >= ckpt.storages.size() ||
-      ckpt.storages[rec.storage_index].inflated_index >= 0) {
+  if (len == 0 || rec.storage_index < 0 ||
+      static_cast<size_t>(rec.storage_index) >= ckpt.storages.size()) {
     return;
   }
-  std::string_view file = ckpt.file->data();
+  // Sets map several files: the one this storage lies in.
+  const common::MappedFile* mapped = ckpt.FileOf(ckpt.storages[rec.storage_index]);
+  if (mapped == nullptr || mapped->path().empty()) return;
+  std::string_view file = mapped->data();
   if (begin_ptr < file.data() || len > file.size() ||
       static_cast<uint64_t>(begin_ptr - file.data()) > file.size() - len) {
     return;
@@ -203,220 +210,405 @@ absl::StatusOr<std::string> ResolveDevice(const std::string& device) {
       absl::StrCat("unknown device '", device, "' (expected auto, cpu, cuda or cuda:N)"));
 }
 
-absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_path,
-                                               const v1::ModelSpec& spec,
-                                               const v1::NormalizationPolicy& policy,
-                                               const NormalizeOptions& options) {
-  const Clock::time_point start = Clock::now();
-  v1::ValidationReport report;
-  report.set_model_id(options.model_id);
-  absl::StatusOr<std::string> device_name = ResolveDevice(options.device);
-  if (!device_name.ok()) return device_name.status();
-  report.set_device(*device_name);
-  auto finish = [&]() {
-    report.set_verdict(VerdictOf(report));
-    report.mutable_timings()->set_total_ms(MsSince(start));
-    return report;
-  };
+namespace {
 
-  // ---- read ----
-  Clock::time_point phase = Clock::now();
-  absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
-      common::MappedFile::Open(checkpoint_path);
-  if (!file.ok()) {
+// Everything one Normalize call works on; the phases below fill it in order.
+struct NormalizeContext {
+  NormalizeContext(const std::string& path, const v1::ModelSpec& s,
+                   const v1::NormalizationPolicy& p, const NormalizeOptions& o)
+      : checkpoint_path(path), spec(s), policy(p), options(o) {}
+
+  const std::string& checkpoint_path;
+  const v1::ModelSpec& spec;
+  const v1::NormalizationPolicy& policy;
+  const NormalizeOptions& options;
+  Clock::time_point start = Clock::now();
+  std::string device_name;
+  v1::ValidationReport report;
+  // Keeps an unpacked set bundle's files for as long as the call reads them.
+  std::unique_ptr<checkpoint::UnpackedSet> input;
+  std::shared_ptr<const common::MappedFile> file;
+  std::optional<Checkpoint> ckpt;
+  MatchResult match;
+  // True once the report holds a rejection reason: nothing is written.
+  bool invalid = false;
+  std::unique_ptr<OutputWriter> writer;
+  double write_ms = 0;
+  // The first hard error (I/O, libtorch); the call returns it.
+  absl::Status failure;
+  std::vector<uint16_t> half_buffer;
+};
+
+// Maps and parses the file, or the set of files (a directory, an index file
+// or an uploaded set bundle). False when the report is already final
+// (unreadable, unsafe, not a checkpoint).
+bool ReadPhase(NormalizeContext& ctx) {
+  v1::ValidationReport& report = ctx.report;
+  const Clock::time_point phase = Clock::now();
+  // An uploaded set arrives as one bundle, unpacked for the read (set_bundle.h).
+  absl::StatusOr<std::unique_ptr<checkpoint::UnpackedSet>> input =
+      checkpoint::UnpackedSet::Open(ctx.checkpoint_path);
+  if (!input.ok()) {
     AddReason(&report, "unreadable");
-    report.set_error(std::string(file.status().message()));
-    return finish();
+    report.set_error(std::string(input.status().message()));
+    return false;
   }
-  if (options.compute_input_sha256) {
-    absl::StatusOr<std::string> sha = common::Sha256File(checkpoint_path);
-    if (sha.ok()) report.set_input_sha256(*sha);
+  ctx.input = *std::move(input);
+  const std::string& input_path = ctx.input->path();
+  absl::StatusOr<Checkpoint> read = absl::UnknownError("not read");
+  bool looks_like_checkpoint = true;
+  if (checkpoint::IsCheckpointSetPath(input_path)) {
+    // A directory or index file: its files read as one checkpoint, tensor
+    // parallel ranks merged by the spec's shapes (checkpoint_set.h).
+    checkpoint::ReadOptions set_options = ctx.options.read_options;
+    if (ctx.policy.zero_weights() == "module") {
+      set_options.zero_weights = checkpoint::ZeroWeights::kModule;
+    }
+    for (const std::string& rule : ctx.policy.tp_merge_dims()) {
+      int dim = 0;
+      size_t eq = rule.rfind('=');
+      if (eq != std::string::npos && absl::SimpleAtoi(rule.substr(eq + 1), &dim)) {
+        set_options.tp_merge_dims.emplace_back(rule.substr(0, eq), dim);
+      }
+    }
+    if (!set_options.expected_shape) {
+      std::vector<std::pair<std::string, std::vector<int64_t>>> shapes;
+      for (const v1::TensorSpec& t : ctx.spec.tensors()) {
+        shapes.emplace_back(t.name(), std::vector<int64_t>(t.shape().begin(), t.shape().end()));
+      }
+      set_options.expected_shape = checkpoint::MakeSpecShapeLookup(std::move(shapes));
+    }
+    read = checkpoint::ReadCheckpointSet(input_path, set_options);
+    if (ctx.options.compute_input_sha256) {
+      absl::StatusOr<std::string> sha = checkpoint::Sha256CheckpointSet(input_path);
+      if (sha.ok()) report.set_input_sha256(*sha);
+    }
+  } else {
+    absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
+        common::MappedFile::Open(input_path);
+    if (!file.ok()) {
+      AddReason(&report, "unreadable");
+      report.set_error(std::string(file.status().message()));
+      return false;
+    }
+    ctx.file = *std::move(file);
+    if (ctx.options.compute_input_sha256) {
+      absl::StatusOr<std::string> sha = common::Sha256File(input_path);
+      if (sha.ok()) report.set_input_sha256(*sha);
+    }
+    read = checkpoint::ReadCheckpoint(ctx.file, ctx.options.read_options);
+    looks_like_checkpoint = LooksLikeCheckpoint(ctx.file->data());
   }
-  absl::StatusOr<Checkpoint> read = checkpoint::ReadCheckpoint(*file, options.read_options);
   report.mutable_timings()->set_read_ms(MsSince(phase));
   if (!read.ok()) {
-    AddReason(&report, LooksLikeCheckpoint((*file)->data()) ? "unreadable" : "not_a_checkpoint");
+    // A reader limit (read budget, inflated bytes, tensor names) is its own reason.
+    AddReason(&report, checkpoint::IsResourceLimit(read.status()) ? "resource_limit"
+                       : looks_like_checkpoint                    ? "unreadable"
+                                                                  : "not_a_checkpoint");
     report.set_error(std::string(read.status().message()));
-    return finish();
+    return false;
   }
-  const Checkpoint& ckpt = *read;
+  ctx.ckpt.emplace(*std::move(read));
+  const Checkpoint& ckpt = *ctx.ckpt;
+  for (const std::string& m : ckpt.metadata) {
+    // Rebuilt ZeRO weights are a repair the report names (zero_reader.h).
+    if (m.rfind("zero_weights=", 0) == 0) {
+      v1::Fix* fix = report.add_fixes();
+      fix->set_kind("zero_weights");
+      fix->set_detail(absl::StrCat("DeepSpeed ZeRO set read as its ", m.substr(13),
+                                   m == "zero_weights=fp32"
+                                       ? " master weights (optimizer partitions)"
+                                       : " weights (model states)"));
+      fix->set_to(m.substr(13));
+    }
+  }
   report.set_format(std::string(checkpoint::FormatName(ckpt.format)));
   for (const std::string& g : ckpt.opaque_globals) report.add_opaque_globals(g);
   for (const std::string& g : ckpt.unsafe_globals) report.add_unsafe_globals(g);
+  for (const std::string& g : ckpt.called_globals) report.add_called_globals(g);
+  for (const std::string& g : ckpt.weights_only_blockers) report.add_weights_only_blockers(g);
+  report.set_loads_with_weights_only((ckpt.format == checkpoint::Format::kTorchZip ||
+                                      ckpt.format == checkpoint::Format::kTorchLegacy) &&
+                                     ckpt.weights_only_blockers.empty());
   if (ckpt.unsafe()) {
     // Nothing in an unsafe file is trusted further, not even its layout.
     AddReason(&report, "unsafe_pickle");
     report.set_error(absl::StrCat("pickle names dangerous globals: ", ckpt.unsafe_globals.front(),
                                   ckpt.unsafe_globals.size() > 1 ? ", ..." : ""));
-    return finish();
+    return false;
+  }
+  if (ctx.policy.unknown_calls() == v1::NormalizationPolicy::UNKNOWN_CALLS_REJECT &&
+      !ckpt.called_globals.empty()) {
+    AddReason(&report, "unknown_calls");
+    report.set_error(absl::StrCat("pickle calls ", ckpt.called_globals.front(),
+                                  ckpt.called_globals.size() > 1 ? ", ..." : "",
+                                  " (policy unknown_calls = reject)"));
+    return false;
   }
   if (ckpt.format == checkpoint::Format::kJsonSpec) {
     AddReason(&report, "not_a_checkpoint");
     report.set_error("a JSON spec describes tensors but holds no weights");
-    return finish();
+    return false;
   }
+  return true;
+}
 
-  // ---- match ----
-  phase = Clock::now();
-  absl::StatusOr<MatchResult> match = MatchStateDict(ckpt.root, spec, policy, &report);
-  if (!match.ok()) return match.status();
-  report.mutable_timings()->set_match_ms(MsSince(phase));
-  bool invalid = match->invalid;
-  const std::vector<MatchedTensor>& tensors = match->tensors;
-
-  // ---- check (+ write) ----
-  std::unique_ptr<OutputWriter> writer;
-  const bool want_output = !options.output_path.empty();
-  double write_ms = 0;
-  if (want_output && !invalid) {
-    OutputWriter::Format format = OutputWriter::FormatForPath(options.output_path);
-    if (options.output_format == NormalizeOptions::OutputFormat::kSafetensors) {
-      format = OutputWriter::Format::kSafetensors;
-    } else if (options.output_format == NormalizeOptions::OutputFormat::kTorchZip) {
-      format = OutputWriter::Format::kTorchZip;
-    }
-    std::vector<OutputWriter::Entry> entries;
-    for (const MatchedTensor& m : tensors)
-      entries.push_back({m.name, m.out_dtype, m.shape, m.tied_to});
-    absl::StatusOr<std::unique_ptr<OutputWriter>> w =
-        OutputWriter::Create(options.output_path, format, std::move(entries),
-                             {{"format", "pt"}, {"producer", "weightgate"}}, options.sync_output);
-    if (!w.ok()) return w.status();
-    writer = std::move(*w);
-  }
-  auto append = [&](std::string_view bytes) -> absl::Status {
-    Clock::time_point t0 = Clock::now();
-    absl::Status s = writer->Append(bytes);
-    write_ms += MsSince(t0);
-    return s;
-  };
-
-  phase = Clock::now();
-  absl::Status failure = absl::OkStatus();
-  std::vector<uint16_t> half_buffer;
+// Whether two tensor views of the checkpoint hold bitwise-identical values
+// (NaN payloads included), for telling equal readings from ambiguous ones.
+bool SameBytes(const Checkpoint& ckpt, const TensorRecord& a, const TensorRecord& b) {
+  if (a.dtype != b.dtype || a.shape != b.shape) return false;
   try {
-    const c10::Device device(*device_name);
-    for (size_t k = 0; k < tensors.size() && failure.ok(); ++k) {
-      const MatchedTensor& m = tensors[k];
-      const bool write = writer != nullptr && !invalid && writer->NeedsBytes(k);
-      if (m.source == nullptr) {
-        if (write) {
-          const std::string zeros(m.out_nbytes(), '\0');
-          failure = append(zeros);
+    absl::StatusOr<at::Tensor> va = ViewOf(ckpt, a);
+    absl::StatusOr<at::Tensor> vb = ViewOf(ckpt, b);
+    if (!va.ok() || !vb.ok()) return false;
+    at::Tensor ca = va->contiguous();
+    at::Tensor cb = vb->contiguous();
+    return ca.nbytes() == cb.nbytes() &&
+           (ca.nbytes() == 0 || std::memcmp(ca.data_ptr(), cb.data_ptr(), ca.nbytes()) == 0);
+  } catch (const c10::Error&) {
+    return false;
+  }
+}
+
+absl::Status MatchPhase(NormalizeContext& ctx) {
+  const Clock::time_point phase = Clock::now();
+  MatchOptions match_options;
+  match_options.cancelled = ctx.options.cancelled;
+  match_options.same_bytes = [&ckpt = *ctx.ckpt](const TensorRecord& a, const TensorRecord& b) {
+    return SameBytes(ckpt, a, b);
+  };
+  absl::StatusOr<MatchResult> match =
+      MatchStateDict(ctx.ckpt->root, ctx.spec, ctx.policy, &ctx.report, match_options);
+  if (!match.ok()) return match.status();
+  ctx.report.mutable_timings()->set_match_ms(MsSince(phase));
+  ctx.match = *std::move(match);
+  ctx.invalid = ctx.match.invalid;
+  return absl::OkStatus();
+}
+
+// Opens the output when one is wanted and the match is usable.
+absl::Status OpenOutput(NormalizeContext& ctx) {
+  const NormalizeOptions& options = ctx.options;
+  if (options.output_path.empty() || ctx.invalid) return absl::OkStatus();
+  OutputWriter::Format format = OutputWriter::FormatForPath(options.output_path);
+  if (options.output_format == NormalizeOptions::OutputFormat::kSafetensors) {
+    format = OutputWriter::Format::kSafetensors;
+  } else if (options.output_format == NormalizeOptions::OutputFormat::kTorchZip) {
+    format = OutputWriter::Format::kTorchZip;
+  }
+  std::vector<OutputWriter::Entry> entries;
+  for (const MatchedTensor& m : ctx.match.tensors) {
+    entries.push_back({m.name, m.out_dtype, m.shape, m.tied_to});
+  }
+  absl::StatusOr<std::unique_ptr<OutputWriter>> w =
+      OutputWriter::Create(options.output_path, format, std::move(entries),
+                           {{"format", "pt"}, {"producer", "weightgate"}}, options.sync_output);
+  if (!w.ok()) return w.status();
+  ctx.writer = *std::move(w);
+  return absl::OkStatus();
+}
+
+absl::Status Append(NormalizeContext& ctx, std::string_view bytes) {
+  Clock::time_point t0 = Clock::now();
+  absl::Status s = ctx.writer->Append(bytes);
+  ctx.write_ms += MsSince(t0);
+  return s;
+}
+
+// One output tensor's numeric check, cast and write, piece by piece.
+class TensorPass final {
+ public:
+  TensorPass(NormalizeContext& ctx, const c10::Device& device, const MatchedTensor& m, bool write)
+      : ctx_(ctx), device_(device), m_(m), write_(write) {
+    // F32 -> F16, the commonest cast, runs at memory speed where the CPU can.
+    fast_half_ = m.cast() && m.source_dtype == DType::kF32 && m.out_dtype == DType::kF16 &&
+                 HasFastHalfConvert();
+  }
+
+  const NonFinite& counts() const { return counts_; }
+
+  // Checks, converts and writes the whole view of the source tensor.
+  absl::Status Run(const at::Tensor& view, uint64_t extent) {
+    const Checkpoint& ckpt = *ctx_.ckpt;
+    const int64_t numel = view.numel();
+    absl::Status status;
+    if (view.is_contiguous() && numel > 0) {
+      // Piece by piece, releasing each piece's pages: memory per tensor is
+      // bounded by kChunkElements whatever the tensor's size.
+      at::Tensor flat = view.reshape({-1});
+      for (int64_t begin = 0; begin < numel && status.ok(); begin += kChunkElements) {
+        at::Tensor piece = flat.slice(0, begin, std::min(numel, begin + kChunkElements));
+        status = Piece(piece);
+        if (ctx_.options.release_pages) {
+          ReleaseBytes(ckpt, *m_.source, static_cast<const char*>(piece.data_ptr()),
+                       piece.nbytes());
         }
+      }
+    } else {
+      status = Piece(view);
+      if (ctx_.options.release_pages) {
+        ReleaseBytes(ckpt, *m_.source, ckpt.TensorStorageBytes(*m_.source).data(), extent);
+      }
+    }
+    return status;
+  }
+
+ private:
+  // Checks, converts and writes one piece; a tensor that reaches the output
+  // unchanged on CPU is written straight from the mapping.
+  absl::Status Piece(const at::Tensor& piece) {
+    at::Tensor src = device_.is_cpu() ? piece : piece.to(device_);
+    CountNonFinite(src, &counts_);
+    if (m_.cast()) CountOverflow(src, m_.out_dtype, &counts_);
+    if (!write_ || ctx_.invalid) return absl::OkStatus();
+    if (fast_half_ && src.is_cpu() && src.is_contiguous()) {
+      std::vector<uint16_t>& half = ctx_.half_buffer;
+      half.resize(static_cast<size_t>(src.numel()));
+      FloatToHalf(static_cast<const float*>(src.data_ptr()), half.data(), half.size());
+      return Append(ctx_, std::string_view(reinterpret_cast<const char*>(half.data()),
+                                           half.size() * sizeof(uint16_t)));
+    }
+    at::Tensor out = m_.cast() ? src.to(ToScalarType(m_.out_dtype)) : src;
+    out = out.contiguous();
+    if (!out.is_cpu()) out = out.cpu();
+    return Append(ctx_, TensorBytes(out));
+  }
+
+  NormalizeContext& ctx_;
+  const c10::Device& device_;
+  const MatchedTensor& m_;
+  const bool write_;
+  bool fast_half_ = false;
+  NonFinite counts_;
+};
+
+// Non-finite values of one output tensor, reported (and rejected by policy).
+void ReportNonFinite(NormalizeContext& ctx, const MatchedTensor& m, const NonFinite& counts) {
+  if (counts.nan == 0 && counts.inf == 0 && counts.overflow == 0) return;
+  v1::ValidationReport& report = ctx.report;
+  v1::NonFiniteCount* count = report.add_non_finite();
+  count->set_name(m.name);
+  count->set_nan(counts.nan);
+  count->set_inf(counts.inf + counts.overflow);
+  if (counts.overflow > 0 && report.error().empty()) {
+    report.set_error(absl::StrCat("'", m.name, "': ", counts.overflow,
+                                  " finite values overflow when cast to ",
+                                  std::string(checkpoint::DTypeName(m.out_dtype))));
+  }
+  if (ctx.policy.non_finite() == v1::NormalizationPolicy::NONFINITE_REJECT) {
+    AddReason(&report, "non_finite");
+    ctx.invalid = true;
+  }
+}
+
+// Every output tensor: numeric checks, casts, and (when writing) its bytes.
+void CheckPhase(NormalizeContext& ctx) {
+  const Clock::time_point phase = Clock::now();
+  const Checkpoint& ckpt = *ctx.ckpt;
+  const std::vector<MatchedTensor>& tensors = ctx.match.tensors;
+  try {
+    const c10::Device device(ctx.device_name);
+    for (size_t k = 0; k < tensors.size() && ctx.failure.ok(); ++k) {
+      if (ctx.options.cancelled && ctx.options.cancelled()) {
+        ctx.failure = absl::CancelledError("validation cancelled");
+        break;
+      }
+      const MatchedTensor& m = tensors[k];
+      const bool write = ctx.writer != nullptr && !ctx.invalid && ctx.writer->NeedsBytes(k);
+      if (m.source == nullptr) {
+        if (write) ctx.failure = Append(ctx, std::string(m.out_nbytes(), '\0'));
         continue;
       }
       absl::StatusOr<uint64_t> extent = ViewExtentBytes(ckpt, *m.source);
       absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
       if (!extent.ok() || !view.ok()) {
-        AddReason(&report, "unreadable");
-        report.set_error(absl::StrCat("tensor '", m.source_name, "': ",
-                                      (extent.ok() ? view.status() : extent.status()).message()));
-        invalid = true;
+        AddReason(&ctx.report, "unreadable");
+        ctx.report.set_error(
+            absl::StrCat("tensor '", m.source_name,
+                         "': ", (extent.ok() ? view.status() : extent.status()).message()));
+        ctx.invalid = true;
         continue;
       }
-      NonFinite counts;
-      // F32 -> F16, the commonest cast, runs at memory speed where the CPU can.
-      const bool fast_half = m.cast() && m.source_dtype == DType::kF32 &&
-                             m.out_dtype == DType::kF16 && HasFastHalfConvert();
-      // Checks, converts and writes one piece; a tensor that reaches the
-      // output unchanged on CPU is written straight from the mapping.
-      auto process = [&](const at::Tensor& piece) -> absl::Status {
-        at::Tensor src = device.is_cpu() ? piece : piece.to(device);
-        CountNonFinite(src, &counts);
-        if (m.cast()) CountOverflow(src, m.out_dtype, &counts);
-        if (!write || invalid) return absl::OkStatus();
-        if (fast_half && src.is_cpu() && src.is_contiguous()) {
-          half_buffer.resize(static_cast<size_t>(src.numel()));
-          FloatToHalf(static_cast<const float*>(src.data_ptr()), half_buffer.data(),
-                      half_buffer.size());
-          return append(std::string_view(reinterpret_cast<const char*>(half_buffer.data()),
-                                         half_buffer.size() * sizeof(uint16_t)));
-        }
-        at::Tensor out = m.cast() ? src.to(ToScalarType(m.out_dtype)) : src;
-        out = out.contiguous();
-        if (!out.is_cpu()) out = out.cpu();
-        return append(TensorBytes(out));
-      };
-      const int64_t numel = view->numel();
-      if (view->is_contiguous() && numel > 0) {
-        // Piece by piece, releasing each piece's pages: memory per tensor is
-        // bounded by kChunkElements whatever the tensor's size.
-        at::Tensor flat = view->reshape({-1});
-        for (int64_t begin = 0; begin < numel && failure.ok(); begin += kChunkElements) {
-          at::Tensor piece = flat.slice(0, begin, std::min(numel, begin + kChunkElements));
-          failure = process(piece);
-          if (options.release_pages) {
-            ReleaseBytes(ckpt, *m.source, static_cast<const char*>(piece.data_ptr()),
-                         piece.nbytes());
-          }
-        }
-      } else {
-        failure = process(*view);
-        if (options.release_pages) {
-          ReleaseBytes(ckpt, *m.source, ckpt.TensorStorageBytes(*m.source).data(), *extent);
-        }
-      }
-      if (counts.nan > 0 || counts.inf > 0 || counts.overflow > 0) {
-        v1::NonFiniteCount* count = report.add_non_finite();
-        count->set_name(m.name);
-        count->set_nan(counts.nan);
-        count->set_inf(counts.inf + counts.overflow);
-        if (counts.overflow > 0 && report.error().empty()) {
-          report.set_error(absl::StrCat("'", m.name, "': ", counts.overflow,
-                                        " finite values overflow when cast to ",
-                                        std::string(checkpoint::DTypeName(m.out_dtype))));
-        }
-        if (policy.non_finite() == v1::NormalizationPolicy::NONFINITE_REJECT) {
-          AddReason(&report, "non_finite");
-          invalid = true;
-        }
-      }
+      TensorPass pass(ctx, device, m, write);
+      ctx.failure = pass.Run(*view, *extent);
+      ReportNonFinite(ctx, m, pass.counts());
     }
   } catch (const c10::Error& e) {
-    failure = absl::InternalError(absl::StrCat("libtorch: ", e.what_without_backtrace()));
+    ctx.failure = absl::InternalError(absl::StrCat("libtorch: ", e.what_without_backtrace()));
   }
-  report.mutable_timings()->set_check_ms(MsSince(phase) - write_ms);
+  ctx.report.mutable_timings()->set_check_ms(MsSince(phase) - ctx.write_ms);
+}
 
-  // ---- smoke test ----
-  // Before the output is committed: a failing forward pass makes the
-  // checkpoint INVALID, and INVALID never leaves an output behind. The writer
-  // thread drains meanwhile.
-  if (failure.ok() && !invalid && !options.torchscript_path.empty() &&
-      spec.example_inputs_size() > 0) {
-    phase = Clock::now();
-    absl::flat_hash_map<std::string, const MatchedTensor*> by_name;
-    for (const MatchedTensor& m : tensors) by_name.emplace(m.name, &m);
-    auto weight = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
-      auto it = by_name.find(name);
-      if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("missing '", name, "'"));
-      const MatchedTensor& m = *it->second;
-      at::TensorOptions opts = at::TensorOptions().dtype(ToScalarType(m.out_dtype));
-      if (m.source == nullptr) return at::zeros(m.shape, opts);
-      absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
-      if (!view.ok()) return view.status();
-      return view->to(ToScalarType(m.out_dtype));
-    };
-    *report.mutable_smoke_test() = RunSmokeTest(options.torchscript_path, spec, weight);
-    if (!report.smoke_test().ok()) {
-      AddReason(&report, "smoke_test_failed");
-      invalid = true;
-    }
-    report.mutable_timings()->set_smoke_ms(MsSince(phase));
+// Before the output is committed: a failing forward pass makes the
+// checkpoint INVALID, and INVALID never leaves an output behind. The writer
+// thread drains meanwhile.
+void SmokeTestPhase(NormalizeContext& ctx) {
+  if (!ctx.failure.ok() || ctx.invalid || ctx.options.torchscript_path.empty() ||
+      ctx.spec.example_inputs_size() == 0) {
+    return;
   }
+  const Clock::time_point phase = Clock::now();
+  const Checkpoint& ckpt = *ctx.ckpt;
+  absl::flat_hash_map<std::string, const MatchedTensor*> by_name;
+  for (const MatchedTensor& m : ctx.match.tensors) by_name.emplace(m.name, &m);
+  auto weight = [&](const std::string& name) -> absl::StatusOr<at::Tensor> {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) return absl::NotFoundError(absl::StrCat("missing '", name, "'"));
+    const MatchedTensor& m = *it->second;
+    at::TensorOptions opts = at::TensorOptions().dtype(ToScalarType(m.out_dtype));
+    if (m.source == nullptr) return at::zeros(m.shape, opts);
+    absl::StatusOr<at::Tensor> view = ViewOf(ckpt, *m.source);
+    if (!view.ok()) return view.status();
+    return view->to(ToScalarType(m.out_dtype));
+  };
+  *ctx.report.mutable_smoke_test() = RunSmokeTest(ctx.options.torchscript_path, ctx.spec, weight);
+  if (!ctx.report.smoke_test().ok()) {
+    AddReason(&ctx.report, "smoke_test_failed");
+    ctx.invalid = true;
+  }
+  ctx.report.mutable_timings()->set_smoke_ms(MsSince(phase));
+}
 
-  if (writer != nullptr) {
-    Clock::time_point t0 = Clock::now();
-    if (failure.ok() && !invalid) {
-      failure = writer->Finish();
-    } else {
-      writer->Abort();
-    }
-    write_ms += MsSince(t0);
-    report.mutable_timings()->set_write_ms(write_ms);
+// Renames the output into place, or removes it when anything failed.
+void FinishOutput(NormalizeContext& ctx) {
+  if (ctx.writer == nullptr) return;
+  Clock::time_point t0 = Clock::now();
+  if (ctx.failure.ok() && !ctx.invalid) {
+    ctx.failure = ctx.writer->Finish();
+  } else {
+    ctx.writer->Abort();
   }
-  if (!failure.ok()) return failure;
-  return finish();
+  ctx.write_ms += MsSince(t0);
+  ctx.report.mutable_timings()->set_write_ms(ctx.write_ms);
+}
+
+v1::ValidationReport Finish(NormalizeContext& ctx) {
+  ctx.report.set_verdict(VerdictOf(ctx.report));
+  ctx.report.mutable_timings()->set_total_ms(MsSince(ctx.start));
+  return std::move(ctx.report);
+}
+
+}  // namespace
+
+absl::StatusOr<v1::ValidationReport> Normalize(const std::string& checkpoint_path,
+                                               const v1::ModelSpec& spec,
+                                               const v1::NormalizationPolicy& policy,
+                                               const NormalizeOptions& options) {
+  NormalizeContext ctx(checkpoint_path, spec, policy, options);
+  ctx.report.set_model_id(options.model_id);
+  absl::StatusOr<std::string> device_name = ResolveDevice(options.device);
+  if (!device_name.ok()) return device_name.status();
+  ctx.device_name = *device_name;
+  ctx.report.set_device(ctx.device_name);
+
+  if (!ReadPhase(ctx)) return Finish(ctx);
+  if (absl::Status s = MatchPhase(ctx); !s.ok()) return s;
+  if (absl::Status s = OpenOutput(ctx); !s.ok()) return s;
+  CheckPhase(ctx);
+  SmokeTestPhase(ctx);
+  FinishOutput(ctx);
+  if (!ctx.failure.ok()) return ctx.failure;
+  return Finish(ctx);
 }
 
 }  // namespace weightgate::statedict

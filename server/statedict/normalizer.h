@@ -13,6 +13,7 @@
 #ifndef WEIGHTGATE_SERVER_STATEDICT_NORMALIZER_H_
 #define WEIGHTGATE_SERVER_STATEDICT_NORMALIZER_H_
 
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -42,6 +43,9 @@ struct NormalizeOptions {
   bool compute_input_sha256 = false;
   // Drop each tensor's mapped pages once it is done (bounded RSS). Default true.
   bool release_pages = true;
+  // Polled while matching and between tensors; true stops the call with
+  // Cancelled (and no output). Default: never.
+  std::function<bool()> cancelled;
   // Copied into report.model_id.
   std::string model_id;
   checkpoint::ReadOptions read_options;

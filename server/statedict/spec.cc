@@ -1,5 +1,6 @@
 #include "server/statedict/spec.h"
 
+#include <memory>
 #include <string_view>
 
 #include "absl/status/status.h"
@@ -8,8 +9,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/sha256.h"
+#include "server/checkpoint/checkpoint_set.h"
 #include "server/checkpoint/dtype.h"
+#include "server/checkpoint/set_bundle.h"
 #include "server/statedict/matcher.h"
+#include "server/statedict/ties.h"
 
 namespace weightgate::statedict {
 
@@ -31,11 +35,20 @@ absl::StatusOr<v1::ModelSpec> SpecFromCheckpoint(const checkpoint::Checkpoint& c
     t->set_dtype(std::string(checkpoint::DTypeName(nt.tensor->dtype)));
     t->mutable_shape()->Assign(nt.tensor->shape.begin(), nt.tensor->shape.end());
   }
+  for (v1::TieGroup& tie : TiesFromTensors(tensors)) *spec.add_ties() = std::move(tie);
   return spec;
 }
 
-absl::StatusOr<v1::ModelSpec> SpecFromFile(const std::string& path,
+absl::StatusOr<v1::ModelSpec> SpecFromFile(const std::string& file_path,
                                            const std::vector<v1::ExampleInput>& example_inputs) {
+  // A reference set uploaded as one bundle is unpacked for the read (set_bundle.h).
+  absl::StatusOr<std::unique_ptr<checkpoint::UnpackedSet>> input =
+      checkpoint::UnpackedSet::Open(file_path);
+  if (!input.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot read reference: ", input.status().message()));
+  }
+  const std::string& path = (*input)->path();
   absl::StatusOr<checkpoint::Checkpoint> ckpt = checkpoint::ReadCheckpointFile(path);
   absl::StatusOr<v1::ModelSpec> spec;
   bool torchscript = false;
@@ -53,7 +66,8 @@ absl::StatusOr<v1::ModelSpec> SpecFromFile(const std::string& path,
     }
   }
   if (!spec.ok()) return spec.status();
-  absl::StatusOr<std::string> sha = common::Sha256File(path);
+  // A set (directory or index) is named by the sha256 of its file manifest.
+  absl::StatusOr<std::string> sha = checkpoint::Sha256CheckpointSet(path);
   if (!sha.ok()) return sha.status();
   spec->set_source_sha256(*sha);
   if (!example_inputs.empty()) {

@@ -387,6 +387,15 @@ absl::Status Store::PutModel(const Model& model) {
 
 absl::Status Store::PutModelLocked(const Model& model) {
   if (absl::Status s = ValidateModelId(model.model_id()); !s.ok()) return s;
+  if (const std::string& ts = model.spec().torchscript_sha256(); !ts.empty()) {
+    // The TorchScript reference was committed (and refreshed) by the caller;
+    // under the lock it either still exists, and is refreshed again so that
+    // collection spares it, or the model is not written.
+    if (!common::IsSha256Hex(ts) || ::utimensat(AT_FDCWD, BlobPath(ts).c_str(), nullptr, 0) != 0) {
+      return absl::AbortedError(
+          absl::StrCat("TorchScript reference blob ", ts, " vanished before the model was saved"));
+    }
+  }
   std::string dir = ModelDir(root_, model.model_id());
   struct stat st;
   if (::stat((dir + "/versions").c_str(), &st) != 0) {

@@ -27,6 +27,8 @@ namespace {
 constexpr int kWorkerFd = 3;
 // How often a waiting request looks at its deadline and cancellation.
 constexpr absl::Duration kPollInterval = absl::Milliseconds(20);
+// After a request's child is killed, the worker must report it within this.
+constexpr absl::Duration kDrainTimeout = absl::Seconds(5);
 // A stuck write to a worker counts as a dead worker after this.
 constexpr int kSendTimeoutSeconds = 30;
 
@@ -244,23 +246,37 @@ absl::StatusOr<WorkResponse> ValidationPool::Await(size_t index, absl::Time limi
                                                    const CallControl& control) {
   Slot slot = Snapshot(index);
   FrameReader reader;
+  pid_t child = 0;         // the worker's child running this request
+  absl::Status stopped;    // why the request is being stopped, once it is
+  absl::Time drain_until;  // how long the worker may take to report it
   for (;;) {
     absl::Time now = absl::Now();
-    if (now >= limit) {
+    if (stopped.ok()) {
+      absl::Status why;
+      if (now >= limit) {
+        why = on_limit;
+      } else if (control.cancelled && control.cancelled()) {
+        why = absl::CancelledError("request cancelled; its validation was stopped");
+      } else if (now >= control.deadline) {
+        why = absl::DeadlineExceededError("deadline passed; its validation was stopped");
+      }
+      if (!why.ok()) {
+        if (child <= 0) {  // not started in a child: stop the worker itself
+          Reap(index, /*kill=*/true);
+          return why;
+        }
+        // Kill the child; the worker reports its death and stays.
+        ::kill(child, SIGKILL);
+        stopped = why;
+        drain_until = now + kDrainTimeout;
+      }
+    } else if (now >= drain_until) {
       Reap(index, /*kill=*/true);
-      return on_limit;
+      return stopped;
     }
-    if (control.cancelled && control.cancelled()) {
-      Reap(index, /*kill=*/true);
-      return absl::CancelledError("request cancelled; its validation worker was stopped");
-    }
-    if (now >= control.deadline) {
-      Reap(index, /*kill=*/true);
-      return absl::DeadlineExceededError("deadline passed; its validation worker was stopped");
-    }
+    absl::Time until = stopped.ok() ? std::min(limit, control.deadline) : drain_until;
     pollfd p{slot.fd, POLLIN, 0};
-    int wait_ms = static_cast<int>(
-        absl::ToInt64Milliseconds(std::min({kPollInterval, limit - now, control.deadline - now})));
+    int wait_ms = static_cast<int>(absl::ToInt64Milliseconds(std::min(kPollInterval, until - now)));
     int r = ::poll(&p, 1, std::max(1, wait_ms));
     if (r < 0 && errno != EINTR) {
       Reap(index, /*kill=*/true);
@@ -268,19 +284,28 @@ absl::StatusOr<WorkResponse> ValidationPool::Await(size_t index, absl::Time limi
     }
     if (r <= 0) continue;
     absl::Status fed = reader.Feed(slot.fd);
-    if (absl::IsUnavailable(fed)) return Died(Reap(index, /*kill=*/false));
+    if (absl::IsUnavailable(fed)) {
+      int status = Reap(index, /*kill=*/false);
+      return stopped.ok() ? Died(status) : stopped;
+    }
     if (!fed.ok()) {
       Reap(index, /*kill=*/true);
       return absl::InternalError(absl::StrCat("validation worker: ", fed.message()));
     }
-    if (reader.Done()) {
-      WorkResponse response;
-      if (absl::Status s = reader.Parse(&response); !s.ok()) {
-        Reap(index, /*kill=*/true);
-        return absl::InternalError(absl::StrCat("validation worker: ", s.message()));
-      }
-      return response;
+    if (!reader.Done()) continue;
+    WorkResponse response;
+    if (absl::Status s = reader.Parse(&response); !s.ok()) {
+      Reap(index, /*kill=*/true);
+      return absl::InternalError(absl::StrCat("validation worker: ", s.message()));
     }
+    reader = FrameReader();
+    if (response.started_pid() > 0) {
+      child = response.started_pid();
+      continue;
+    }
+    if (!stopped.ok()) return stopped;  // the stopped child's report: in sync again
+    if (response.child_died()) return Died(response.child_status());
+    return response;
   }
 }
 

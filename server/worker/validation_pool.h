@@ -2,17 +2,19 @@
 // matching, numeric checks, TorchScript loading, the smoke forward pass and
 // normalisation — in worker processes separate from the gRPC server.
 //
-// Each worker is a fresh exec of a worker binary (by default this one, as
-// `weightgate-server --validation_worker`) talking over a socketpair with
-// length-prefixed WorkRequest/WorkResponse frames (frame.h). A worker handles
-// one request at a time under
+// Each worker is an exec of a worker binary (by default this one, as
+// `weightgate-server --validation_worker`, see worker_main.h) talking over a
+// socketpair with length-prefixed WorkRequest/WorkResponse frames (frame.h).
+// A worker loads libtorch once, then forks a fresh child for every request;
+// the child works under
 //   - a memory limit: RLIMIT_DATA (anonymous memory; the checkpoint's file
 //     mmap is not counted) of its baseline plus Options::memory_bytes;
-//   - a time limit: RLIMIT_CPU per request plus a wall-clock watchdog here
-//     that SIGKILLs a worker running past Options::timeout.
-// A worker that crashes, is killed or exceeds a limit fails only the request
-// it was running and is respawned; a cancelled request or one past its
-// deadline kills its worker, so its work stops at once.
+//   - a time limit: RLIMIT_CPU plus a wall-clock watchdog here that SIGKILLs
+//     a child running past Options::timeout.
+// A child that crashes, is killed or exceeds a limit fails only its request;
+// the worker reports how it died and serves the next request at once. A
+// cancelled request or one past its deadline has its child killed, so its
+// work stops at once. A worker that dies itself is respawned.
 //
 // Run() outcomes:
 //   OK                  the worker's WorkResponse (whose own code may be an

@@ -1,11 +1,15 @@
 #include "server/worker/worker_main.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -49,12 +53,6 @@ uint64_t DataBytes() {
     if (absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &kib)) return kib << 10;
   }
   return 0;
-}
-
-uint64_t CpuSecondsUsed() {
-  rusage usage{};
-  ::getrusage(RUSAGE_SELF, &usage);
-  return static_cast<uint64_t>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) + 1;
 }
 
 int64_t MaxRssBytes() {
@@ -131,18 +129,126 @@ bool IsValidationWorker(int argc, char** argv) {
 
 bool ThisBinaryHasWorkerMode() { return dispatches_worker_mode; }
 
-int ValidationWorkerMain(int argc, char** argv) {
+namespace {
+
+struct Limits {
   uint64_t memory_bytes = 0;
   uint64_t cpu_seconds = 0;
+  uint64_t delay_ms = 0;
+  uint64_t spin_ms = 0;
+  bool crash_in_torchscript = false;
+};
+
+// The child that does one request: waits for it on `channel`, limits
+// itself, works, writes the response to `channel`, exits. Never returns.
+[[noreturn]] void RunChild(const Limits& limits, pid_t worker, int channel) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != worker) ::_exit(1);
+  WorkRequest request;
+  if (!ReadFrame(channel, &request).ok()) ::_exit(0);  // the worker is stopping
+  if (limits.memory_bytes > 0) {
+    uint64_t limit = DataBytes() + limits.memory_bytes;
+    rlimit data{limit, limit};
+    if (::setrlimit(RLIMIT_DATA, &data) != 0) ::_exit(1);
+  }
+  if (limits.cpu_seconds > 0) {
+    rlimit cpu{limits.cpu_seconds, limits.cpu_seconds + 1};
+    ::setrlimit(RLIMIT_CPU, &cpu);
+  }
+  std::set_new_handler(OutOfMemory);
+  if (limits.delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(limits.delay_ms));
+  if (limits.spin_ms > 0) Spin(limits.spin_ms);
+  if (limits.crash_in_torchscript && WouldLoadTorchScript(request)) ::raise(SIGSEGV);
+  WorkResponse response = Handle(request);
+  response.set_max_rss_bytes(MaxRssBytes());
+  if (absl::Status s = WriteFrame(channel, response); !s.ok() && !absl::IsUnavailable(s)) {
+    // An answer too large to send is the request's problem: say so briefly.
+    WorkResponse small;
+    SetStatus(
+        absl::ResourceExhaustedError(absl::StrCat("validation result too large: ", s.message())),
+        &small);
+    (void)WriteFrame(channel, small);
+  }
+  ::_exit(0);
+}
+
+// A forked child waiting for its request. Forking a process that has
+// libtorch mapped takes tens of milliseconds, so the next child is forked
+// right after a request is answered, while the worker is idle.
+struct Child {
+  pid_t pid = -1;
+  int fd = -1;  // the worker's end of the child's socketpair
+};
+
+Child Fork(int server_fd, const Limits& limits) {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) return {};
+  pid_t worker = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return {};
+  }
+  if (pid == 0) {
+    ::close(server_fd);
+    ::close(fds[0]);
+    RunChild(limits, worker, fds[1]);
+  }
+  ::close(fds[1]);
+  return Child{pid, fds[0]};
+}
+
+// Runs one request in `child` and answers the server: a started frame with
+// the child's pid, then the child's result or how it died. False when the
+// server is gone.
+bool Serve(int fd, const WorkRequest& request, Child child) {
+  if (child.pid < 0) {
+    WorkResponse failed;
+    SetStatus(absl::InternalError("validation worker cannot fork"), &failed);
+    return WriteFrame(fd, failed).ok();
+  }
+  WorkResponse started;
+  started.set_started_pid(child.pid);
+  bool server_alive = WriteFrame(fd, started).ok();
+  WorkResponse result;
+  absl::Status io = WriteFrame(child.fd, request);
+  if (io.ok()) io = ReadFrame(child.fd, &result);
+  ::close(child.fd);
+  // A whole answer is final: send it before the child's exit is reaped
+  // (tearing down its address space takes milliseconds).
+  if (io.ok() && server_alive) server_alive = WriteFrame(fd, result).ok();
+  if (!io.ok()) ::kill(child.pid, SIGKILL);  // e.g. it sent garbage
+  int status = 0;
+  while (::waitpid(child.pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (io.ok() || !server_alive) return server_alive;
+  WorkResponse died;
+  died.set_child_died(true);
+  died.set_child_status(status);
+  return WriteFrame(fd, died).ok();
+}
+
+uint64_t EnvNumber(const char* name) {
+  uint64_t v = 0;
+  const char* text = std::getenv(name);
+  if (text == nullptr || !absl::SimpleAtoi(text, &v)) return 0;
+  return v;
+}
+
+}  // namespace
+
+int ValidationWorkerMain(int argc, char** argv) {
+  Limits limits;
   int fd = -1;
   pid_t parent = 0;
   for (int i = 2; i < argc; ++i) {
     absl::string_view arg = argv[i];
     bool ok = false;
     if (absl::ConsumePrefix(&arg, "--memory_bytes=")) {
-      ok = absl::SimpleAtoi(arg, &memory_bytes);
+      ok = absl::SimpleAtoi(arg, &limits.memory_bytes);
     } else if (absl::ConsumePrefix(&arg, "--cpu_seconds=")) {
-      ok = absl::SimpleAtoi(arg, &cpu_seconds);
+      ok = absl::SimpleAtoi(arg, &limits.cpu_seconds);
     } else if (absl::ConsumePrefix(&arg, "--fd=")) {
       ok = absl::SimpleAtoi(arg, &fd);
     } else if (absl::ConsumePrefix(&arg, "--parent_pid=")) {
@@ -165,30 +271,17 @@ int ValidationWorkerMain(int argc, char** argv) {
   ::signal(SIGPIPE, SIG_IGN);
   rlimit no_core{0, 0};
   ::setrlimit(RLIMIT_CORE, &no_core);
-  if (memory_bytes > 0) {
-    uint64_t limit = DataBytes() + memory_bytes;
-    rlimit data{limit, limit};
-    if (::setrlimit(RLIMIT_DATA, &data) != 0) {
-      std::cerr << "weightgate validation worker: cannot set RLIMIT_DATA\n";
-      return 2;
-    }
-  }
-  std::set_new_handler(OutOfMemory);
-
-  uint64_t delay_ms = 0;
-  if (const char* d = std::getenv("WEIGHTGATE_TEST_WORKER_DELAY_MS")) {
-    if (!absl::SimpleAtoi(d, &delay_ms)) delay_ms = 0;
-  }
-  uint64_t spin_ms = 0;
-  if (const char* d = std::getenv("WEIGHTGATE_TEST_WORKER_SPIN_MS")) {
-    if (!absl::SimpleAtoi(d, &spin_ms)) spin_ms = 0;
-  }
-  const bool crash_in_torchscript = std::getenv("WEIGHTGATE_TEST_CRASH_IN_TORCHSCRIPT") != nullptr;
+  limits.delay_ms = EnvNumber("WEIGHTGATE_TEST_WORKER_DELAY_MS");
+  limits.spin_ms = EnvNumber("WEIGHTGATE_TEST_WORKER_SPIN_MS");
+  limits.crash_in_torchscript = std::getenv("WEIGHTGATE_TEST_CRASH_IN_TORCHSCRIPT") != nullptr;
 
   WorkResponse hello;
   hello.set_ready(true);
   hello.set_max_rss_bytes(MaxRssBytes());
   if (!WriteFrame(fd, hello).ok()) return 0;
+  // This process stays single-threaded and never touches a checkpoint, so
+  // forking it is safe; each request gets a fresh child.
+  Child next = Fork(fd, limits);
   for (;;) {
     WorkRequest request;
     absl::Status read = ReadFrame(fd, &request);
@@ -197,30 +290,16 @@ int ValidationWorkerMain(int argc, char** argv) {
       std::cerr << "weightgate validation worker: " << read.message() << "\n";
       return 2;
     }
-    if (cpu_seconds > 0) {
-      rlimit cpu{};
-      ::getrlimit(RLIMIT_CPU, &cpu);
-      cpu.rlim_cur = CpuSecondsUsed() + cpu_seconds;
-      if (cpu.rlim_max != RLIM_INFINITY && cpu.rlim_cur > cpu.rlim_max) cpu.rlim_cur = cpu.rlim_max;
-      ::setrlimit(RLIMIT_CPU, &cpu);
+    if (request.ping()) {
+      WorkResponse pong;
+      pong.set_max_rss_bytes(MaxRssBytes());
+      if (!WriteFrame(fd, pong).ok()) return 0;
+      continue;
     }
-    if (!request.ping()) {
-      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));
-      if (spin_ms > 0) Spin(spin_ms);
-      if (crash_in_torchscript && WouldLoadTorchScript(request)) ::raise(SIGSEGV);
-    }
-    WorkResponse response = Handle(request);
-    response.set_max_rss_bytes(MaxRssBytes());
-    if (absl::Status s = WriteFrame(fd, response); !s.ok()) {
-      if (absl::IsUnavailable(s)) return 0;
-      // An answer too large to send is the request's problem, not the
-      // worker's: say so in a small frame.
-      WorkResponse small;
-      SetStatus(
-          absl::ResourceExhaustedError(absl::StrCat("validation result too large: ", s.message())),
-          &small);
-      if (!WriteFrame(fd, small).ok()) return 0;
-    }
+    if (next.pid < 0) next = Fork(fd, limits);
+    bool server_alive = Serve(fd, request, next);
+    next = server_alive ? Fork(fd, limits) : Child{};
+    if (!server_alive) return 0;
   }
 }
 

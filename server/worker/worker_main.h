@@ -3,11 +3,14 @@
 // reads WorkRequest frames from the socket on fd 3 and answers each with a
 // WorkResponse, one at a time, until the socket closes.
 //
-// Before its first frame (the `ready` one) a worker limits itself:
-// RLIMIT_DATA to its baseline plus N bytes (operator new failing exits with
-// kExitOutOfMemory), no core files, and it dies with its parent. Before each
-// request it sets RLIMIT_CPU to S more seconds, so a runaway request is
-// killed by SIGXCPU even if the server's watchdog is late.
+// A worker loads libtorch, limits itself (no core files, dies with its
+// parent, no_new_privs) and sends a `ready` frame. It stays single-threaded
+// and never reads a checkpoint itself: each request runs in a forked child
+// that sets RLIMIT_DATA to its baseline plus N bytes (operator new failing
+// exits with kExitOutOfMemory) and RLIMIT_CPU to S seconds, then works and
+// hands its WorkResponse back through a pipe. The worker sends a frame with
+// the child's pid first (so the server can kill just the child), then the
+// child's result, or `child_died` with its wait status.
 //
 // Test hooks (environment, inherited from the server; for tests only):
 //   WEIGHTGATE_TEST_WORKER_DELAY_MS=N       sleep N ms before each request;

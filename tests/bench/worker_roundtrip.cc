@@ -1,7 +1,9 @@
 // What running validation in worker processes costs, against the same work
 // in-process: the bare round trip (a ping frame), a whole validation of a
-// small checkpoint both ways, a worker's start-up (exec + libtorch), and the
-// time to serve again after a worker is SIGKILLed. Prints medians (and p99
+// small checkpoint both ways (back to back, where forking the next request's
+// child is on the critical path, and spaced out, where it is not), a
+// worker's start-up (exec + libtorch), and the time to serve again after a
+// worker is SIGKILLed. Prints medians (and p99
 // for the ping).
 //
 // usage: worker_roundtrip WORKER_BINARY REFERENCE CHECKPOINT [RUNS]
@@ -11,6 +13,7 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -105,6 +108,29 @@ int main(int argc, char** argv) {
     isolated.push_back(Ms(start));
   }
 
+  // With idle time between requests (as between uploads) the next child is
+  // already forked when a request arrives.
+  std::vector<double> spaced;
+  for (int i = 0; i < runs; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    start = Clock::now();
+    if (!Check(pool.Run(validate, {}), "validation")) return 1;
+    spaced.push_back(Ms(start));
+  }
+
+  // A request that touches no tensor code: what forking a child costs.
+  WorkRequest derive;
+  derive.mutable_spec()->set_reference_path(argv[2]);
+  std::vector<double> spec_in_process, spec_isolated;
+  for (int i = 0; i < runs; ++i) {
+    start = Clock::now();
+    if (!weightgate::statedict::SpecFromFile(argv[2]).ok()) return 1;
+    spec_in_process.push_back(Ms(start));
+    start = Clock::now();
+    if (!Check(pool.Run(derive, {}), "spec")) return 1;
+    spec_isolated.push_back(Ms(start));
+  }
+
   std::vector<double> recover;
   for (int i = 0; i < std::max(3, runs / 10); ++i) {
     ::kill(pool.WorkerPids().at(0), SIGKILL);
@@ -124,6 +150,12 @@ int main(int argc, char** argv) {
       "overhead %.2f ms (%d runs, %s, %d tensors)\n",
       argv[3], a, b, b - a, runs, v1::Verdict_Name(warm->verdict()).c_str(),
       static_cast<int>(warm->tensor_count()));
+  std::printf(
+      "the same in a worker, 100 ms apart (child forked ahead): median %.2f ms, "
+      "overhead %.2f ms\n",
+      Quantile(spaced, 0.5), Quantile(spaced, 0.5) - a);
+  std::printf("spec of %s (no tensor code): in-process median %.2f ms, in a worker %.2f ms\n",
+              argv[2], Quantile(spec_in_process, 0.5), Quantile(spec_isolated, 0.5));
   std::printf("first validation after a worker is SIGKILLed: median %.0f ms\n",
               Quantile(recover, 0.5));
   return 0;

@@ -39,6 +39,13 @@ inline const std::string& FixtureDir() {
   return dir;
 }
 
+// The attack classes of make_hostile_fixtures.py (manifest.tsv lists them).
+inline const std::string& HostileFixtureDir() {
+  static const std::string dir =
+      ::weightgate::testing::GenerateFixtures("hostile", {"make_hostile_fixtures.py"});
+  return dir;
+}
+
 // The file's bytes (the name these tests use).
 inline std::string ReadFileBytes(const std::string& path) { return ReadWholeFile(path); }
 

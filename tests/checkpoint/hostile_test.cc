@@ -146,6 +146,53 @@ TEST(Hostile, ZipBombIsRejectedBeforeInflating) {
   EXPECT_FALSE(ReadCheckpointFile(Hostile("zip_bomb.pt"), tight).ok());
 }
 
+// A pickle that copies a 1000-None list 500 times (4 MB of items).
+std::string CopyingPickle(int copies) {
+  using namespace std::string_literals;
+  std::string p = "\x80\x02}(N"s + std::string(999, '2') +
+                  "lq\x00"
+                  "0cbuiltins\nset\nq\x01"
+                  "0"s;
+  for (int k = 0; k < copies; ++k) p += "h\x01h\x00\x85R0"s;
+  return p + ".";
+}
+
+TEST(Hostile, CopiesAreChargedToTheBudget) {
+  ReadOptions options;
+  options.budget_fixed_bytes = 1 << 20;
+  std::string pkl = CopyingPickle(500);
+  ValueArena arena;
+  PickleContext ctx;
+  ctx.arena = &arena;
+  ctx.limits.budget_fixed_bytes = 1 << 20;
+  absl::StatusOr<Value*> v = Unpickle(pkl, ctx);
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.status().code(), absl::StatusCode::kResourceExhausted) << v.status();
+  EXPECT_NE(std::string(v.status().message()).find("read_budget"), std::string::npos);
+  EXPECT_NE(std::string(v.status().message()).find("builtins.set"), std::string::npos);
+  ctx.limits.budget_fixed_bytes = 16 << 20;
+  ValueArena arena2;
+  ctx.arena = &arena2;
+  EXPECT_TRUE(Unpickle(pkl, ctx).ok());
+}
+
+// Bytes after a legacy file's pickles (its storages, or junk) do not raise
+// the budget: it grows only with the pickle bytes read.
+TEST(Hostile, LegacyTrailingBytesEarnNoBudget) {
+  std::string file = std::string("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15) +
+                     "\x80\x02M\xe9\x03." +
+                     std::string("\x80\x02}q\x00(X\x0d\x00\x00\x00little_endianq\x01\x88u.", 29) +
+                     CopyingPickle(500) + "\x80\x02]." + std::string(200 << 10, 'j');
+  ReadOptions options;
+  options.budget_fixed_bytes = 1 << 20;
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpoint(MappedFile::FromString(file), options);
+  ASSERT_FALSE(ckpt.ok());
+  EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kResourceExhausted) << ckpt.status();
+  options.budget_fixed_bytes = 16 << 20;
+  ckpt = ReadCheckpoint(MappedFile::FromString(file), options);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+}
+
 TEST(Hostile, DeepNestingIsACleanError) {
   for (const char* name : {"deep_lists.pkl", "deep_tuples.pkl"}) {
     auto u = UnpickleFile(Hostile(name));

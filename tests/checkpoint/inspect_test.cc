@@ -161,5 +161,44 @@ TEST(Inspect, TextTableNamesEveryTensor) {
   for (const InspectedTensor& t : in.tensors) EXPECT_NE(text.find(t.name), std::string::npos);
 }
 
+// weights_only agrees with what Debian's torch 1.13 did with each fixture
+// (make_checkpoint_fixtures.py records it), both ways.
+TEST(Inspect, WeightsOnlyAgreesWithTorch) {
+  int loads = 0;
+  int refused = 0;
+  for (const char* name : {"plain", "small", "legacy", "tied", "views", "dtypes", "proto2",
+                           "proto4", "lightning", "training", "whole_model", "dataparallel",
+                           "legacy_training", "parameters", "buffer", "edge"}) {
+    std::string expected = testing::ReadFileBytes(FixtureDir() + "/" + name + ".weights_only");
+    ASSERT_FALSE(expected.empty()) << name;
+    Inspection in = InspectFixture(std::string(name) + ".pt");
+    const bool torch_loads = expected.rfind("loads", 0) == 0;
+    EXPECT_EQ(in.weights_only,
+              torch_loads ? Inspection::WeightsOnly::kLoads : Inspection::WeightsOnly::kRefused)
+        << name;
+    EXPECT_EQ(in.weights_only_blockers.empty(), torch_loads) << name;
+    (torch_loads ? loads : refused) += 1;
+  }
+  EXPECT_GT(loads, 0);
+  EXPECT_GT(refused, 0);
+}
+
+TEST(Inspect, LightningNamespaceIsDataButMainClassesAreCalls) {
+  Inspection in = InspectFixture("lightning.pt");
+  for (const std::string& g : in.called_globals) {
+    EXPECT_NE(g, "argparse.Namespace");
+    EXPECT_NE(g, "collections.OrderedDict");
+  }
+  std::string text = RenderInspectionText(in);
+  EXPECT_NE(text.find("weights_only"), std::string::npos);
+  EXPECT_NE(text.find("read budget"), std::string::npos);
+  absl::StatusOr<JsonValue> v = ParseJson(RenderInspectionJson(in));
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->Find("weights_only")->text, "refused");
+  EXPECT_GT(v->Find("read_budget")->Find("used")->AsUint64(), 0u);
+  EXPECT_LE(v->Find("read_budget")->Find("used")->AsUint64(),
+            v->Find("read_budget")->Find("limit")->AsUint64());
+}
+
 }  // namespace
 }  // namespace weightgate::checkpoint

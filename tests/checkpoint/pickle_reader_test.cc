@@ -327,33 +327,51 @@ TEST(PickleReader, ClassifyGlobal) {
   EXPECT_EQ(ClassifyGlobal("collections", "OrderedDict"), GlobalClass::kAllowed);
   EXPECT_EQ(ClassifyGlobal("__builtin__", "set"), GlobalClass::kAllowed);
   EXPECT_EQ(ClassifyGlobal("argparse", "Namespace"), GlobalClass::kOpaque);
-  EXPECT_EQ(ClassifyGlobal("functools", "partial"), GlobalClass::kOpaque);
   EXPECT_EQ(ClassifyGlobal("__torch__.Net", "Net"), GlobalClass::kOpaque);
-  for (auto [m, n] :
-       std::vector<std::pair<std::string, std::string>>{{"os", "system"},
-                                                        {"posix", "system"},
-                                                        {"nt", "system"},
-                                                        {"subprocess", "Popen"},
-                                                        {"sys", "modules"},
-                                                        {"builtins", "eval"},
-                                                        {"builtins", "exec"},
-                                                        {"__builtin__", "eval"},
-                                                        {"builtins", "setattr"},
-                                                        {"builtins", "__import__"},
-                                                        {"builtins", "open"},
-                                                        {"runpy", "run_path"},
-                                                        {"importlib", "import_module"},
-                                                        {"importlib.util", "x"},
-                                                        {"pickle", "loads"},
-                                                        {"marshal", "loads"},
-                                                        {"socket", "socket"},
-                                                        {"shutil", "rmtree"},
-                                                        {"pkgutil", "resolve_name"},
-                                                        {"code", "interact"},
-                                                        {"ctypes", "CDLL"},
-                                                        {"torch.storage", "_load_from_bytes"},
-                                                        {"webbrowser", "open"},
-                                                        {"pty", "spawn"}}) {
+  // A nested class is a path of class names; any other attribute path walks
+  // through modules (torch.os is os) and is unsafe.
+  EXPECT_EQ(ClassifyGlobal("my_project.config", "Outer.Inner"), GlobalClass::kOpaque);
+  EXPECT_EQ(ClassifyGlobal("torch", "os.system"), GlobalClass::kUnsafe);
+  EXPECT_EQ(ClassifyGlobal("torch", "serialization.os.system"), GlobalClass::kUnsafe);
+  EXPECT_EQ(ClassifyGlobal("my_project.config", "Config.from_file"), GlobalClass::kUnsafe);
+  EXPECT_EQ(ClassifyGlobal("my_project.config", "Outer.__init__"), GlobalClass::kUnsafe);
+  for (auto [m, n] : std::vector<std::pair<std::string, std::string>>{
+           {"os", "system"},
+           {"posix", "system"},
+           {"nt", "system"},
+           {"subprocess", "Popen"},
+           {"sys", "modules"},
+           {"builtins", "eval"},
+           {"functools", "partial"},
+           {"functools", "reduce"},
+           {"timeit", "timeit"},
+           {"cProfile", "run"},
+           {"profile", "run"},
+           {"pdb", "run"},
+           {"bdb", "Bdb"},
+           {"trace", "Trace"},
+           {"pip", "main"},
+           {"torch.fx.graph_module", "reduce_graph_module"},
+           {"os.path", "join"},
+           {"_operator", "attrgetter"},
+           {"builtins", "exec"},
+           {"__builtin__", "eval"},
+           {"builtins", "setattr"},
+           {"builtins", "__import__"},
+           {"builtins", "open"},
+           {"runpy", "run_path"},
+           {"importlib", "import_module"},
+           {"importlib.util", "x"},
+           {"pickle", "loads"},
+           {"marshal", "loads"},
+           {"socket", "socket"},
+           {"shutil", "rmtree"},
+           {"pkgutil", "resolve_name"},
+           {"code", "interact"},
+           {"ctypes", "CDLL"},
+           {"torch.storage", "_load_from_bytes"},
+           {"webbrowser", "open"},
+           {"pty", "spawn"}}) {
     EXPECT_EQ(ClassifyGlobal(m, n), GlobalClass::kUnsafe) << m << "." << n;
   }
 }

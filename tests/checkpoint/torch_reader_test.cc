@@ -192,11 +192,12 @@ TEST(TorchReader, DeflatedStoragesAreInflatedIntoTheCheckpoint) {
   EXPECT_EQ(ckpt->inflated.size(), ckpt->storages.size());
 }
 
-TEST(TorchReader, WholeModuleReadsAsOpaqueObjects) {
+TEST(TorchReader, WholeModuleReadsAsItsStateDict) {
   absl::StatusOr<Checkpoint> ckpt = Read("whole_model");
   ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_EQ(ckpt->root->kind, Kind::kOpaque);
-  EXPECT_EQ(ckpt->root->str, "__main__.Net");
+  EXPECT_EQ(ckpt->root->kind, Kind::kDict);
+  EXPECT_NE(ckpt->root->Get("bn.num_batches_tracked"), nullptr);
+  EXPECT_EQ(ckpt->opaque_globals.front(), "__main__.Net");
   EXPECT_FALSE(ckpt->unsafe()) << ckpt->unsafe_globals.front();
 }
 

@@ -34,12 +34,24 @@ FakeEntry WithFlags(FakeEntry e, uint16_t flags) {
   return e;
 }
 
-// Expects `zip` to be rejected with a "zip: " InvalidArgument containing `reason`.
+// A damaged archive (InvalidArgument) or one over a resource limit
+// (ResourceExhausted); never anything else.
+bool IsRejection(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kInvalidArgument ||
+         s.code() == absl::StatusCode::kResourceExhausted;
+}
+
+// Expects `zip` to be rejected with a "zip: " error containing `reason`:
+// ResourceExhausted for the size limits, InvalidArgument for the rest.
 void ExpectRejected(const std::string& zip, const std::string& reason,
                     const ZipLimits& limits = {}) {
   absl::StatusOr<ZipReader> reader = ZipReader::Open(zip, limits);
   ASSERT_FALSE(reader.ok()) << "accepted; expected: " << reason;
-  EXPECT_EQ(reader.status().code(), absl::StatusCode::kInvalidArgument);
+  const bool limit = reason.find("exceeds limit") != std::string::npos ||
+                     reason == "max_compression_ratio" || reason == "inflated_bytes";
+  EXPECT_EQ(reader.status().code(),
+            limit ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kInvalidArgument)
+      << reader.status();
   std::string message(reader.status().message());
   EXPECT_EQ(message.rfind("zip: ", 0), 0u) << message;
   EXPECT_NE(message.find(reason), std::string::npos) << message;
@@ -175,7 +187,7 @@ TEST(ZipReaderTest, FlippedBytesNeverCrash) {
     mutated[i] = static_cast<char>(mutated[i] ^ 0xff);
     absl::StatusOr<ZipReader> reader = ZipReader::Open(mutated);
     if (!reader.ok()) {
-      EXPECT_EQ(reader.status().code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_TRUE(IsRejection(reader.status())) << reader.status();
       continue;
     }
     ++accepted;
@@ -184,7 +196,7 @@ TEST(ZipReaderTest, FlippedBytesNeverCrash) {
       if (data.ok()) {
         EXPECT_EQ(data->size(), e.size);
       } else {
-        EXPECT_EQ(data.status().code(), absl::StatusCode::kInvalidArgument);
+        EXPECT_TRUE(IsRejection(data.status())) << data.status();
       }
     }
   }
@@ -309,12 +321,42 @@ TEST(ZipReaderTest, ZipBomb) {
   ExpectRejected(zip, "compression ratio exceeds limit");
   ZipLimits lenient;
   lenient.max_compression_ratio = 2000;
+  lenient.inflated_per_archive_byte = 2000;
   absl::StatusOr<ZipReader> reader = ZipReader::Open(zip, lenient);
   ASSERT_TRUE(reader.ok()) << reader.status();
   std::string scratch;
   absl::StatusOr<std::string_view> bytes = reader->Read(reader->entries()[0], &scratch);
   ASSERT_TRUE(bytes.ok()) << bytes.status();
   EXPECT_EQ(*bytes, zeros);
+}
+
+TEST(ZipReaderTest, RatioCheckedAtEverySize) {
+  // 512 KiB of zeros (~500:1): far under the old 1 MiB threshold, which
+  // skipped the check, and over a 100:1 cap.
+  std::string zip = MakeZip({DeflatedEntry("small_bomb", std::string(512 << 10, '\0'))});
+  ZipLimits limits;
+  limits.max_compression_ratio = 100;
+  ExpectRejected(zip, "compression ratio exceeds limit", limits);
+  ExpectRejected(zip, "max_compression_ratio", limits);
+  // Tiny entries compress well and stay within the slack.
+  EXPECT_TRUE(ZipReader::Open(MakeZip({DeflatedEntry("tiny", std::string(3000, '\0'))})).ok());
+}
+
+TEST(ZipReaderTest, TotalInflatedFollowsTheArchiveSize) {
+  // Entries that each keep to a 100:1 ratio but together inflate far more
+  // than 64 x the archive plus 1 MiB.
+  std::vector<FakeEntry> entries;
+  std::string content;
+  for (int k = 0; content.size() < (600 << 10); ++k) content += std::to_string(k % 97);
+  for (int k = 0; k < 8; ++k) entries.push_back(DeflatedEntry("e" + std::to_string(k), content));
+  ZipLimits limits;
+  limits.max_compression_ratio = 100000;
+  std::string zip = MakeZip(entries);
+  ASSERT_GT(uint64_t{8} * content.size(), (uint64_t{1} << 20) + 64 * zip.size());
+  ExpectRejected(zip, "inflated size exceeds limit", limits);
+  ExpectRejected(zip, "inflated_bytes", limits);
+  limits.inflated_per_archive_byte = 100000;
+  EXPECT_TRUE(ZipReader::Open(zip, limits).ok());
 }
 
 TEST(ZipReaderTest, UnderstatedSizeStopsInflating) {

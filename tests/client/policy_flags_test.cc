@@ -60,6 +60,8 @@ TEST(PolicyFlagsTest, EveryFlag) {
                                                      "--unexpected",
                                                      "reject",
                                                      "--non_finite=allow",
+                                                     "--unknown_calls",
+                                                     "reject",
                                                      "-o",
                                                      "out.safetensors"},
                                                     &rest);
@@ -80,6 +82,7 @@ TEST(PolicyFlagsTest, EveryFlag) {
   EXPECT_EQ(p->optional_keys().values_size(), 2);
   EXPECT_EQ(p->unexpected(), v1::NormalizationPolicy::UNEXPECTED_REJECT);
   EXPECT_EQ(p->non_finite(), v1::NormalizationPolicy::NONFINITE_ALLOW);
+  EXPECT_EQ(p->unknown_calls(), v1::NormalizationPolicy::UNKNOWN_CALLS_REJECT);
 }
 
 TEST(PolicyFlagsTest, DefaultsStayUnset) {
@@ -101,7 +104,7 @@ TEST(PolicyFlagsTest, OneLineErrors) {
   for (const Bad& b : std::vector<Bad>{
            {{"--dtype"}, "--dtype needs a value"},
            {{"--dtype", "sometimes"}, "--dtype: 'sometimes' is not one of cast, keep, reject"},
-           {{"--prefixes=all"}, "--prefixes: 'all' is not one of auto, none"},
+           {{"--prefixes=all"}, "--prefixes: 'all' is not one of auto, none, any"},
            {{"--unexpected", "keep"}, "--unexpected: 'keep' is not one of drop, reject"},
            {{"--non_finite", "ignore"}, "--non_finite: 'ignore' is not one of reject, allow"},
            {{"--rename", "no-equals-sign"}, "--rename: 'no-equals-sign' is not REGEX=REPLACEMENT"},
@@ -145,7 +148,9 @@ TEST(PolicyFlagsTest, HelpListsEveryFlagTheParserTakes) {
     EXPECT_NE(help.find(absl::StrCat("  ", flag.name)), std::string::npos) << flag.name;
     std::vector<std::string> args = {std::string(flag.name)};
     if (flag.takes_value()) {
-      std::string value = flag.name == "--rename" ? "a=b" : "x";
+      std::string value = flag.name == "--rename"         ? "a=b"
+                          : flag.name == "--tp_merge_dim" ? "a=0"
+                                                          : "x";
       if (!flag.choices.empty())
         value = std::string(flag.choices.substr(0, flag.choices.find('|')));
       if (flag.name == "--policy") continue;  // needs a file; PolicyFileIsMergedInOrder

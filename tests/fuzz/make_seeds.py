@@ -94,6 +94,34 @@ def safetensors_bytes(tensors, metadata=None):
     return struct.pack("<Q", len(text)) + text + blob
 
 
+def hostile_seeds(out):
+    """One file per attack class (tests/fixtures/make_hostile_fixtures.py):
+    whole files for the reader and zip targets, their pickles (when small
+    enough to mutate) for the pickle target."""
+    import subprocess
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    gen = os.path.join(here, "..", "fixtures", "make_hostile_fixtures.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, gen, tmp], check=True)
+        for name in sorted(os.listdir(tmp)):
+            if name.startswith("manifest") or name == "DONE":
+                continue
+            with open(os.path.join(tmp, name), "rb") as f:
+                data = f.read()
+            write(out, "reader", "hostile_" + name, data)
+            if data[:2] != b"PK":
+                continue
+            write(out, "zip", "hostile_" + name, data)
+            try:
+                with zipfile.ZipFile(io.BytesIO(data)) as zf:
+                    pkl = zf.read(zf.namelist()[0])
+            except Exception:  # noqa: BLE001 - damaged on purpose
+                continue
+            if len(pkl) <= 16384:
+                write(out, "pickle", "hostile_" + name + ".pkl", pkl)
+
+
 def main():
     out = sys.argv[1]
     for name, data in torch_seeds().items():
@@ -111,6 +139,8 @@ def main():
     for name, data in pickle_seeds().items():
         write(out, "pickle", name, data)
         write(out, "reader", name, data)
+
+    hostile_seeds(out)
 
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:

@@ -1,7 +1,8 @@
 // libFuzzer target: ReadCheckpoint, the whole reader (format detection, zip,
 // torch.save zip and legacy, TorchScript, safetensors, JSON specs) on
 // arbitrary bytes. Accepted checkpoints must keep every tensor's addressed
-// elements inside its storage's bytes.
+// elements inside its storage's bytes, and the read budget must cover what
+// the reader holds.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -37,8 +38,10 @@ void CheckTensor(const wc::Checkpoint& cp, const wc::TensorRecord& t) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string bytes(reinterpret_cast<const char*>(data), size);
   wc::ReadOptions options;
-  options.max_values = 1 << 20;  // stay under libFuzzer's RSS limit
+  options.max_values = 1 << 20;
   options.max_inflated_bytes = uint64_t{256} << 20;
+  options.budget_fixed_bytes = uint64_t{16} << 20;  // amplification shows within a run
+  options.max_flatten_visits = 1 << 16;             // shared DAGs stay fast under ASan
   absl::StatusOr<wc::Checkpoint> cp =
       wc::ReadCheckpoint(weightgate::common::MappedFile::FromString(std::move(bytes)), options);
   if (!cp.ok()) {
@@ -46,6 +49,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   WG_FUZZ_CHECK(cp->root != nullptr);
+  // Output-size invariant: the tree, inflated entries and names fit the budget.
+  WG_FUZZ_CHECK(cp->budget_used <= cp->budget_limit);
+  uint64_t inflated = 0;
+  for (const std::string& s : cp->inflated) inflated += s.size();
+  WG_FUZZ_CHECK(FuzzArenaBytes(*cp->arena) + inflated <= cp->budget_used ||
+                cp->format == wc::Format::kSafetensors || cp->format == wc::Format::kJsonSpec);
   for (size_t i = 0; i < cp->storages.size(); ++i) {
     WG_FUZZ_CHECK(cp->StorageBytes(static_cast<int>(i)).size() == cp->storages[i].nbytes);
   }

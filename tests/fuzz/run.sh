@@ -5,6 +5,13 @@
 # finds a crash, leak, sanitizer report, timeout or out-of-memory; the input
 # lands in $BUILD/artifacts/.
 #
+# Amplification is a finding, not only a crash: every run (the `make test`
+# smoke included) uses the same limits, -rss_limit_mb=$WG_FUZZ_RSS_MB (1024),
+# -malloc_limit_mb=$WG_FUZZ_MALLOC_MB (256: one allocation larger than that
+# is a finding) and -timeout=$WG_FUZZ_TIMEOUT (10 s per input), and the
+# targets check that what the reader built fits the budget it counted.
+# Seeds include one file per attack class of make_hostile_fixtures.py.
+#
 #   tests/fuzz/run.sh [SECONDS]
 #
 # Environment: WG_FUZZ_BUILD_DIR (default <repo>/build-fuzz), WG_FUZZ_JOBS
@@ -52,7 +59,8 @@ cmake --build "$BUILD" -j "$JOBS" --target $TARGETS >"$BUILD/build.log" 2>&1 || 
 
 # Seeds are regenerated when the generator changes.
 SEEDS="$BUILD/seeds"
-if [[ ! -f "$SEEDS/.stamp" || "$ROOT/tests/fuzz/make_seeds.py" -nt "$SEEDS/.stamp" ]]; then
+if [[ ! -f "$SEEDS/.stamp" || "$ROOT/tests/fuzz/make_seeds.py" -nt "$SEEDS/.stamp" ||
+      "$ROOT/tests/fixtures/make_hostile_fixtures.py" -nt "$SEEDS/.stamp" ]]; then
   rm -rf "$SEEDS"
   /usr/bin/python3 "$ROOT/tests/fuzz/make_seeds.py" "$SEEDS"
   touch "$SEEDS/.stamp"
@@ -74,7 +82,8 @@ for target in $TARGETS; do
   [[ -f "$dict_file" ]] && dict=(-dict="$dict_file")
   "$BUILD/bin/$target" "$corpus" "$SEEDS/$(seed_dir "$target")" "${dict[@]}" \
     -max_total_time="$SECONDS_PER_TARGET" -max_len="$(max_len "$target")" \
-    -timeout=25 -rss_limit_mb=2560 -print_final_stats=1 \
+    -timeout="${WG_FUZZ_TIMEOUT:-10}" -rss_limit_mb="${WG_FUZZ_RSS_MB:-1024}" \
+    -malloc_limit_mb="${WG_FUZZ_MALLOC_MB:-256}" -print_final_stats=1 \
     -artifact_prefix="$BUILD/artifacts/$target-" >"$log" 2>&1 || status=$?
   runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1 || true)"
   corpus_size="$(find "$corpus" -type f | wc -l)"

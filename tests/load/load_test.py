@@ -140,8 +140,16 @@ class LoadTest(unittest.TestCase):
                              for i in range(1, 2 * UPLOADS_PER_REPLICA)]
                     invalid_pool = futures.ThreadPoolExecutor(max_workers=8)
                     jobs += [invalid_pool.submit(invalid, replicas[i % 2]) for i in range(INVALID_UPLOADS)]
-                    # Mid-run: SIGKILL replica b, then restart it on the same store.
-                    time.sleep(1.0)
+                    # Mid-run (fetches, uploads and INVALID uploads in flight): SIGKILL
+                    # replica b, then restart it on the same store.
+                    deadline = time.time() + 30
+                    while time.time() < deadline:
+                        with lock:
+                            done = counts["invalid_rejected"] + counts["invalid_other"]
+                            progressed = counts["upload_ok"] + counts["fetch_ok"] + done
+                        if progressed >= 1:
+                            break
+                        time.sleep(0.05)
                     b.proc.send_signal(signal.SIGKILL)
                     b.proc.wait()
                     killed_at = time.time() - load_start
@@ -189,7 +197,7 @@ class LoadTest(unittest.TestCase):
                   f"{4 * TENSOR_FLOATS * 4 / 2**20:.0f} MiB, {2 * UPLOADS_PER_REPLICA} uploads through 2 replicas, "
                   f"{INVALID_UPLOADS} INVALID uploads, replica b SIGKILLed at {killed_at:.1f} s and restarted")
             print(f"  load phase {load_seconds:.1f} s; fetches ok {counts['fetch_ok']}, failed (killed replica) "
-                  f"{counts['fetch_failed']}, {counts['fetch_bytes'] / 2**20 / load_seconds:.0f} MiB/s aggregate")
+                  f"{counts['fetch_failed']}, {counts['fetch_bytes'] / 2**20:.0f} MiB fetched in the load phase")
             print(f"  uploads ok {counts['upload_ok']}, lost with the killed replica {counts['upload_failed']} "
                   f"(retried {retried}); INVALID rejected with exit 1: {counts['invalid_rejected']}, other: "
                   f"{counts['invalid_other']}")

@@ -2,7 +2,9 @@
 // real torch fixtures: specs from each reference kind, the TorchScript
 // archive kept as a blob for the smoke test, policy overrides, and the
 // normalised safetensors loading into the torch model.
+#include <ctime>
 #include <string>
+#include <utility>
 
 #include "gtest/gtest.h"
 #include "server/registry/registry.h"
@@ -161,6 +163,57 @@ TEST_F(RegistryValidateTest, NormalizeToWritesLoadableSafetensors) {
   ASSERT_TRUE(report.ok());
   EXPECT_EQ(report->verdict(), v1::INVALID);
   EXPECT_NE(::access(bad.c_str(), F_OK), 0);
+}
+
+TEST_F(RegistryValidateTest, RenameRulesAreCheckedWhenRegistering) {
+  v1::RegisterModelHeader header;
+  header.set_model_id("net");
+  v1::RenameRule* rule = header.mutable_policy()->add_rename_rules();
+  rule->set_pattern("(?<=model)\\.(.*)");  // lookbehind: not RE2
+  rule->set_replacement("$1");
+  absl::StatusOr<v1::Model> model = registry_->RegisterModel(header, Fx("reference.pt"));
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(model.status().message().find("invalid RE2 regular expression"), std::string::npos)
+      << model.status();
+  EXPECT_EQ(registry_->GetModel("net").status().code(), absl::StatusCode::kNotFound);
+  rule->set_pattern("^model\\.(.*)");
+  rule->set_replacement("$2");  // no such group
+  model = registry_->RegisterModel(header, Fx("reference.pt"));
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  rule->set_replacement("$1");
+  EXPECT_TRUE(registry_->RegisterModel(header, Fx("reference.pt")).ok());
+}
+
+TEST_F(RegistryValidateTest, HundredKilobyteKeyWithRenameRuleIsBounded) {
+  // The rule that once overflowed libstdc++'s regex recursion on such a key.
+  v1::RegisterModelHeader header;
+  header.set_model_id("net");
+  for (auto [pattern, replacement] :
+       {std::pair{"(.*)\\.gamma$", "$1.weight"}, std::pair{"(.*)\\.beta$", "$1.bias"}}) {
+    v1::RenameRule* rule = header.mutable_policy()->add_rename_rules();
+    rule->set_pattern(pattern);
+    rule->set_replacement(replacement);
+  }
+  ASSERT_TRUE(registry_->RegisterModel(header, Fx("reference.pt")).ok());
+  v1::UploadHeader upload;
+  upload.set_model_id("net");
+  const std::clock_t start = std::clock();  // CPU time: the machine may be busy
+  absl::StatusOr<v1::ValidationReport> report = registry_->Validate(upload, Fx("long_key.pt"));
+  const double seconds = static_cast<double>(std::clock() - start) / CLOCKS_PER_SEC;
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_LT(seconds, 2.0);
+  // Either the reader refuses a key that long (a budget), or the rules
+  // rename bn.gamma/beta and the long key is dropped as unexpected.
+  if (report->verdict() == v1::INVALID) {
+    EXPECT_EQ(report->reasons(0), "resource_limit") << report->DebugString();
+  } else {
+    EXPECT_EQ(report->verdict(), v1::NORMALIZED) << report->DebugString();
+    ASSERT_EQ(report->unexpected_keys_size(), 1);
+    EXPECT_EQ(report->unexpected_keys(0).size(), 100005u);
+    int renames = 0;
+    for (const v1::Fix& f : report->fixes()) renames += f.kind() == "rename";
+    EXPECT_EQ(renames, 2);
+  }
 }
 
 }  // namespace

@@ -294,6 +294,16 @@ TEST(PolicyCheckTest, OverridesMayOnlyTighten) {
   p = model;
   p.add_rename_rules()->set_pattern("^x");
   EXPECT_FALSE(CheckOverrideOnlyTightens(model, p).ok());
+  p = model;
+  p.set_prefixes(NormalizationPolicy::PREFIX_ANY);
+  EXPECT_FALSE(CheckOverrideOnlyTightens(model, p).ok());
+  p = model;
+  p.set_key_prefix("student.");
+  EXPECT_FALSE(CheckOverrideOnlyTightens(model, p).ok());
+  p = model;
+  p.set_weights(NormalizationPolicy::WEIGHTS_EMA);  // a choice the model leaves open
+  EXPECT_TRUE(CheckOverrideOnlyTightens(model, p).ok());
+  EXPECT_FALSE(CheckOverrideOnlyTightens(p, model).ok());
   NormalizationPolicy strict;
   strict.set_prefixes(NormalizationPolicy::PREFIX_NONE);
   strict.set_container("state_dict");

@@ -2,6 +2,7 @@
 // transform wins, which fixes and findings are reported. No files, no torch.
 #include "server/statedict/matcher.h"
 
+#include <ctime>
 #include <string>
 #include <utility>
 #include <vector>
@@ -99,9 +100,9 @@ struct Outcome {
 };
 
 Outcome Match(const Value* root, const v1::ModelSpec& spec,
-              const v1::NormalizationPolicy& policy = {}) {
+              const v1::NormalizationPolicy& policy = {}, const MatchOptions& options = {}) {
   Outcome o;
-  absl::StatusOr<MatchResult> m = MatchStateDict(root, spec, policy, &o.report);
+  absl::StatusOr<MatchResult> m = MatchStateDict(root, spec, policy, &o.report, options);
   EXPECT_TRUE(m.ok()) << m.status();
   if (m.ok()) o.match = std::move(*m);
   o.report.set_verdict(VerdictOf(o.report));
@@ -145,7 +146,8 @@ TEST(MatcherTest, DataParallelPrefixStripped) {
   Outcome o = Match(t.Dict(SmallStateDict(t, "module.")), SmallSpec());
   EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
   ASSERT_EQ(FixKinds(o.report), std::vector<std::string>{"strip_prefix"});
-  EXPECT_EQ(o.report.fixes(0).detail(), "stripped 'module.' from 9 keys");
+  EXPECT_EQ(o.report.fixes(0).detail(), "stripped 'module.' from 9 keys (known wrapper)");
+  EXPECT_EQ(o.report.fixes(0).origin(), "known_wrapper");
   EXPECT_EQ(o.report.winner().transform(), "strip 'module.'");
   EXPECT_EQ(o.report.winner().matched(), 9);
   EXPECT_LT(o.report.runner_up().matched(), 9);
@@ -169,10 +171,10 @@ TEST(MatcherTest, TrainingScriptDictPicksStateDict) {
   EXPECT_EQ(o.report.winner().container(), "state_dict");
   EXPECT_EQ(o.report.winner().transform(), "strip 'module.'");
   EXPECT_EQ(o.report.winner().matched(), 9);
-  // The top level with "state_dict.module." stripped matches as much but
-  // leaves the optimizer's tensor over, so it only comes second.
-  EXPECT_EQ(o.report.runner_up().container(), "");
-  EXPECT_EQ(o.report.runner_up().matched(), 9);
+  // The top level with "state_dict." stripped reads the very same tensors:
+  // no alternative, no runner-up.
+  EXPECT_FALSE(o.report.has_runner_up());
+  EXPECT_TRUE(o.report.alternatives().empty());
 }
 
 TEST(MatcherTest, LightningModelPrefix) {
@@ -483,18 +485,30 @@ TEST(MatcherTest, TiedStoragesReportedAndTied) {
   EXPECT_EQ(o.match.tensors[2].tied_to, -1);  // same storage, different view
 }
 
-TEST(MatcherTest, TieBreakIsDeterministic) {
-  // Two containers match equally: the one tried first wins, the other is
-  // the runner-up, every time.
+TEST(MatcherTest, RawAndEmaContainersWithDifferentValuesAreAmbiguous) {
   Tree t;
   const Value* root = t.Dict({{"state_dict_ema", t.Dict(SmallStateDict(t, ""))},
                               {"state_dict", t.Dict(SmallStateDict(t, ""))}});
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 3; ++i) {  // the same report every time
     Outcome o = Match(root, SmallSpec());
-    EXPECT_EQ(o.report.container_path(), "state_dict");
-    EXPECT_EQ(o.report.runner_up().container(), "state_dict_ema");
-    EXPECT_EQ(o.report.runner_up().matched(), 9);
+    EXPECT_EQ(o.report.verdict(), v1::INVALID);
+    EXPECT_EQ(std::vector<std::string>(o.report.reasons().begin(), o.report.reasons().end()),
+              std::vector<std::string>{"ambiguous_match"});
+    ASSERT_EQ(o.report.alternatives_size(), 2);
+    EXPECT_EQ(o.report.alternatives(0).container(), "state_dict");
+    EXPECT_EQ(o.report.alternatives(0).select_flag(), "--weights raw");
+    EXPECT_EQ(o.report.alternatives(1).container(), "state_dict_ema");
+    EXPECT_EQ(o.report.alternatives(1).select_flag(), "--weights ema");
+    EXPECT_NE(o.report.error().find("--weights ema"), std::string::npos) << o.report.error();
+    EXPECT_TRUE(o.match.tensors.empty());
+    EXPECT_TRUE(o.report.fixes().empty());
   }
+  v1::NormalizationPolicy ema;
+  ema.set_weights(v1::NormalizationPolicy::WEIGHTS_EMA);
+  Outcome o = Match(root, SmallSpec(), ema);
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.container_path(), "state_dict_ema");
+  EXPECT_EQ(o.report.winner().weights(), "ema");
 }
 
 TEST(MatcherTest, DuplicateKeyWithWrongShapeDoesNotHideGoodOne) {
@@ -549,7 +563,7 @@ TEST(MatcherTest, ReferenceTensorsFindTheStateDict) {
   EXPECT_EQ(tensors[0].name, "model.conv.weight");
 }
 
-TEST(MatcherTest, ApplyRenameRulesUsesEcmaScriptGroups) {
+TEST(MatcherTest, ApplyRenameRulesUsesDollarGroups) {
   v1::NormalizationPolicy policy;
   v1::RenameRule* r = policy.add_rename_rules();
   r->set_pattern("^layers\\.(\\d+)\\.attn\\.");
@@ -557,6 +571,259 @@ TEST(MatcherTest, ApplyRenameRulesUsesEcmaScriptGroups) {
   absl::StatusOr<std::string> out = ApplyRenameRules(policy, "layers.11.attn.q.weight");
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(*out, "blocks.11.attention.q.weight");
+}
+
+TEST(MatcherTest, RenameCapHitIsResourceLimit) {
+  Tree t;
+  auto items = SmallStateDict(t, "");
+  items.push_back({std::string(8000, 'k'), t.T({2})});
+  v1::NormalizationPolicy policy;
+  v1::RenameRule* r = policy.add_rename_rules();
+  r->set_pattern("k");
+  r->set_replacement(std::string(100, 'x'));
+  Outcome o = Match(t.Dict(items), SmallSpec(), policy);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(std::vector<std::string>(o.report.reasons().begin(), o.report.reasons().end()),
+            std::vector<std::string>{"resource_limit"});
+  EXPECT_NE(o.report.error().find("kMaxRename"), std::string::npos) << o.report.error();
+  EXPECT_TRUE(o.match.tensors.empty());
+}
+
+// A DAG of container and wrapper keys that all share one sub-dict, `levels`
+// deep, above a SmallStateDict: a few hundred bytes of pickle, and once 44 s
+// of CPU in the candidate search (containers x wrapper masks x strips x adds).
+const Value* SharedContainerDag(Tree& t, int levels, const std::string& leaf_prefix = "") {
+  const Value* level = t.Dict(SmallStateDict(t, leaf_prefix));
+  for (int l = 0; l < levels; ++l) {
+    std::vector<std::pair<std::string, const Value*>> items;
+    for (absl::string_view k : kContainerKeys) items.emplace_back(std::string(k), level);
+    for (absl::string_view k : kWrapperComponents) items.emplace_back(std::string(k), level);
+    level = t.Dict(items);
+  }
+  return level;
+}
+
+TEST(MatcherTest, SharedContainerDagIsFast) {
+  Tree t;
+  for (int levels : {1, 2, 3, 4}) {
+    SCOPED_TRACE(levels);
+    const std::clock_t start = std::clock();  // CPU time: the machine may be busy
+    Outcome o = Match(SharedContainerDag(t, levels), SmallSpec());
+    const double seconds = static_cast<double>(std::clock() - start) / CLOCKS_PER_SEC;
+    EXPECT_LT(seconds, 1.0);
+    EXPECT_TRUE(o.report.has_winner());
+    // Two levels down a container key names the leaf dict itself.
+    if (levels <= 2) EXPECT_EQ(o.report.winner().matched(), 9) << o.report.DebugString();
+  }
+}
+
+TEST(MatcherTest, SearchWorkIsCappedAsResourceLimit) {
+  Tree t;
+  const Value* root = SharedContainerDag(t, 3);
+  MatchOptions options;
+  options.max_work = 20000;
+  Outcome o = Match(root, SmallSpec(), {}, options);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  ASSERT_EQ(o.report.reasons_size(), 1);
+  EXPECT_EQ(o.report.reasons(0), "resource_limit");
+  EXPECT_NE(o.report.error().find("kMaxMatchWork"), std::string::npos) << o.report.error();
+  EXPECT_TRUE(o.match.tensors.empty());
+  EXPECT_TRUE(o.report.fixes().empty());
+  // Unlimited, the same tree costs well under the default cap.
+  Outcome fine = Match(root, SmallSpec());
+  EXPECT_NE(fine.report.reasons_size() > 0 ? fine.report.reasons(0) : "", "resource_limit");
+}
+
+TEST(MatcherTest, ContainerKeysAreCappedAsResourceLimit) {
+  Tree t;
+  MatchOptions options;
+  options.max_keys = 8;
+  Outcome o = Match(t.Dict(SmallStateDict(t, "")), SmallSpec(), {}, options);
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(o.report.reasons(0), "resource_limit");
+  EXPECT_NE(o.report.error().find("kMaxMatchKeys"), std::string::npos) << o.report.error();
+  options.max_keys = 9;
+  EXPECT_EQ(Match(t.Dict(SmallStateDict(t, "")), SmallSpec(), {}, options).report.verdict(),
+            v1::VALID);
+  options.max_key_bytes = 20;
+  Outcome bytes = Match(t.Dict(SmallStateDict(t, "")), SmallSpec(), {}, options);
+  EXPECT_NE(bytes.report.error().find("kMaxMatchKeyBytes"), std::string::npos);
+}
+
+TEST(MatcherTest, CancelledSearchStops) {
+  Tree t;
+  MatchOptions options;
+  int polls = 0;
+  options.cancelled = [&polls] { return ++polls > 2; };
+  v1::ValidationReport report;
+  absl::StatusOr<MatchResult> m =
+      MatchStateDict(SharedContainerDag(t, 2), SmallSpec(), {}, &report, options);
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(polls, 3);
+}
+
+// ---- matching never guesses ----
+
+std::vector<std::string> Reasons(const v1::ValidationReport& r) {
+  return std::vector<std::string>(r.reasons().begin(), r.reasons().end());
+}
+
+std::vector<std::string> Flags(const v1::ValidationReport& r) {
+  std::vector<std::string> flags;
+  for (const v1::Candidate& c : r.alternatives()) flags.push_back(c.select_flag());
+  return flags;
+}
+
+std::vector<std::pair<std::string, const Value*>> Concat(
+    std::vector<std::pair<std::string, const Value*>> a,
+    const std::vector<std::pair<std::string, const Value*>>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(MatcherTest, TeacherStudentIsAmbiguousUntilAPrefixIsChosen) {
+  Tree t;
+  const Value* root =
+      t.Dict({{"state_dict",
+               t.Dict(Concat(SmallStateDict(t, "teacher."), SmallStateDict(t, "student.")))}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
+  EXPECT_EQ(Flags(o.report),
+            (std::vector<std::string>{"--key_prefix student.", "--key_prefix teacher."}));
+  v1::NormalizationPolicy policy;
+  policy.set_key_prefix("student.");
+  Outcome chosen = Match(root, SmallSpec(), policy);
+  EXPECT_EQ(chosen.report.verdict(), v1::NORMALIZED);
+  ASSERT_EQ(chosen.match.tensors.size(), 9u);
+  for (const MatchedTensor& m : chosen.match.tensors) {
+    EXPECT_EQ(m.source_name, "student." + m.name);
+  }
+  EXPECT_EQ(chosen.report.unexpected_keys_size(), 9);  // the teacher, dropped
+  EXPECT_EQ(FixKinds(chosen.report),
+            (std::vector<std::string>{"select_container", "strip_prefix", "drop_unexpected"}));
+  EXPECT_EQ(chosen.report.fixes(1).origin(), "chosen_prefix");
+}
+
+TEST(MatcherTest, LightningRawAndEmaAttributes) {
+  Tree t;
+  auto raw = SmallStateDict(t, "model.");
+  auto ema = SmallStateDict(t, "model_ema.");
+  const Value* root = t.Dict({{"state_dict", t.Dict(Concat(raw, ema))}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
+  EXPECT_EQ(Flags(o.report), (std::vector<std::string>{"--weights raw", "--weights ema"}));
+  EXPECT_EQ(o.report.alternatives(1).weights(), "ema");
+
+  // Bitwise-identical copies are not ambiguous: raw wins, the EMA copy is
+  // reported as equal.
+  MatchOptions identical;
+  identical.same_bytes = [](const checkpoint::TensorRecord&, const checkpoint::TensorRecord&) {
+    return true;
+  };
+  Outcome same = Match(root, SmallSpec(), {}, identical);
+  EXPECT_EQ(same.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(same.report.winner().transform(), "strip 'model.'");
+  ASSERT_EQ(same.report.alternatives_size(), 1);
+  EXPECT_TRUE(same.report.alternatives(0).equal_to_winner());
+  EXPECT_EQ(same.report.alternatives(0).transform(), "strip 'model_ema.'");
+
+  v1::NormalizationPolicy want_ema;
+  want_ema.set_weights(v1::NormalizationPolicy::WEIGHTS_EMA);
+  Outcome e = Match(root, SmallSpec(), want_ema);
+  EXPECT_EQ(e.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(e.match.tensors[0].source_name, "model_ema.conv.weight");
+  EXPECT_EQ(e.report.fixes(1).origin(), "training_attribute");
+  v1::NormalizationPolicy want_raw;
+  want_raw.set_weights(v1::NormalizationPolicy::WEIGHTS_RAW);
+  EXPECT_EQ(Match(root, SmallSpec(), want_raw).match.tensors[0].source_name, "model.conv.weight");
+}
+
+TEST(MatcherTest, TwoContainersWithDifferentWeights) {
+  Tree t;
+  const Value* root = t.Dict(
+      {{"model", t.Dict(SmallStateDict(t, ""))}, {"state_dict", t.Dict(SmallStateDict(t, ""))}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
+  EXPECT_EQ(Flags(o.report),
+            (std::vector<std::string>{"--container state_dict", "--container model"}));
+  v1::NormalizationPolicy policy;
+  policy.set_container("model");
+  Outcome chosen = Match(root, SmallSpec(), policy);
+  EXPECT_EQ(chosen.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(chosen.report.container_path(), "model");
+}
+
+TEST(MatcherTest, ArbitraryRootSwapNeedsARenameRule) {
+  Tree t;
+  const Value* root = t.Dict(SmallStateDict(t, "other."));
+  Outcome o = Match(root, SmallSpec("layer."));
+  EXPECT_EQ(o.report.verdict(), v1::INVALID);
+  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"prefix_rename_needed"});
+  EXPECT_EQ(Flags(o.report), std::vector<std::string>{"--rename '^other\\.=layer.'"});
+  EXPECT_NE(o.report.error().find("--prefixes any"), std::string::npos) << o.report.error();
+  EXPECT_TRUE(o.match.tensors.empty());
+
+  v1::NormalizationPolicy rule;
+  v1::RenameRule* r = rule.add_rename_rules();
+  r->set_pattern("^other\\.");
+  r->set_replacement("layer.");
+  Outcome renamed = Match(root, SmallSpec("layer."), rule);
+  EXPECT_EQ(renamed.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(Names(renamed.match), SpecNames(SmallSpec("layer.")));
+  EXPECT_EQ(renamed.report.fixes(0).origin(), "user_rule");
+
+  v1::NormalizationPolicy any;
+  any.set_prefixes(v1::NormalizationPolicy::PREFIX_ANY);
+  Outcome allowed = Match(root, SmallSpec("layer."), any);
+  EXPECT_EQ(allowed.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(allowed.report.winner().transform(), "strip 'other.' + add 'layer.'");
+  EXPECT_EQ(allowed.report.fixes(0).origin(), "any_prefix");
+  EXPECT_EQ(allowed.report.fixes(1).origin(), "spec_root");
+}
+
+TEST(MatcherTest, RootSwapBetweenEqualHalvesIsAmbiguous) {
+  Tree t;
+  const Value* root =
+      t.Dict(Concat(SmallStateDict(t, "enc."), SmallStateDict(t, "dec.", /*with_nbt=*/false)));
+  Outcome o = Match(root, SmallSpec("layer."));
+  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"ambiguous_match"});
+  EXPECT_EQ(Flags(o.report), (std::vector<std::string>{"--key_prefix enc.", "--key_prefix dec."}));
+  v1::NormalizationPolicy policy;
+  policy.set_key_prefix("dec");
+  Outcome chosen = Match(root, SmallSpec("layer."), policy);
+  EXPECT_EQ(chosen.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(chosen.match.tensors[0].source_name, "dec.conv.weight");
+  EXPECT_EQ(chosen.report.winner().transform(), "strip 'dec.' + add 'layer.'");
+}
+
+TEST(MatcherTest, UnknownContainerKeyIsNamedAsContainer) {
+  Tree t;
+  const Value* root = t.Dict({{"weights", t.Dict(SmallStateDict(t, ""))}, {"epoch", t.Int(1)}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(Reasons(o.report), std::vector<std::string>{"prefix_rename_needed"});
+  EXPECT_EQ(Flags(o.report), std::vector<std::string>{"--container weights"});
+  v1::NormalizationPolicy policy;
+  policy.set_container("weights");
+  EXPECT_EQ(Match(root, SmallSpec(), policy).report.verdict(), v1::NORMALIZED);
+}
+
+TEST(MatcherTest, RunnerUpOnlyWhenARealAlternative) {
+  Tree t;
+  EXPECT_FALSE(Match(t.Dict(SmallStateDict(t, "")), SmallSpec()).report.has_runner_up());
+  EXPECT_FALSE(Match(t.Dict(SmallStateDict(t, "module.")), SmallSpec()).report.has_runner_up());
+  // A Lightning module with a frozen copy of part of the network: the copy
+  // is a comparable reading of other tensors, so it is shown with its score.
+  auto teacher = SmallStateDict(t, "teacher.");
+  teacher.resize(5);
+  const Value* root =
+      t.Dict({{"state_dict", t.Dict(Concat(SmallStateDict(t, "model."), teacher))}});
+  Outcome o = Match(root, SmallSpec());
+  EXPECT_EQ(o.report.verdict(), v1::NORMALIZED);
+  EXPECT_EQ(o.report.winner().transform(), "strip 'model.'");
+  ASSERT_TRUE(o.report.has_runner_up());
+  EXPECT_EQ(o.report.runner_up().transform(), "strip 'teacher.'");
+  EXPECT_EQ(o.report.runner_up().matched(), 5);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // VALID/NORMALIZED output (safetensors and .pt) loads into the real torch
 // model with load_state_dict(strict=True) and reproduces the original
 // model's forward output (tests/fixtures/check_normalized.py decides).
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -76,6 +77,22 @@ const std::vector<Case>& Cases() {
        {},
        v1::NORMALIZED,
        {"strip_prefix", "strip_prefix"},
+       {},
+       ""},
+      {"chinese_clip_training_script",
+       "chinese_clip.pt",
+       "reference.pt",
+       {},
+       v1::NORMALIZED,
+       {"select_container", "strip_prefix"},
+       {},
+       ""},
+      {"ema_identical_to_raw",
+       "ema_identical.ckpt",
+       "reference.pt",
+       {},
+       v1::NORMALIZED,
+       {"select_container", "strip_prefix", "drop_unexpected"},
        {},
        ""},
       {"renamed_with_rule",
@@ -243,6 +260,134 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, NormalizeTest, ::testing::ValuesIn(Cases()),
                          });
 
 class NormalizeDetailTest : public NormalizeTest {};
+
+// "--rename '^a\\.=b.'" -> {"--rename", "^a\\.=b."}: words split at spaces
+// outside single quotes, as a shell would.
+std::vector<std::string> ShellWords(const std::string& text) {
+  std::vector<std::string> words;
+  std::string word;
+  bool quoted = false, any = false;
+  for (char c : text) {
+    if (c == '\'') {
+      quoted = !quoted;
+      any = true;
+    } else if (c == ' ' && !quoted) {
+      if (any) words.push_back(word);
+      word.clear();
+      any = false;
+    } else {
+      word.push_back(c);
+      any = true;
+    }
+  }
+  if (any) words.push_back(word);
+  return words;
+}
+
+struct Choice {
+  std::string name;
+  std::string file;
+  std::string spec;
+  std::string reason;  // without a flag
+  std::string flag;    // printed in the report; selects the model's own weights
+  std::string check_args;
+};
+
+std::ostream& operator<<(std::ostream& os, const Choice& c) { return os << c.name; }
+
+class NeverGuessTest : public NormalizeTest {};
+
+// Checkpoints with two plausible sets of weights are INVALID, and the flag
+// the report prints for the intended set, passed back, gives exactly the
+// model's weights (loaded into the real torch module).
+TEST_F(NeverGuessTest, InvalidUntilThePrintedFlagChooses) {
+  const std::vector<Choice> choices = {
+      {"teacher_student", "distill.pt", "reference.pt", "ambiguous_match", "--key_prefix student.",
+       ""},
+      {"raw_and_ema_differ", "ema_lightning.ckpt", "reference.pt", "ambiguous_match",
+       "--weights raw", ""},
+      {"two_containers", "two_containers.pt", "reference.pt", "ambiguous_match",
+       "--container state_dict", ""},
+      {"root_swap", "root_swap.pt", "holder_reference.pt", "prefix_rename_needed",
+       "--rename '^other\\.=layer.'", "--model holder"},
+      {"equal_halves", "enc_dec.pt", "holder_reference.pt", "ambiguous_match", "--key_prefix dec.",
+       "--model holder"},
+  };
+  for (const Choice& c : choices) {
+    SCOPED_TRACE(c.name);
+    absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx(c.spec));
+    ASSERT_TRUE(spec.ok()) << spec.status();
+    NormalizeOptions options;
+    options.output_path = scratch_ + "/" + c.name + ".safetensors";
+    absl::StatusOr<v1::ValidationReport> report =
+        Normalize(Fx(c.file), *spec, v1::NormalizationPolicy(), options);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(report->verdict(), v1::INVALID);
+    EXPECT_EQ(std::vector<std::string>(report->reasons().begin(), report->reasons().end()),
+              std::vector<std::string>{c.reason})
+        << report->DebugString();
+    EXPECT_NE(::access(options.output_path.c_str(), F_OK), 0) << "INVALID must write nothing";
+    std::vector<std::string> printed;
+    for (const v1::Candidate& alt : report->alternatives()) printed.push_back(alt.select_flag());
+    ASSERT_NE(std::find(printed.begin(), printed.end(), c.flag), printed.end())
+        << absl::StrJoin(printed, " | ");
+    EXPECT_NE(report->error().find(c.flag), std::string::npos) << report->error();
+
+    absl::StatusOr<v1::NormalizationPolicy> policy =
+        weightgate::client::PolicyFromFlags(ShellWords(c.flag));
+    ASSERT_TRUE(policy.ok()) << c.flag << ": " << policy.status();
+    report = Normalize(Fx(c.file), *spec, *policy, options);
+    ASSERT_TRUE(report.ok()) << report.status();
+    EXPECT_EQ(report->verdict(), v1::NORMALIZED) << report->DebugString();
+    std::string out;
+    EXPECT_EQ(RunCommand("/usr/bin/python3 " + weightgate::testing::SourceDir() +
+                             "/tests/fixtures/check_normalized.py '" + options.output_path + "' '" +
+                             dir_ + "' " + c.check_args,
+                         &out),
+              0)
+        << out;
+  }
+}
+
+TEST_F(NeverGuessTest, PrefixesAnyAllowsTheRootSwap) {
+  absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx("holder_reference.pt"));
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  absl::StatusOr<v1::NormalizationPolicy> policy =
+      weightgate::client::PolicyFromFlags({"--prefixes", "any"});
+  ASSERT_TRUE(policy.ok()) << policy.status();
+  NormalizeOptions options;
+  options.output_path = scratch_ + "/any.safetensors";
+  absl::StatusOr<v1::ValidationReport> report =
+      Normalize(Fx("root_swap.pt"), *spec, *policy, options);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->verdict(), v1::NORMALIZED);
+  EXPECT_EQ(report->winner().transform(), "strip 'other.' + add 'layer.'");
+  std::string out;
+  EXPECT_EQ(RunCommand("/usr/bin/python3 " + weightgate::testing::SourceDir() +
+                           "/tests/fixtures/check_normalized.py '" + options.output_path + "' '" +
+                           dir_ + "' --model holder",
+                       &out),
+            0)
+      << out;
+}
+
+TEST_F(NeverGuessTest, BitwiseIdenticalEmaIsReportedAsEqual) {
+  absl::StatusOr<v1::ModelSpec> spec = SpecFromFile(Fx("reference.pt"));
+  ASSERT_TRUE(spec.ok());
+  absl::StatusOr<v1::ValidationReport> report =
+      Normalize(Fx("ema_identical.ckpt"), *spec, v1::NormalizationPolicy(), NormalizeOptions());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->verdict(), v1::NORMALIZED);
+  EXPECT_EQ(report->winner().weights(), "raw");
+  ASSERT_EQ(report->alternatives_size(), 1);
+  EXPECT_TRUE(report->alternatives(0).equal_to_winner());
+  EXPECT_EQ(report->alternatives(0).weights(), "ema");
+  // Different values are ambiguous (the same layout, other bytes).
+  report =
+      Normalize(Fx("ema_lightning.ckpt"), *spec, v1::NormalizationPolicy(), NormalizeOptions());
+  ASSERT_TRUE(report.ok());
+  EXPECT_EQ(report->reasons(0), "ambiguous_match");
+}
 
 TEST_F(NormalizeDetailTest, SpecsFromStateDictJsonAndTorchScriptAgree) {
   absl::StatusOr<v1::ModelSpec> sd = SpecFromFile(Fx("reference.pt"));

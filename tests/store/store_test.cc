@@ -335,6 +335,26 @@ TEST_F(StoreTest, CommitVersionHoldsTheLockAcrossBlobAndRecord) {
   EXPECT_TRUE(store->HasBlob(resolved->blob_sha256()));
 }
 
+// RegisterModel's TorchScript reference: committed (maybe reused), then the
+// model record names it. Collection in between spares it; a model naming a
+// blob that is gone is not written.
+TEST_F(StoreTest, TorchScriptReferenceSurvivesGcAndMustExist) {
+  std::string sha = Blob("torchscript archive");
+  fs::last_write_time(store_->BlobPath(sha),
+                      fs::file_time_type::clock::now() - std::chrono::hours(2));
+  auto staged = store_->NewStagedFile();
+  ASSERT_TRUE((*staged)->Append("torchscript archive").ok());
+  ASSERT_EQ(*store_->CommitBlob(*std::move(staged)), sha);  // reused
+  ASSERT_TRUE(store_->CollectGarbage().ok());
+  Model m = MakeModel("ts");
+  m.mutable_spec()->set_torchscript_sha256(sha);
+  ASSERT_TRUE(store_->PutModel(m).ok());
+  EXPECT_TRUE(store_->HasBlob(sha));
+  m.set_model_id("ts2");
+  m.mutable_spec()->set_torchscript_sha256(std::string(64, 'b'));
+  EXPECT_EQ(store_->PutModel(m).code(), absl::StatusCode::kAborted);
+}
+
 TEST_F(StoreTest, AddVersionRefusesABlobThatVanished) {
   ASSERT_TRUE(store_->PutModel(MakeModel("m")).ok());
   Version v;

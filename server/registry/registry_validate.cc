@@ -122,8 +122,9 @@ absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(const v1::UploadHeade
   options.model_id = header.model_id();
   options.output_path = output_path;
   options.output_format = statedict::NormalizeOptions::OutputFormat::kSafetensors;
-  // A stored version records which upload it came from: the caller fills
-  // report.input_sha256 from the staged upload, hashed as its bytes arrived.
+  // A stored version records which upload it came from; a dry run skips the
+  // extra pass over the file.
+  options.compute_input_sha256 = !output_path.empty();
   const std::string& ts = model->spec().torchscript_sha256();
   if (!ts.empty()) {
     if (!options_.store->HasBlob(ts)) {

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -22,6 +23,10 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 
 // Size in bytes of the regular file at `path`; -1 when there is none.
 int64_t RegularFileSize(const std::string& path);
+
+// The names in directory `dir` (without "." and ".."), sorted; empty when it
+// cannot be read.
+std::vector<std::string> ListDir(const std::string& dir);
 
 }  // namespace weightgate::common
 

@@ -70,13 +70,6 @@ std::string QuoteRegex(absl::string_view text) {
   return out;
 }
 
-bool IsWrapper(absl::string_view part) {
-  for (absl::string_view w : kWrapperComponents) {
-    if (part == w) return true;
-  }
-  return false;
-}
-
 // Bits of kWrapperComponents that occur as a component of `name`.
 uint32_t WrappersIn(absl::string_view name) {
   uint32_t present = 0;

@@ -33,13 +33,6 @@ int64_t Numel(const std::vector<int64_t>& shape) {
 
 bool IsComplex(DType d) { return d == DType::kC64 || d == DType::kC128; }
 
-void AddReason(v1::ValidationReport* report, absl::string_view reason) {
-  for (const std::string& r : report->reasons()) {
-    if (r == reason) return;
-  }
-  report->add_reasons(std::string(reason));
-}
-
 bool Matches(const std::vector<std::string>& globs, const std::string& name) {
   for (const std::string& g : globs) {
     if (::fnmatch(g.c_str(), name.c_str(), 0) == 0) return true;
@@ -493,6 +486,13 @@ std::vector<NamedTensor> ReferenceTensors(const Value* root, std::string* contai
     current = next;
   }
   return checkpoint::FlattenTensors(current);
+}
+
+void AddReason(v1::ValidationReport* report, std::string_view reason) {
+  for (const std::string& r : report->reasons()) {
+    if (r == reason) return;
+  }
+  report->add_reasons(std::string(reason));
 }
 
 v1::Verdict VerdictOf(const v1::ValidationReport& report) {

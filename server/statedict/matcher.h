@@ -142,6 +142,9 @@ std::vector<checkpoint::NamedTensor> ReferenceTensors(const checkpoint::Value* r
 // NORMALIZED with any fix, else VALID.
 weightgate::v1::Verdict VerdictOf(const weightgate::v1::ValidationReport& report);
 
+// Adds `reason` to report.reasons unless it is there already.
+void AddReason(weightgate::v1::ValidationReport* report, std::string_view reason);
+
 }  // namespace weightgate::statedict
 
 #endif  // WEIGHTGATE_SERVER_STATEDICT_MATCHER_H_

@@ -42,13 +42,6 @@ double MsSince(Clock::time_point start) {
   return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
-void AddReason(v1::ValidationReport* report, std::string_view reason) {
-  for (const std::string& r : report->reasons()) {
-    if (r == reason) return;
-  }
-  report->add_reasons(std::string(reason));
-}
-
 // Whether bytes that failed to parse at least start like one of the formats
 // we read: then the file is a damaged checkpoint ("unreadable"), otherwise
 // it is simply something else ("not_a_checkpoint").

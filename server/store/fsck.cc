@@ -20,19 +20,6 @@
 namespace weightgate::store {
 namespace {
 
-std::vector<std::string> Entries(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
 // Parses a metadata file; empty string on success, else the reason.
 template <typename Message>
 std::string ReadJson(const std::string& path, Message* message) {
@@ -60,7 +47,7 @@ FsckResult Fsck(const std::string& root, std::ostream* progress) {
   // Blobs: the name is the content's sha256.
   std::map<std::string, std::string> bad_blobs;  // sha -> why
   std::set<std::string> blobs;
-  for (const std::string& name : Entries(root + "/blobs")) {
+  for (const std::string& name : common::ListDir(root + "/blobs")) {
     std::string path = absl::StrCat(root, "/blobs/", name);
     if (!common::IsSha256Hex(name)) {
       problem(absl::StrCat("stray file in blobs/: ", name));
@@ -82,7 +69,7 @@ FsckResult Fsck(const std::string& root, std::ostream* progress) {
 
   // Metadata and references.
   std::map<std::string, std::vector<std::string>> users;  // sha -> refs using it
-  for (const std::string& id : Entries(root + "/models")) {
+  for (const std::string& id : common::ListDir(root + "/models")) {
     std::string dir = absl::StrCat(root, "/models/", id);
     weightgate::v1::Model model;
     std::string why = ReadJson(dir + "/model.json", &model);
@@ -97,7 +84,7 @@ FsckResult Fsck(const std::string& root, std::ostream* progress) {
     const std::string& ts = model.spec().torchscript_sha256();
     if (!ts.empty()) users[ts].push_back(absl::StrCat(id, " (TorchScript reference)"));
     std::set<int64_t> versions;
-    for (const std::string& name : Entries(dir + "/versions")) {
+    for (const std::string& name : common::ListDir(dir + "/versions")) {
       int64_t n = 0;
       if (!absl::EndsWith(name, ".json") ||
           !absl::SimpleAtoi(name.substr(0, name.size() - 5), &n) || n <= 0) {

@@ -23,6 +23,8 @@
 
 namespace weightgate::store {
 
+using common::ListDir;
+
 using common::NowMs;
 using common::ParsedRef;
 using common::ParseRef;
@@ -126,19 +128,6 @@ absl::Status WriteJson(const std::string& tmp_dir, const std::string& path,
   auto status = google::protobuf::util::MessageToJsonString(message, &text, options);
   if (!status.ok()) return absl::InternalError(status.ToString());
   return AtomicWrite(tmp_dir, path, text);
-}
-
-std::vector<std::string> ListDir(const std::string& dir) {
-  std::vector<std::string> names;
-  DIR* d = ::opendir(dir.c_str());
-  if (d == nullptr) return names;
-  while (struct dirent* e = ::readdir(d)) {
-    std::string name = e->d_name;
-    if (name != "." && name != "..") names.push_back(name);
-  }
-  ::closedir(d);
-  std::sort(names.begin(), names.end());
-  return names;
 }
 
 std::string HostName() {

@@ -18,24 +18,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+. "$root/tests/bench/bench_lib.sh"
 
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port=$(free_port); nginx_port=$(free_port)
+nginx_port=$(free_port)
 
-/usr/bin/python3 - "$work" "$size_mib" <<'PY'
-import json, sys, torch
-work, size_mib = sys.argv[1], int(sys.argv[2])
-n = 64
-per = size_mib * (1 << 20) // 4 // n
-sd = {f"layers.{i}.weight": torch.randn(per) for i in range(n)}
-torch.save(sd, f"{work}/ckpt.pt")
-json.dump({"tensors": {k: {"dtype": "F32", "shape": [per]} for k in sd}}, open(f"{work}/spec.json", "w"))
-PY
+make_checkpoint "$size_mib"
 
-"$build/bin/weightgate-server" --listen "127.0.0.1:$port" --metrics_listen "" --store "$work/store" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 100); do "$build/bin/weightgate" --server "127.0.0.1:$port" ls >/dev/null 2>&1 && break; sleep 0.1; done
-wg() { "$build/bin/weightgate" --server "127.0.0.1:$port" "$@"; }
+start_server "$(free_port)"
 wg register bench --from "$work/spec.json" >/dev/null
 wg upload bench "$work/ckpt.pt" >/dev/null
 blob=$(ls "$work/store/blobs" | head -1)
@@ -61,8 +50,6 @@ NGINX
 nginx -c "$work/nginx.conf"
 sleep 0.3
 
-now() { date +%s.%N; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 one_wg() { rm -f "$work/out.$1"*; wg fetch bench -o "$work/out.$1" >/dev/null; }
 one_cpp() { rm -f "$work/cpp.$1"*; "$build/bin/weightgate-cpp-example" --server "127.0.0.1:$port" --out "$work/cpp.$1" bench >/dev/null 2>&1; }
 one_curl() { curl -sf -o "$work/curl.$1" "http://127.0.0.1:$nginx_port/weights.safetensors"; }

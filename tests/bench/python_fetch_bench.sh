@@ -16,22 +16,11 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+. "$root/tests/bench/bench_lib.sh"
 
-/usr/bin/python3 - "$work" "$size_mib" <<'PY'
-import json, sys, torch
-work, size_mib = sys.argv[1], int(sys.argv[2])
-n = 64
-per = size_mib * (1 << 20) // 4 // n
-sd = {f"layers.{i}.weight": torch.randn(per) for i in range(n)}
-torch.save(sd, f"{work}/ckpt.pt")
-json.dump({"tensors": {k: {"dtype": "F32", "shape": [per]} for k in sd}}, open(f"{work}/spec.json", "w"))
-PY
+make_checkpoint "$size_mib"
 
-"$build/bin/weightgate-server" --listen "127.0.0.1:$port" --metrics_listen "" --store "$work/store" 2>"$work/server.log" &
-server_pid=$!
-for _ in $(seq 100); do "$build/bin/weightgate" --server "127.0.0.1:$port" ls >/dev/null 2>&1 && break; sleep 0.1; done
-wg() { "$build/bin/weightgate" --server "127.0.0.1:$port" "$@"; }
+start_server "$(free_port)"
 wg register bench --from "$work/spec.json" >/dev/null
 wg upload bench "$work/ckpt.pt" >/dev/null
 wg fetch bench -o "$work/local.pt" --format pt >/dev/null
@@ -68,7 +57,6 @@ for r in $(seq "$reps"); do
   py fetch_state_dict "127.0.0.1:$port" >> "$work/py"
   py torch_load "$work/local.pt" >> "$work/load"
 done
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 col() { awk -v c="$2" '{print $c}' "$work/$1" | median; }
 echo "model: $size_mib MiB (64 F32 tensors), $reps repetitions, alternating; $(nproc) cores"
 printf '%-40s median %6.3f s  peak RSS %7.1f MiB (whole process)\n' "weightgate fetch -o FILE" "$(col cli 1)" "$(col cli 2)"

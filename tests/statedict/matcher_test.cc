@@ -477,7 +477,9 @@ TEST(MatcherTest, SharedContainerDagIsFast) {
     EXPECT_LT(seconds, 1.0);
     EXPECT_TRUE(o.report.has_winner());
     // Two levels down a container key names the leaf dict itself.
-    if (levels <= 2) EXPECT_EQ(o.report.winner().matched(), 9) << o.report.DebugString();
+    if (levels <= 2) {
+      EXPECT_EQ(o.report.winner().matched(), 9) << o.report.DebugString();
+    }
   }
 }
 

@@ -1,15 +1,56 @@
 """Shared pieces of the client tests: test certificates, a TLS server, and a
 TCP proxy that breaks the wire on purpose (cuts a connection mid-stream or
 flips one payload byte inside an HTTP/2 DATA frame)."""
+import hashlib
 import os
 import socket
 import subprocess
+import tempfile
 import threading
 import time
+import unittest
 
 import grpc
 
+from client_model import make
 from harness import WeightgateServer
+
+# 8192 rows x 256 x F32 = 8 MiB embedding: enough for several chunks per stream.
+ROWS = 8192
+
+
+class ServedModelTest(unittest.TestCase):
+    """A server holding model `lm` (client_model.TiedLM, version 1, alias
+    `prod`); `cls.blob` / `cls.sha` are its stored safetensors bytes."""
+
+    prefix = "wg-client-"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix=cls.prefix)
+        cls.dir = cls.tmp.name
+        make(cls.dir, ROWS)
+        cls.server = WeightgateServer().start()
+        for args in (("register", "lm", "--from", cls.path("reference.pt")),
+                     ("upload", "lm", cls.path("reference.pt"), "--alias", "prod")):
+            r = cls.server.cli(*args)
+            assert r.returncode == 0, r.stdout + r.stderr
+        out = cls.path("lm.safetensors")
+        r = cls.server.cli("fetch", "lm@prod", "-o", out)
+        assert r.returncode == 0, r.stdout + r.stderr
+        with open(out, "rb") as f:
+            cls.blob = f.read()
+        cls.sha = hashlib.sha256(cls.blob).hexdigest()
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.server.stop()
+        cls.tmp.cleanup()
+        assert code == 0, cls.server.log()
+
+    @classmethod
+    def path(cls, name):
+        return os.path.join(cls.dir, name)
 
 
 def make_certs(directory):

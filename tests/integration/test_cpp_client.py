@@ -6,51 +6,24 @@ import hashlib
 import os
 import re
 import subprocess
-import tempfile
 import unittest
 
 import torch
 
-from client_model import make, outputs_differ
-from client_support import TlsServer, WireProxy, make_certs
-from harness import BINARY_DIR, SOURCE_DIR, WeightgateServer
+from client_model import outputs_differ
+from client_support import ServedModelTest, TlsServer, WireProxy, make_certs
+from harness import BINARY_DIR, SOURCE_DIR
 
 EXAMPLE = os.path.join(BINARY_DIR, "bin", "weightgate-cpp-example")
 CHECK = os.path.join(BINARY_DIR, "tests", "cpp_client_check")
-ROWS = 8192
 
 
 def run(*cmd, timeout=300, cwd=None):
     return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
-class CppClientTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="wg-cppclient-")
-        cls.dir = cls.tmp.name
-        make(cls.dir, ROWS)
-        cls.server = WeightgateServer().start()
-        for args in (("register", "lm", "--from", cls.path("reference.pt")),
-                     ("upload", "lm", cls.path("reference.pt"), "--alias", "prod")):
-            r = cls.server.cli(*args)
-            assert r.returncode == 0, r.stdout + r.stderr
-        out = cls.path("lm.safetensors")
-        r = cls.server.cli("fetch", "lm@prod", "-o", out)
-        assert r.returncode == 0, r.stdout + r.stderr
-        with open(out, "rb") as f:
-            cls.blob = f.read()
-        cls.sha = hashlib.sha256(cls.blob).hexdigest()
-
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.server.stop()
-        cls.tmp.cleanup()
-        assert code == 0, cls.server.log()
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.dir, name)
+class CppClientTest(ServedModelTest):
+    prefix = "wg-cppclient-"
 
     def example(self, *args, server=None):
         return run(EXAMPLE, "--server", server or self.server.address, *args)

@@ -6,47 +6,20 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import unittest
 
 import torch
 
 import weightgate
-from client_model import TiedLM, make, outputs_differ
-from client_support import TlsServer, WireProxy, make_certs
-from harness import SOURCE_DIR, WeightgateServer
-
-# 8192 rows x 256 x F32 = 8 MiB embedding: enough for several chunks per stream.
-ROWS = 8192
+from client_model import TiedLM, outputs_differ
+from client_support import ROWS, ServedModelTest, TlsServer, WireProxy, make_certs
+from harness import SOURCE_DIR
 
 
-class PythonClientTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.tmp = tempfile.TemporaryDirectory(prefix="wg-pyclient-")
-        cls.dir = cls.tmp.name
-        make(cls.dir, ROWS)
-        cls.server = WeightgateServer().start()
-        for args in (("register", "lm", "--from", cls.path("reference.pt")),
-                     ("upload", "lm", cls.path("reference.pt"), "--alias", "prod")):
-            r = cls.server.cli(*args)
-            assert r.returncode == 0, r.stdout + r.stderr
-        out = cls.path("lm.safetensors")
-        r = cls.server.cli("fetch", "lm@prod", "-o", out)
-        assert r.returncode == 0, r.stdout + r.stderr
-        with open(out, "rb") as f:
-            cls.blob = f.read()
 
-    @classmethod
-    def tearDownClass(cls):
-        code = cls.server.stop()
-        cls.tmp.cleanup()
-        assert code == 0, cls.server.log()
-
-    @classmethod
-    def path(cls, name):
-        return os.path.join(cls.dir, name)
+class PythonClientTest(ServedModelTest):
+    prefix = "wg-pyclient-"
 
     def fetch(self, ref="lm@prod", **kwargs):
         kwargs.setdefault("server", self.server.address)

@@ -62,9 +62,12 @@ class Registry final {
 
   // Validate, and for a VALID or NORMALIZED checkpoint also write the
   // normalised tensors as safetensors to `output_path` (the stored form).
+  // report.input_sha256 is `known_input_sha256` when given (e.g. a staged
+  // upload hashed as it arrived), else the worker hashes the input.
   absl::StatusOr<weightgate::v1::ValidationReport> NormalizeTo(
       const weightgate::v1::UploadHeader& header, const std::string& checkpoint_path,
-      const std::string& output_path, const CallControl& control = {}) const;
+      const std::string& output_path, const CallControl& control = {},
+      const std::string& known_input_sha256 = "") const;
 
  private:
   explicit Registry(const Options& options) : options_(options) {}

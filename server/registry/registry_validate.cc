@@ -109,10 +109,10 @@ absl::StatusOr<v1::ValidationReport> Registry::Validate(const v1::UploadHeader& 
   return NormalizeTo(header, checkpoint_path, "", control);
 }
 
-absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(const v1::UploadHeader& header,
-                                                           const std::string& checkpoint_path,
-                                                           const std::string& output_path,
-                                                           const CallControl& control) const {
+absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(
+    const v1::UploadHeader& header, const std::string& checkpoint_path,
+    const std::string& output_path, const CallControl& control,
+    const std::string& known_input_sha256) const {
   absl::StatusOr<v1::Model> model = options_.store->GetModel(header.model_id());
   if (!model.ok()) return model.status();
   const v1::NormalizationPolicy& policy =
@@ -123,8 +123,8 @@ absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(const v1::UploadHeade
   options.output_path = output_path;
   options.output_format = statedict::NormalizeOptions::OutputFormat::kSafetensors;
   // A stored version records which upload it came from; a dry run skips the
-  // extra pass over the file.
-  options.compute_input_sha256 = !output_path.empty();
+  // extra pass over the file, and so does a caller that knows the hash.
+  options.compute_input_sha256 = !output_path.empty() && known_input_sha256.empty();
   const std::string& ts = model->spec().torchscript_sha256();
   if (!ts.empty()) {
     if (!options_.store->HasBlob(ts)) {
@@ -133,7 +133,10 @@ absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(const v1::UploadHeade
     }
     options.torchscript_path = options_.store->BlobPath(ts);
   }
-  return RunNormalize(checkpoint_path, model->spec(), policy, options, control);
+  absl::StatusOr<v1::ValidationReport> report =
+      RunNormalize(checkpoint_path, model->spec(), policy, options, control);
+  if (report.ok() && !known_input_sha256.empty()) report->set_input_sha256(known_input_sha256);
+  return report;
 }
 
 }  // namespace weightgate::registry

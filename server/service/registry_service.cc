@@ -185,7 +185,8 @@ absl::StatusOr<ValidationReport> RegistryService::CheckAndWrite(
                    ::rename(staged.path().c_str(), output_path.c_str()) == 0;
   }
   if (!*as_uploaded) {
-    report = options_.registry->NormalizeTo(header, staged.path(), output_path, control);
+    report = options_.registry->NormalizeTo(header, staged.path(), output_path, control,
+                                            staged.sha256());
   }
   if (report.ok()) report->set_input_sha256(staged.sha256());
   return report;

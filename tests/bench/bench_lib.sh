@@ -1,6 +1,19 @@
-# Shared by the fetch, Python-fetch and upload benchmarks: a free loopback
-# port, a torch.save checkpoint of 64 fp32 tensors with its JSON spec, and a
-# server on a fresh store. Source it after setting $build and $work.
+# Shared by the fetch, Python-fetch and upload benchmarks: a scratch folder
+# removed on exit, a free loopback port, a torch.save checkpoint of 64 fp32
+# tensors with its JSON spec, and a server on a fresh store holding it.
+# Source it after setting $build.
+
+# bench_workdir NAME: $work, removed on exit with the server (and nginx, if
+# the benchmark wrote $work/nginx.pid).
+bench_workdir() {
+  work=$(mktemp -d "/tmp/wg-$1-bench.XXXXXX")
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
 
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -32,3 +45,12 @@ start_server() {
   for _ in $(seq 100); do wg ls >/dev/null 2>&1 && break; sleep 0.1; done
 }
 wg() { "$build/bin/weightgate" --server "127.0.0.1:$port" "$@"; }
+
+# serve_checkpoint SIZE_MIB: the checkpoint above, registered as model
+# `bench` from its spec and uploaded once, on a fresh server.
+serve_checkpoint() {
+  make_checkpoint "$1"
+  start_server "$(free_port)"
+  wg register bench --from "$work/spec.json" >/dev/null
+  wg upload bench "$work/ckpt.pt" >/dev/null
+}

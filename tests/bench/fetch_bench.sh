@@ -11,22 +11,12 @@ build=$(cd "${1:-$root/build}" && pwd)
 size_mib=${2:-1024}
 reps=${REPS:-3}
 "$root/scripts/install-deps.sh" bench >/dev/null
-work=$(mktemp -d /tmp/wg-fetch-bench.XXXXXX)
-cleanup() {
-  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . "$root/tests/bench/bench_lib.sh"
+bench_workdir fetch
 
 nginx_port=$(free_port)
 
-make_checkpoint "$size_mib"
-
-start_server "$(free_port)"
-wg register bench --from "$work/spec.json" >/dev/null
-wg upload bench "$work/ckpt.pt" >/dev/null
+serve_checkpoint "$size_mib"
 blob=$(ls "$work/store/blobs" | head -1)
 
 mkdir -p "$work/www"

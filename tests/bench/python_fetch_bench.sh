@@ -10,19 +10,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 build=$(cd "${1:-$root/build}" && pwd)
 size_mib=${2:-512}
 reps=${REPS:-3}
-work=$(mktemp -d /tmp/wg-pyfetch-bench.XXXXXX)
-cleanup() {
-  [ -n "${server_pid:-}" ] && kill "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . "$root/tests/bench/bench_lib.sh"
+bench_workdir pyfetch
 
-make_checkpoint "$size_mib"
-
-start_server "$(free_port)"
-wg register bench --from "$work/spec.json" >/dev/null
-wg upload bench "$work/ckpt.pt" >/dev/null
+serve_checkpoint "$size_mib"
 wg fetch bench -o "$work/local.pt" --format pt >/dev/null
 
 # Each line: seconds and peak RSS above the baseline, in MiB.

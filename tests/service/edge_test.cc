@@ -14,6 +14,7 @@
 #include "server/service/policy_check.h"
 #include "server/service/server.h"
 #include "server/store/store.h"
+#include "tests/service/server_fixture.h"
 #include "weightgate/v1/registry.grpc.pb.h"
 #include "weightgate/v1/stream.grpc.pb.h"
 
@@ -50,19 +51,10 @@ std::string Safetensors(size_t floats) {
   return out;
 }
 
-class EdgeTest : public ::testing::Test {
+class EdgeTest : public ServerFixture {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/wg-edge-test-XXXXXX";
-    root_ = ::mkdtemp(tmpl);
-  }
-  void TearDown() override { std::filesystem::remove_all(root_); }
-
-  Server::Options Options() {
-    Server::Options o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "";
-    o.store = root_ + "/store";
+  Server::Options Options() const {
+    Server::Options o = ServerFixture::Options();
     o.access_log = false;
     return o;
   }
@@ -84,13 +76,6 @@ class EdgeTest : public ::testing::Test {
     ASSERT_TRUE(staged->Append(bytes).ok());
     ASSERT_TRUE(store->CommitVersion("m", std::move(staged), {}, "").ok());
   }
-
-  std::shared_ptr<grpc::Channel> Channel(const Server& server) {
-    return grpc::CreateChannel("127.0.0.1:" + std::to_string(server.port()),
-                               grpc::InsecureChannelCredentials());
-  }
-
-  std::string root_;
 };
 
 TEST_F(EdgeTest, HeaderOnlyUploadsTimeOutAndGiveBackTheirSlots) {

@@ -8,6 +8,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server/service/auth.h"
+#include "tests/service/server_fixture.h"
 #include "weightgate/v1/registry.grpc.pb.h"
 
 namespace weightgate::service {
@@ -41,25 +42,11 @@ TEST(AuthorizerTest, BadTokenFilesRejected) {
   std::filesystem::remove(path);
 }
 
-class ServerTest : public ::testing::Test {
+class ServerTest : public ServerFixture {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/wg-server-test-XXXXXX";
-    root_ = ::mkdtemp(tmpl);
-  }
-  void TearDown() override { std::filesystem::remove_all(root_); }
-  Server::Options Options() {
-    Server::Options o;
-    o.listen = "127.0.0.1:0";
-    o.metrics_listen = "";
-    o.store = root_ + "/store";
-    return o;
-  }
   static std::unique_ptr<weightgate::v1::ModelRegistry::Stub> RegistryStub(const Server& server) {
-    return weightgate::v1::ModelRegistry::NewStub(grpc::CreateChannel(
-        "127.0.0.1:" + std::to_string(server.port()), grpc::InsecureChannelCredentials()));
+    return weightgate::v1::ModelRegistry::NewStub(Channel(server));
   }
-  std::string root_;
 };
 
 TEST_F(ServerTest, RefusesPublicAddressWithoutProtection) {

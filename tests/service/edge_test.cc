@@ -213,18 +213,7 @@ TEST_F(EdgeTest, StalledReadersAreCancelledAndTheirMemoryReturned) {
 // uploads, and the free-disk reserve that keeps metadata writes possible.
 TEST_F(EdgeTest, StagingTotalAndFreeDiskReserveRefuseBytesBeforeWriting) {
   auto upload = [&](const Server& server, size_t bytes) {
-    auto stub = weightgate::v1::ModelRegistry::NewStub(Channel(server));
-    grpc::ClientContext ctx;
-    weightgate::v1::ValidationReport report;
-    auto writer = stub->ValidateCheckpoint(&ctx, &report);
-    weightgate::v1::UploadRequest header;
-    header.mutable_header()->set_model_id("m");
-    writer->Write(header);
-    weightgate::v1::UploadRequest chunk;
-    chunk.set_chunk(std::string(bytes, 'x'));
-    writer->Write(chunk);
-    writer->WritesDone();
-    return writer->Finish();
+    return Validate(server, {Header("m"), Chunk(std::string(bytes, 'x'))});
   };
   {
     Server::Options o = Options();

@@ -9,10 +9,12 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "server/service/server.h"
+#include "weightgate/v1/registry.grpc.pb.h"
 
 namespace weightgate::service {
 
@@ -35,6 +37,30 @@ class ServerFixture : public ::testing::Test {
   static std::shared_ptr<grpc::Channel> Channel(const Server& server) {
     return grpc::CreateChannel("127.0.0.1:" + std::to_string(server.port()),
                                grpc::InsecureChannelCredentials());
+  }
+
+  // Sends `messages` on one ValidateCheckpoint stream and returns its status.
+  static grpc::Status Validate(const Server& server,
+                               const std::vector<weightgate::v1::UploadRequest>& messages) {
+    auto stub = weightgate::v1::ModelRegistry::NewStub(Channel(server));
+    grpc::ClientContext ctx;
+    weightgate::v1::ValidationReport report;
+    auto writer = stub->ValidateCheckpoint(&ctx, &report);
+    for (const weightgate::v1::UploadRequest& m : messages) writer->Write(m);
+    writer->WritesDone();
+    return writer->Finish();
+  }
+  static weightgate::v1::UploadRequest Header(const std::string& model_id,
+                                              int64_t total_bytes = 0) {
+    weightgate::v1::UploadRequest m;
+    m.mutable_header()->set_model_id(model_id);
+    if (total_bytes > 0) m.mutable_header()->set_total_bytes(total_bytes);
+    return m;
+  }
+  static weightgate::v1::UploadRequest Chunk(std::string bytes) {
+    weightgate::v1::UploadRequest m;
+    m.set_chunk(std::move(bytes));
+    return m;
   }
 
   std::string root_;

@@ -42,12 +42,7 @@ TEST(AuthorizerTest, BadTokenFilesRejected) {
   std::filesystem::remove(path);
 }
 
-class ServerTest : public ServerFixture {
- protected:
-  static std::unique_ptr<weightgate::v1::ModelRegistry::Stub> RegistryStub(const Server& server) {
-    return weightgate::v1::ModelRegistry::NewStub(Channel(server));
-  }
-};
+class ServerTest : public ServerFixture {};
 
 TEST_F(ServerTest, RefusesPublicAddressWithoutProtection) {
   Server::Options o = Options();
@@ -72,33 +67,14 @@ TEST_F(ServerTest, BadDeviceRejected) {
 TEST_F(ServerTest, UploadWithoutHeaderIsInvalidArgument) {
   auto server = Server::Start(Options());
   ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = RegistryStub(**server);
   {
-    grpc::ClientContext ctx;
-    weightgate::v1::ValidationReport report;
-    auto writer = stub->ValidateCheckpoint(&ctx, &report);
-    weightgate::v1::UploadRequest chunk;
-    chunk.set_chunk("bytes before any header");
-    writer->Write(chunk);
-    writer->WritesDone();
-    grpc::Status s = writer->Finish();
+    grpc::Status s = Validate(**server, {Chunk("bytes before any header")});
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(s.error_message().find("header"), std::string::npos);
   }
   {
     // Announced size larger than what arrives: incomplete, not validated.
-    grpc::ClientContext ctx;
-    weightgate::v1::ValidationReport report;
-    auto writer = stub->ValidateCheckpoint(&ctx, &report);
-    weightgate::v1::UploadRequest header;
-    header.mutable_header()->set_model_id("m");
-    header.mutable_header()->set_total_bytes(100);
-    writer->Write(header);
-    weightgate::v1::UploadRequest chunk;
-    chunk.set_chunk("short");
-    writer->Write(chunk);
-    writer->WritesDone();
-    grpc::Status s = writer->Finish();
+    grpc::Status s = Validate(**server, {Header("m", 100), Chunk("short")});
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
     EXPECT_NE(s.error_message().find("incomplete"), std::string::npos);
   }
@@ -110,18 +86,7 @@ TEST_F(ServerTest, UploadOverLimitIsResourceExhausted) {
   o.max_upload_bytes = 1024;
   auto server = Server::Start(o);
   ASSERT_TRUE(server.ok()) << server.status();
-  auto stub = RegistryStub(**server);
-  grpc::ClientContext ctx;
-  weightgate::v1::ValidationReport report;
-  auto writer = stub->ValidateCheckpoint(&ctx, &report);
-  weightgate::v1::UploadRequest header;
-  header.mutable_header()->set_model_id("m");
-  writer->Write(header);
-  weightgate::v1::UploadRequest chunk;
-  chunk.set_chunk(std::string(4096, 'x'));
-  writer->Write(chunk);
-  writer->WritesDone();
-  grpc::Status s = writer->Finish();
+  grpc::Status s = Validate(**server, {Header("m"), Chunk(std::string(4096, 'x'))});
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   // Nothing is left in staging once the call is over on the server too.
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));

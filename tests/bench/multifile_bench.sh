@@ -35,13 +35,11 @@ for i in $(seq 1 "$REPS"); do
   run single "$WORK/single/model.safetensors" "$WORK/single.json"
   run sharded "$WORK/sharded" "$WORK/sharded.json"
 done
-"$PY" - "$WORK/results" <<'PYEOF'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    label, wall, rss = line.split()
-    rows.setdefault(label, []).append((float(wall), int(rss)))
-med = {k: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v)) for k, v in rows.items()}
+"$PY" - "$WORK/results" "$HERE" <<'PYEOF'
+import sys
+sys.path.insert(0, sys.argv[2])
+from bench_results import medians
+rows, med = medians(sys.argv[1])
 base = med["tiny"][1]
 for k in ("tiny", "single", "sharded"):
     w, r = med[k]

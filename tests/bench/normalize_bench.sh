@@ -50,13 +50,11 @@ for i in $(seq 1 "$REPS"); do
 done
 grep -q NORMALIZED "$WORK/log.weightgate" || { echo "unexpected verdict:" >&2; cat "$WORK/log.weightgate" >&2; exit 1; }
 
-"$PY" - "$WORK/results" <<'PYEOF'
-import statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    label, wall, rss = line.split()
-    rows.setdefault(label, []).append((float(wall), int(rss)))
-med = {k: (statistics.median(w for w, _ in v), statistics.median(r for _, r in v)) for k, v in rows.items()}
+"$PY" - "$WORK/results" "$HERE" <<'PYEOF'
+import sys
+sys.path.insert(0, sys.argv[2])
+from bench_results import medians
+rows, med = medians(sys.argv[1])
 for k in ("weightgate", "python", "python_lean", "weightgate_tiny"):
     w, r = med[k]
     print("%-16s n=%d  wall median %6.2f s  peak RSS median %7.1f MiB  (walls: %s)" % (

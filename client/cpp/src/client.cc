@@ -11,6 +11,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -34,6 +36,10 @@ constexpr uint64_t kBytesPerStream = 64ull << 20;
 constexpr int kMaxStreams = 8;
 constexpr uint64_t kRangeAlign = 1ull << 20;
 constexpr uint64_t kHashStep = 16ull << 20;
+// Received chunks at most this far past the hashed prefix are kept (their
+// message buffers, no copy) for the hashing thread, which then hashes them
+// while they are still in cache instead of reading them back from the sink.
+constexpr uint64_t kHashWindow = 64ull << 20;
 constexpr int kMaxReceiveBytes = 64 << 20;
 
 absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {
@@ -157,10 +163,14 @@ class FileSink final : public Sink {
   const char* map_ = nullptr;
 };
 
-// Bytes of one received message, read across its slices.
+// Bytes of one received message, read across its slices. The slices (and
+// so the bytes Take() points at: a short slice holds its bytes inline) are
+// owned by the caller's vector and must outlive the pointers.
 class MessageReader {
  public:
-  explicit MessageReader(const grpc::ByteBuffer& buffer) {
+  MessageReader(const grpc::ByteBuffer& buffer, std::vector<grpc::Slice>* slices)
+      : slices_(*slices) {
+    slices_.clear();
     (void)buffer.Dump(&slices_);
     for (const grpc::Slice& s : slices_) remaining_ += s.size();
   }
@@ -209,7 +219,7 @@ class MessageReader {
   }
 
  private:
-  std::vector<grpc::Slice> slices_;
+  std::vector<grpc::Slice>& slices_;
   size_t index_ = 0;
   size_t at_ = 0;
   uint64_t remaining_ = 0;
@@ -218,13 +228,14 @@ class MessageReader {
 struct ParsedChunk {
   uint64_t offset = 0;
   uint32_t crc = 0;
+  std::vector<grpc::Slice> slices;  // the message's; own the bytes `data` points at
   std::vector<struct iovec> data;
 };
 
 // Parses FetchResponse{chunk}. NOT_FOUND-free: kNotAChunk means "a manifest".
 enum class Kind { kChunk, kManifest, kMalformed };
 Kind ParseChunk(const grpc::ByteBuffer& buffer, ParsedChunk* chunk) {
-  MessageReader r(buffer);
+  MessageReader r(buffer, &chunk->slices);
   uint8_t tag;
   if (!r.Byte(&tag)) return Kind::kMalformed;
   if (tag == 0x0A) return Kind::kManifest;
@@ -292,10 +303,13 @@ void Backoff(int attempt) {
 }  // namespace
 
 int DefaultStreams(uint64_t total_bytes) {
+  // Each stream's thread receives, checks and writes; the hashing thread
+  // follows them. One stream per two cores keeps both kinds busy.
   int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   uint64_t by_size = total_bytes / kBytesPerStream;
-  return static_cast<int>(std::max<uint64_t>(
-      1, std::min<uint64_t>({by_size, static_cast<uint64_t>(cores), kMaxStreams})));
+  uint64_t by_cores = static_cast<uint64_t>(std::max(1, cores / 2));
+  return static_cast<int>(
+      std::max<uint64_t>(1, std::min<uint64_t>({by_size, by_cores, kMaxStreams})));
 }
 
 struct Client::Impl {
@@ -390,6 +404,13 @@ class RawCall {
   bool ok_ = false;
 };
 
+// A received, checked and written chunk held for the hashing thread.
+struct HeldChunk {
+  std::vector<grpc::Slice> slices;  // own the bytes `pieces` point into
+  std::vector<struct iovec> pieces;
+  uint64_t bytes = 0;
+};
+
 // Shared state of the range streams of one fetch.
 class RangeFetch {
  public:
@@ -408,17 +429,38 @@ class RangeFetch {
     if (!s.ok()) Fail(s);
   }
 
-  // Hashes the contiguous prefix as it grows; returns how far it got.
+  // Hashes the contiguous prefix as it grows; returns how far it got. A
+  // chunk a stream held for it is hashed from its message buffer; any other
+  // bytes are read back from the sink.
   uint64_t HashPrefix(common::Sha256* sha, uint64_t from, uint64_t total) {
     uint64_t done = from;
     while (done < total) {
       uint64_t upto;
+      std::optional<HeldChunk> held;
       {
         absl::MutexLock lock(&mu_);
         hashed_ = done;
+        while (!held_.empty() && held_.begin()->first < done) {  // hashed from the sink
+          held_bytes_ -= held_.begin()->second.bytes;
+          held_.erase(held_.begin());
+        }
         mu_.Await(absl::Condition(this, &RangeFetch::HashCanProceed));
         if (failed_) return done;
         upto = PrefixLocked();
+        if (auto it = held_.find(done); it != held_.end()) {
+          held.emplace(std::move(it->second));
+          held_bytes_ -= held->bytes;
+          held_.erase(it);
+        } else if (!held_.empty()) {
+          upto = std::min(upto, held_.begin()->first);
+        }
+      }
+      if (held) {
+        for (const auto& p : held->pieces) {
+          sha->Update(std::string_view(static_cast<const char*>(p.iov_base), p.iov_len));
+        }
+        done += held->bytes;
+        continue;
       }
       while (done < upto) {
         uint64_t step = std::min(upto - done, kHashStep);
@@ -448,6 +490,23 @@ class RangeFetch {
  private:
   bool HashCanProceed() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return failed_ || PrefixLocked() > hashed_;
+  }
+
+  // Records that [offset, offset + bytes) is in the sink, and keeps the
+  // chunk's bytes for the hashing thread when they are near the hashed prefix.
+  void Received(int index, uint64_t offset, ParsedChunk* chunk, uint64_t bytes)
+      ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    pos_[index] = offset + bytes;
+    if (offset >= hashed_ && offset - hashed_ < kHashWindow && held_bytes_ + bytes <= kHashWindow) {
+      HeldChunk& h = held_[offset];
+      h.slices = std::move(chunk->slices);
+      h.pieces = std::move(chunk->data);
+      h.bytes = bytes;
+      held_bytes_ += bytes;
+      chunk->slices = {};
+      chunk->data = {};
+    }
   }
 
   uint64_t PrefixLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
@@ -522,10 +581,9 @@ class RangeFetch {
           }
           local = sink_->Write(pos, chunk.data.data(), static_cast<int>(chunk.data.size()));
           if (!local.ok()) continue;
+          Received(index, pos, &chunk, n);
           pos += n;
           attempts = 0;
-          absl::MutexLock lock(&mu_);
-          pos_[index] = pos;
         }
         if (!local.ok()) ctx.TryCancel();
         status = call.Finish();
@@ -566,7 +624,9 @@ class RangeFetch {
   bool failed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
   int resumes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t hashed_ ABSL_GUARDED_BY(mu_) = 0;  // where the hashing thread waits
+  uint64_t hashed_ ABSL_GUARDED_BY(mu_) = 0;                 // where the hashing thread waits
+  std::map<uint64_t, HeldChunk> held_ ABSL_GUARDED_BY(mu_);  // by offset
+  uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace

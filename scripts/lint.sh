@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fmt=$(command -v clang-format-14 || command -v clang-format)
-mapfile -t files < <(git ls-files '*.cc' '*.h')
+mapfile -t files < <(git ls-files '*.cc' '*.c' '*.h')
 if [ "${1:-}" = "--fix" ]; then
   "$fmt" --style=file -i "${files[@]}"
   exit 0

@@ -53,8 +53,8 @@ const CommandSpec kFetchSpec = {
         {.name = "--tensor", .value_name = "NAME", .help = "fetch only this tensor; repeatable",
          .repeatable = true},
         {.name = "--streams", .value_name = "N",
-         .help = "concurrent byte-range streams (default: one per 64 MiB, at most one per core "
-                 "and 8)"},
+         .help = "concurrent byte-range streams (default: one per 64 MiB, at most one per two "
+                 "cores and 8)"},
     },
     .min_args = 1, .max_args = 1, .args_error = "expected REF"};
 // clang-format on

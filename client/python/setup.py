@@ -4,6 +4,9 @@ is built, so an installed package always matches the protos it was built from.
 
     pip install --no-build-isolation --no-deps ./client/python
 
+It also compiles weightgate/_native.c (per-chunk CRC32C and copy in C) when a
+C compiler and python3-dev are present; without them it is skipped.
+
 Looks for the protos in $WEIGHTGATE_PROTO_DIR, then ../../proto (the source
 tree); for protoc in $PROTOC or PATH; for the plugin in $GRPC_PYTHON_PLUGIN,
 PATH, then /usr/bin/grpc_python_plugin (Debian's protobuf-compiler-grpc).
@@ -13,7 +16,7 @@ import os
 import shutil
 import subprocess
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,4 +56,10 @@ class BuildPyWithStubs(build_py):
         generate_stubs(self.build_lib)
 
 
-setup(cmdclass={"build_py": BuildPyWithStubs})
+# The per-chunk CRC32C and copy in C, without the GIL. Optional: without a C
+# compiler and Python's headers (python3-dev) the package falls back to
+# python3-crc32c, which works but is slower.
+NATIVE = Extension("weightgate._native", ["weightgate/_native.c"], optional=True,
+                   extra_compile_args=["-O2"])
+
+setup(cmdclass={"build_py": BuildPyWithStubs}, ext_modules=[NATIVE])

@@ -4,14 +4,17 @@ connection, a flipped byte caught by the chunk check, errors, TLS and mTLS,
 and `pip install ./client/python` into a fresh venv."""
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import tempfile
 import unittest
 
+import crc32c
 import torch
 
 import weightgate
+from weightgate import _fetch
 from client_model import TiedLM, outputs_differ
 from client_support import ROWS, ServedModelTest, TlsServer, WireProxy, make_certs
 from harness import SOURCE_DIR
@@ -72,6 +75,20 @@ class PythonClientTest(ServedModelTest):
         self.assertEqual(caught.exception.code.name, "DATA_LOSS")
         self.assertIn("checksum mismatch", str(caught.exception))
 
+    def test_flipped_byte_is_caught_without_the_native_module(self):
+        # The fallback path (python3-crc32c and a slice copy) checks as well.
+        native, _fetch._native = _fetch._native, None
+        try:
+            with WireProxy(self.server.address, flip_after=len(self.blob) // 3) as proxy:
+                with self.assertRaises(weightgate.Error) as caught:
+                    self.fetch(server=proxy.address, streams=1)
+                self.assertEqual(proxy.flips, 1)
+            sd = self.fetch(streams=2)
+            self.assertEqual(outputs_differ(sd, self.path("io.pt")), 0.0)
+        finally:
+            _fetch._native = native
+        self.assertEqual(caught.exception.code.name, "DATA_LOSS")
+
     def test_flipped_byte_without_chunk_check_is_caught_by_sha256(self):
         with WireProxy(self.server.address, flip_after=len(self.blob) // 3) as proxy:
             with self.assertRaises(weightgate.Error) as caught:
@@ -105,6 +122,35 @@ class PythonClientTest(ServedModelTest):
                     self.assertEqual(caught.exception.code.name, "UNAVAILABLE")
 
 
+class NativeModuleTest(unittest.TestCase):
+    """weightgate._native, built with the package (python3-dev is a test dependency)."""
+
+    def test_built_and_used(self):
+        self.assertIsNotNone(_fetch._native)
+
+    def test_crc32c_matches_python3_crc32c_at_every_length_class(self):
+        rng = random.Random(5)
+        data = bytes(rng.getrandbits(8) for _ in range(3 * 8192 * 2 + 3 * 256 + 41))
+        for length in (0, 1, 7, 8, 255, 768, 769, 3 * 8192, 3 * 8192 + 3 * 256 + 9, len(data) - 8):
+            for start in range(8):
+                piece = data[start:start + length]
+                self.assertEqual(_fetch._native.crc32c(piece), crc32c.crc32c(piece), (length, start))
+        self.assertEqual(_fetch._native.crc32c(b"123456789"), 0xE3069283)
+        self.assertEqual(_fetch._native.crc32c(b"6789", _fetch._native.crc32c(b"12345")), 0xE3069283)
+
+    def test_land_copies_only_a_matching_chunk_inside_the_buffer(self):
+        dest = bytearray(32)
+        self.assertTrue(_fetch._native.land(dest, 4, b"abc", crc32c.crc32c(b"abc")))
+        self.assertEqual(bytes(dest[4:7]), b"abc")
+        self.assertFalse(_fetch._native.land(dest, 10, b"xyz", crc32c.crc32c(b"xyz") ^ 1))
+        self.assertEqual(bytes(dest[10:13]), bytes(3))
+        for offset in (30, -1, 1 << 40):
+            with self.assertRaises(ValueError):
+                _fetch._native.land(dest, offset, b"abc", crc32c.crc32c(b"abc"))
+        with self.assertRaises(TypeError):  # read-only destination
+            _fetch._native.land(b"x" * 8, 0, b"a", crc32c.crc32c(b"a"))
+
+
 class PipInstallTest(unittest.TestCase):
     def test_pip_install_into_a_system_site_packages_venv(self):
         with tempfile.TemporaryDirectory(prefix="wg-venv-") as tmp:
@@ -121,7 +167,7 @@ class PipInstallTest(unittest.TestCase):
                                 "--no-index", os.path.join(src, "client", "python")],
                                capture_output=True, text=True, env=env, timeout=300)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-            code = ("import weightgate, weightgate.v1.stream_pb2 as s; "
+            code = ("import weightgate, weightgate._native, weightgate.v1.stream_pb2 as s; "
                     "print(weightgate.__file__); print(s.FetchRequest(end_offset=5).end_offset)")
             r = subprocess.run([os.path.join(venv, "bin", "python"), "-c", code], capture_output=True, text=True,
                                env=env, cwd=tmp, timeout=120)

@@ -3,9 +3,11 @@
 One small call reads the manifest (and pins an alias to its version); the rest
 of the blob is split into N ranges, each fetched by its own stream on its own
 connection and written straight into the caller's buffer. Chunks are parsed
-from the raw response bytes (no protobuf copy of the payload), CRC32C-checked,
-and copied once. A hashing thread follows the contiguous prefix of received
-bytes, so the sha256 is nearly done when the last chunk lands.
+from the raw response bytes (no protobuf copy of the payload), CRC32C-checked
+and copied once, in C without the GIL (weightgate._native; python3-crc32c and
+a slice copy when that module was not built). A hashing thread follows the
+contiguous prefix of received bytes, so the sha256 is nearly done when the
+last chunk lands.
 """
 import dataclasses
 import hashlib
@@ -17,15 +19,20 @@ import crc32c as _crc32c
 import grpc
 
 from weightgate._errors import Error
+
+try:
+    from weightgate import _native
+except ImportError:  # built without a C compiler or python3-dev
+    _native = None
 from weightgate.v1 import stream_pb2
 
 _FETCH = "/weightgate.v1.WeightStream/FetchWeights"
 _MIB = 1 << 20
 # A blob is a safetensors file: its first 8 bytes (the header length) always exist.
 _HEAD_BYTES = 8
-# One range stream per this many bytes, up to the cores and _MAX_STREAMS. Two
-# streams already keep the copy loop (which holds the GIL) busy; each more
-# adds ~20 MiB of gRPC receive buffers for little speed.
+# One range stream per this many bytes, at most one per two cores (each
+# stream's thread lands chunks, the hashing thread follows) and _MAX_STREAMS:
+# each stream adds ~20 MiB of gRPC receive buffers.
 _BYTES_PER_STREAM = 64 * _MIB
 _MAX_STREAMS = 2
 _RANGE_ALIGN = _MIB
@@ -65,9 +72,9 @@ class FetchOptions:
 
 
 def default_streams(total_bytes, cores=None):
-    """Streams for a blob of `total_bytes`: one per 64 MiB, at most one per core, at most 2."""
+    """Streams for a blob of `total_bytes`: one per 64 MiB, at most one per two cores, at most 2."""
     cores = cores or os.cpu_count() or 1
-    return max(1, min(cores, _MAX_STREAMS, total_bytes // _BYTES_PER_STREAM))
+    return max(1, min(cores // 2, _MAX_STREAMS, total_bytes // _BYTES_PER_STREAM))
 
 
 def _read_pem(path, what):
@@ -260,6 +267,7 @@ class _Fetch:
         attempts = 0
         verify = self.opts.verify_chunks
         crc32c = _crc32c.crc32c
+        land = _native.land if _native is not None and verify else None
         try:
             while pos < end:
                 request = stream_pb2.FetchRequest(ref=pinned_ref, start_offset=pos, end_offset=end,
@@ -284,10 +292,15 @@ class _Fetch:
                             raise Error(grpc.StatusCode.INTERNAL,
                                         f"fetch {pinned_ref}: chunk at {offset} (+{n}), expected {pos}")
                         data = memoryview(raw)[d0:d1]
-                        if verify and crc32c(data) != crc:
+                        if land is not None:
+                            ok = land(view, pos, data, crc)
+                        else:
+                            ok = not verify or crc32c(data) == crc
+                            if ok:
+                                view[pos:pos + n] = data
+                        if not ok:
                             raise Error(grpc.StatusCode.DATA_LOSS,
                                         f"fetch {pinned_ref}: checksum mismatch in chunk at offset {offset}")
-                        view[pos:pos + n] = data
                         pos += n
                         attempts = 0
                         progress.advance(index, pos)

@@ -98,7 +98,8 @@ struct FetchInfo {
 };
 
 // The default stream count for a blob of `total_bytes`: one per 64 MiB, at
-// most one per core, at most 8.
+// most one per two cores (each stream's thread receives and writes; the
+// hashing thread follows them), at least 1 and at most 8.
 int DefaultStreams(uint64_t total_bytes);
 
 // name -> tensor (see Client::FetchTensors).

@@ -39,7 +39,7 @@ constexpr uint64_t kHashStep = 16ull << 20;
 // Received chunks at most this far past the hashed prefix are kept (their
 // message buffers, no copy) for the hashing thread, which then hashes them
 // while they are still in cache instead of reading them back from the sink.
-constexpr uint64_t kHashWindow = 64ull << 20;
+constexpr uint64_t kHashWindow = 32ull << 20;
 constexpr int kMaxReceiveBytes = 64 << 20;
 
 absl::Status FromGrpc(const grpc::Status& s, const std::string& what) {

@@ -19,6 +19,10 @@ uint32_t ChunkCrcs::Get(uint64_t index, std::string_view data) {
   return crc;
 }
 
+bool ChunkCrcs::Known(uint64_t index) const {
+  return index < crcs_.size() && (crcs_[index].load(std::memory_order_relaxed) & kKnown) != 0;
+}
+
 std::shared_ptr<ChunkCrcs> ChunkCrcCache::For(const std::string& sha256, uint64_t total_bytes,
                                               uint64_t chunk_bytes) {
   absl::MutexLock lock(&mu_);

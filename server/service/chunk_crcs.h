@@ -31,6 +31,8 @@ class ChunkCrcs final {
   // CRC32C of `data`, which is chunk `index` (REQUIRES: a whole chunk or the
   // blob's last, shorter one).
   uint32_t Get(uint64_t index, std::string_view data);
+  // Whether chunk `index`'s CRC is already known (Get will not read it).
+  bool Known(uint64_t index) const;
 
  private:
   const uint64_t chunk_bytes_;

@@ -51,6 +51,8 @@ const CommandSpec kFetchSpec = {
         "Every chunk is CRC32C-checked and the whole file sha256-checked. An interrupted\n"
         "fetch leaves OUT.part; running the same command again resumes it.\n"
         "--format pt writes a torch.save archive: torch.load(OUT, weights_only=True).\n"
+        "Tied tensors, stored once, come out under every name (safetensors) or as one\n"
+        "shared storage (pt), ready for load_state_dict(strict=True).\n"
         "--tensor writes only the named tensors (CRC32C-checked; not resumable, and not\n"
         "sha256-checked since the file is not the stored blob).",
     .flags = {

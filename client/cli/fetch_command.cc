@@ -4,6 +4,12 @@
 // their offsets into OUT.part, resumed on UNAVAILABLE, sha256-checked; an
 // interrupted fetch leaves the received prefix in OUT.part for the next run);
 // a --tensor subset is rewritten as a smaller safetensors file.
+//
+// Ties: the stored blob holds a tied tensor once and names the other member
+// in a tie record (server/checkpoint/safetensors.h). Output gets every name a
+// strict load_state_dict needs: --format safetensors writes the tied names'
+// bytes again (ExpandTies), --format pt gives them one shared storage. A
+// blob without ties goes to OUT as fetched.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -11,7 +17,9 @@
 #include <cerrno>
 #include <cstring>
 #include <iostream>
+#include <map>
 #include <set>
+#include <utility>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -43,6 +51,8 @@ const CommandSpec kFetchSpec = {
         "Every chunk is CRC32C-checked and the whole file sha256-checked. An interrupted\n"
         "fetch leaves OUT.part; running the same command again resumes it.\n"
         "--format pt writes a torch.save archive: torch.load(OUT, weights_only=True).\n"
+        "Tied tensors, stored once, come out under every name (safetensors) or as one\n"
+        "shared storage (pt), ready for load_state_dict(strict=True).\n"
         "--tensor writes only the named tensors (CRC32C-checked; not resumable, and not\n"
         "sha256-checked since the file is not the stored blob).",
     .flags = {
@@ -76,17 +86,39 @@ struct Received {
   grpc::Status rpc;
 };
 
-// The requested tensors of `manifest`, in blob order (the order the server
-// sends their bytes in).
-absl::StatusOr<std::vector<weightgate::v1::TensorEntry>> SelectTensors(
-    const Manifest& manifest, const std::vector<std::string>& names) {
-  std::set<std::string> wanted(names.begin(), names.end());
-  std::vector<weightgate::v1::TensorEntry> selected;
+// name -> tied_to of the manifest's tied entries.
+TieMap TiesOf(const Manifest& manifest) {
+  TieMap ties;
   for (const auto& t : manifest.tensors()) {
-    if (wanted.erase(t.name()) > 0) selected.push_back(t);
+    if (!t.tied_to().empty()) ties.emplace(t.name(), t.tied_to());
+  }
+  return ties;
+}
+
+// The requested tensors of `manifest` whose bytes the subset file holds, in
+// blob order (the order the server sends their bytes in); `tie_records`
+// gets the requested tensors that share a holder's byte range (a tied name
+// requested with its partner), as (name, holder).
+absl::StatusOr<std::vector<weightgate::v1::TensorEntry>> SelectTensors(
+    const Manifest& manifest, const std::vector<std::string>& names,
+    std::vector<std::pair<std::string, std::string>>* tie_records) {
+  std::set<std::string> wanted(names.begin(), names.end());
+  std::map<std::string, const weightgate::v1::TensorEntry*> requested;
+  for (const auto& t : manifest.tensors()) {
+    if (wanted.erase(t.name()) > 0) requested.emplace(t.name(), &t);
   }
   if (!wanted.empty()) {
     return absl::NotFoundError(absl::StrCat("no tensor '", *wanted.begin(), "' in the manifest"));
+  }
+  std::vector<weightgate::v1::TensorEntry> selected;
+  for (const auto& [name, t] : requested) {
+    auto partner = t->tied_to().empty() ? requested.end() : requested.find(t->tied_to());
+    if (partner != requested.end() && partner->second->offset() == t->offset() &&
+        partner->second->length() == t->length()) {
+      tie_records->emplace_back(checkpoint::SafetensorsTieKey(name), partner->first);
+    } else {
+      selected.push_back(*t);
+    }
   }
   std::sort(selected.begin(), selected.end(),
             [](const auto& a, const auto& b) { return a.offset() < b.offset(); });
@@ -94,15 +126,18 @@ absl::StatusOr<std::vector<weightgate::v1::TensorEntry>> SelectTensors(
 }
 
 absl::StatusOr<std::unique_ptr<checkpoint::SafetensorsWriter>> SubsetWriter(
-    const std::string& path, const std::vector<weightgate::v1::TensorEntry>& selected) {
+    const std::string& path, const std::vector<weightgate::v1::TensorEntry>& selected,
+    std::vector<std::pair<std::string, std::string>> tie_records) {
   std::vector<checkpoint::SafetensorsEntry> entries;
   for (const auto& t : selected) {
     std::optional<checkpoint::DType> dtype = checkpoint::DTypeFromName(t.dtype());
     if (!dtype) return absl::DataLossError(absl::StrCat("unknown dtype '", t.dtype(), "'"));
     entries.push_back({t.name(), *dtype, {t.shape().begin(), t.shape().end()}});
   }
-  if (absl::Status s = checkpoint::ValidateSafetensorsLayout(entries, {}); !s.ok()) return s;
-  return checkpoint::SafetensorsWriter::Create(path, std::move(entries));
+  if (absl::Status s = checkpoint::ValidateSafetensorsLayout(entries, tie_records); !s.ok()) {
+    return s;
+  }
+  return checkpoint::SafetensorsWriter::Create(path, std::move(entries), std::move(tie_records));
 }
 
 // Appends `chunk` after checking it continues the tensor being received:
@@ -124,7 +159,7 @@ absl::Status AppendSubsetChunk(const weightgate::v1::Chunk& chunk,
 }
 
 // Only `names`: their bytes are rewritten, back to back, as the safetensors
-// file `path`.
+// file `path` (a tied name requested with its partner as a tie record).
 Received FetchSubset(Connection& conn, const std::string& ref,
                      const std::vector<std::string>& names, const std::string& path) {
   weightgate::v1::FetchRequest request;
@@ -141,15 +176,16 @@ Received FetchSubset(Connection& conn, const std::string& ref,
   while (got.local.ok() && reader->Read(&response)) {
     if (response.has_manifest()) {
       got.manifest = response.manifest();
+      std::vector<std::pair<std::string, std::string>> tie_records;
       absl::StatusOr<std::vector<weightgate::v1::TensorEntry>> s =
-          SelectTensors(got.manifest, names);
+          SelectTensors(got.manifest, names, &tie_records);
       if (!s.ok()) {
         got.local = s.status();
         break;
       }
       selected = *std::move(s);
       absl::StatusOr<std::unique_ptr<checkpoint::SafetensorsWriter>> w =
-          SubsetWriter(path, selected);
+          SubsetWriter(path, selected, std::move(tie_records));
       if (w.ok()) writer = *std::move(w);
       got.local = w.status();
     } else if (writer == nullptr) {
@@ -166,12 +202,23 @@ Received FetchSubset(Connection& conn, const std::string& ref,
   return got;
 }
 
-// Moves the checked safetensors file `from` to `out`, converting it for pt.
-absl::Status Deliver(const std::string& from, const std::string& out, const std::string& format) {
+// Moves the checked safetensors file `from` to `out`, converting it for pt
+// (`ties`: the manifest's) and writing tied names out for safetensors.
+absl::Status Deliver(const std::string& from, const std::string& out, const std::string& format,
+                     const TieMap& ties) {
   if (format == "pt") {
-    absl::Status converted = SafetensorsToTorch(from, out);
+    absl::Status converted = SafetensorsToTorch(from, out, ties);
     ::unlink(from.c_str());
     return converted;
+  }
+  if (!ties.empty()) {
+    absl::StatusOr<bool> tied = HasTieRecords(from);
+    if (!tied.ok()) return tied.status();
+    if (*tied) {
+      absl::Status expanded = ExpandTies(from, out);
+      if (from != out) ::unlink(from.c_str());
+      return expanded;
+    }
   }
   if (::rename(from.c_str(), out.c_str()) != 0) {
     return absl::InternalError(
@@ -205,8 +252,16 @@ int FetchWhole(const GlobalOptions& global, const std::string& ref, const std::s
     }
     return UsageError("fetch", message);
   }
-  if (format == "pt") {
-    if (absl::Status s = Deliver(blob, out, format); !s.ok()) {
+  // Tied names: the tie records of OUT become keys of their own (OUT is
+  // rewritten in place; the blob itself passed the sha256 check).
+  TieMap ties;
+  for (const weightgate::TensorInfo& t : info->tensors) {
+    if (!t.tied_to.empty()) ties.emplace(t.name, t.tied_to);
+  }
+  if (format == "pt" || !ties.empty()) {
+    absl::Status s = Deliver(blob, out, format, ties);
+    if (!s.ok()) {
+      ::unlink(out.c_str());  // never leave a file that misses tensors
       return UsageError("fetch", s.message());
     }
   }
@@ -265,7 +320,9 @@ int RunFetch(const GlobalOptions& global, const Args& args) {
   if (!got.local.ok())
     return UsageError("fetch", absl::StrCat(got.local.message(), " (run again)"));
   if (!got.rpc.ok()) return ReportRpcError("fetch", got.rpc);
-  if (absl::Status s = Deliver(part, out, format); !s.ok()) return UsageError("fetch", s.message());
+  if (absl::Status s = Deliver(part, out, format, TiesOf(got.manifest)); !s.ok()) {
+    return UsageError("fetch", s.message());
+  }
   const Manifest& m = got.manifest;
   if (global.json) {
     std::cout << client::ProtoToJson(m);

@@ -8,6 +8,7 @@
 #include <limits>
 #include <optional>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "server/checkpoint/json.h"
 
@@ -117,6 +118,12 @@ absl::StatusOr<ParsedTensor> ParseTensorInfo(const std::string& name, const Json
 
 }  // namespace
 
+std::string SafetensorsTieKey(std::string_view name) {
+  std::string key(kSafetensorsTiePrefix);
+  key.append(name);
+  return key;
+}
+
 bool LooksLikeSafetensors(std::string_view data) {
   if (data.size() < kLengthBytes + 2) return false;
   uint64_t n = LoadLe64(data.data());
@@ -148,12 +155,19 @@ absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const common::MappedF
   checkpoint.format = Format::kSafetensors;
   std::vector<ParsedTensor> tensors;
   tensors.reserve(json->members.size());
+  // (tied name, partner) of each tie record, in metadata order.
+  std::vector<std::pair<std::string_view, const std::string*>> ties;
   for (const auto& [name, value] : json->members) {
     if (name == kSafetensorsMetadataKey) {
       if (!value.is_object()) return Error("__metadata__ is not an object");
       for (const auto& [key, item] : value.members) {
         if (!item.is_string()) return Error("__metadata__ value is not a string: " + key);
         checkpoint.metadata.push_back(key + "=" + item.text);
+        if (key.size() >= kSafetensorsTiePrefix.size() &&
+            std::string_view(key).substr(0, kSafetensorsTiePrefix.size()) ==
+                kSafetensorsTiePrefix) {
+          ties.emplace_back(std::string_view(key).substr(kSafetensorsTiePrefix.size()), &item.text);
+        }
       }
       continue;
     }
@@ -161,7 +175,9 @@ absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const common::MappedF
     if (!t.ok()) return t.status();
     tensors.push_back(std::move(*t));
   }
-  if (2 * uint64_t{tensors.size()} + 1 > options.max_values) return Error("too many tensors");
+  if (2 * (uint64_t{tensors.size()} + ties.size()) + 1 > options.max_values) {
+    return Error("too many tensors");
+  }
 
   // The byte ranges must tile the data region: sorted, each starts where the
   // previous ended, the last ends at the end of the file.
@@ -202,6 +218,31 @@ absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const common::MappedF
     tensor->tensor.storage_index = static_cast<int>(checkpoint.storages.size() - 1);
     root->items.push_back(key);
     root->items.push_back(tensor);
+  }
+  // Tie records: another name for a tensor of the file, viewing its storage.
+  if (!ties.empty()) {
+    absl::flat_hash_map<std::string_view, const Value*> by_name;
+    for (size_t i = 0; i + 1 < root->items.size(); i += 2) {
+      by_name.emplace(root->items[i]->str, root->items[i + 1]);
+    }
+    for (const auto& [name, partner] : ties) {
+      const std::string shown(name.substr(0, 128));
+      if (name.empty() || name == kSafetensorsMetadataKey) return Error("bad tied tensor name");
+      auto it = by_name.find(*partner);
+      if (it == by_name.end() || it->second->tensor.storage_index < 0 ||
+          checkpoint.storages[static_cast<size_t>(it->second->tensor.storage_index)].key !=
+              *partner) {
+        return Error("tie record names no tensor of the file: " + shown);
+      }
+      if (by_name.contains(name)) return Error("tied name is already a tensor: " + shown);
+      Value* key = arena.New(Value::Kind::kString);
+      key->str = std::string(name);
+      Value* tensor = arena.New(Value::Kind::kTensor);
+      tensor->tensor = it->second->tensor;
+      root->items.push_back(key);
+      root->items.push_back(tensor);
+      by_name.emplace(key->str, tensor);
+    }
   }
   root->depth = root->items.empty() ? 0 : 1;  // as the pickle reader counts nesting
   checkpoint.root = root;

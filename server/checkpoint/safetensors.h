@@ -15,6 +15,17 @@
 //
 // SafetensorsHeader / SafetensorsWriter write the same format, streaming the
 // tensor bytes to a file so a model of any size needs no large buffer.
+//
+// Tied tensors (weightgate's extension; the stored form of a model): the
+// format cannot give two names one byte range, so a blob holds a tied
+// tensor once, under the name of its first member, and records each other
+// member in __metadata__ as
+//   "weightgate.tied_to:<name>": "<partner>"
+// where <partner> is a tensor of the file. <name> has <partner>'s dtype,
+// shape and bytes; it is not a key of the header, so other readers see the
+// file as it is (like a Hugging Face save_pretrained file without its tied
+// duplicates). ReadSafetensors gives such a name as a second view of the
+// partner's storage, as torch.load gives tied weights.
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_SAFETENSORS_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_SAFETENSORS_H_
 
@@ -36,6 +47,12 @@ namespace weightgate::checkpoint {
 // Header key holding the string-to-string metadata map.
 inline constexpr std::string_view kSafetensorsMetadataKey = "__metadata__";
 
+// __metadata__ key prefix of a tie record (see above).
+inline constexpr std::string_view kSafetensorsTiePrefix = "weightgate.tied_to:";
+
+// The __metadata__ key recording that `name` is tied to another tensor.
+std::string SafetensorsTieKey(std::string_view name);
+
 // True when `data` starts with a plausible header: a length that fits the
 // file, followed by '{'. Cheap; proves nothing.
 bool LooksLikeSafetensors(std::string_view data);
@@ -43,7 +60,9 @@ bool LooksLikeSafetensors(std::string_view data);
 // Parses `file` as safetensors. The result has format kSafetensors, one
 // StorageRecord per tensor (key = tensor name, file_offset absolute), and a
 // root kDict of name (kString) -> kTensor (contiguous, storage_offset 0) in
-// header order; metadata as "key=value". Errors are
+// header order, then one entry per tie record (in metadata order) viewing its
+// partner's storage; metadata as "key=value". A tie record must name a new,
+// valid name and a tensor of the file. Errors are
 // InvalidArgumentError("safetensors: <reason>").
 absl::StatusOr<Checkpoint> ReadSafetensors(std::shared_ptr<const common::MappedFile> file,
                                            const ReadOptions& options = {});

@@ -121,7 +121,7 @@ absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(
   options.device = options_.device;
   options.model_id = header.model_id();
   options.output_path = output_path;
-  options.output_format = statedict::NormalizeOptions::OutputFormat::kSafetensors;
+  options.output_format = statedict::NormalizeOptions::OutputFormat::kStoredSafetensors;
   // A stored version records which upload it came from; a dry run skips the
   // extra pass over the file, and so does a caller that knows the hash.
   options.compute_input_sha256 = !output_path.empty() && known_input_sha256.empty();

@@ -69,10 +69,15 @@ grpc::ByteBuffer ChunkMessage(const std::shared_ptr<const store::OpenBlob>& blob
 }
 
 // Names, in `manifest`, the tensors the upload had tied (the report's shared
-// storages) whose dtype, shape and bytes equal an earlier member's.
+// storages) whose dtype, shape and bytes equal an earlier member's. Only for
+// blobs stored before tie records existed (they hold a tied tensor once per
+// name); a blob with tie records already names its ties in the manifest.
 void MarkTies(const weightgate::v1::ValidationReport& report, std::string_view blob,
               weightgate::v1::Manifest* manifest) {
   if (report.shared_storages().empty()) return;
+  for (const auto& t : manifest->tensors()) {
+    if (!t.tied_to().empty()) return;
+  }
   std::map<std::string, weightgate::v1::TensorEntry*> by_name;
   for (auto& t : *manifest->mutable_tensors()) by_name[t.name()] = &t;
   auto bytes = [&](const weightgate::v1::TensorEntry& t) -> std::string_view {
@@ -224,7 +229,9 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
                           absl::StrCat("no tensor '", *wanted.begin(), "' in ", request_.ref())));
         return;
       }
+      // A tied tensor's range is its partner's: asking for both sends it once.
       std::sort(ranges_.begin(), ranges_.end());
+      ranges_.erase(std::unique(ranges_.begin(), ranges_.end()), ranges_.end());
     }
     // Per-stream memory is one chunk: clamp to the server's maximum.
     uint32_t max_chunk = std::max(kMinChunkBytes, options_.max_chunk_bytes);

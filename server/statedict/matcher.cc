@@ -399,6 +399,38 @@ void ReportLeftovers(MatchContext& ctx) {
   if (report->shape_mismatches_size() > 0) AddReason(report, "shape_mismatch");
 }
 
+// Members of a spec tie that the checkpoint holds as separate copies with
+// equal bytes (a safetensors file that kept both names, a fetched file with
+// tied names written out) are tied too, so every form of the same weights is
+// stored alike: once.
+void TieEqualSpecTies(MatchContext& ctx) {
+  if (ctx.tie_partners.empty() || !ctx.options.same_bytes) return;
+  std::vector<MatchedTensor>& tensors = ctx.result.tensors;
+  absl::flat_hash_map<std::string, size_t> index;
+  for (size_t k = 0; k < tensors.size(); ++k) index.emplace(tensors[k].name, k);
+  for (size_t k = 0; k < tensors.size(); ++k) {
+    MatchedTensor& later = tensors[k];
+    if (later.tied_to >= 0 || later.source == nullptr) continue;
+    auto partners = ctx.tie_partners.find(later.name);
+    if (partners == ctx.tie_partners.end()) continue;
+    // The earliest untied partner in output order, as TieSharedStorages picks.
+    const MatchedTensor* first = nullptr;
+    size_t first_k = k;
+    for (const std::string& p : partners->second) {
+      auto it = index.find(p);
+      if (it == index.end() || it->second >= first_k) continue;
+      first_k = it->second;
+      first = &tensors[first_k];
+    }
+    if (first == nullptr || first->tied_to >= 0 || first->source == nullptr) continue;
+    if (first->source->dtype == later.source->dtype &&
+        first->source->shape == later.source->shape && first->out_dtype == later.out_dtype &&
+        ctx.options.same_bytes(*first->source, *later.source)) {
+      later.tied_to = static_cast<int>(first_k);
+    }
+  }
+}
+
 // Output tensors that share a storage are reported; identical views of one
 // storage are tied so the output keeps them as one.
 void TieSharedStorages(MatchContext& ctx) {
@@ -431,7 +463,10 @@ void TieSharedStorages(MatchContext& ctx) {
 
 void Summarize(MatchContext& ctx) {
   int64_t total = 0;
-  for (const MatchedTensor& m : ctx.result.tensors) total += static_cast<int64_t>(m.out_nbytes());
+  // A tied tensor's bytes are counted (and stored) once.
+  for (const MatchedTensor& m : ctx.result.tensors) {
+    if (m.tied_to < 0) total += static_cast<int64_t>(m.out_nbytes());
+  }
   ctx.report->set_tensor_count(static_cast<int64_t>(ctx.result.tensors.size()));
   ctx.report->set_total_bytes(total);
   ctx.result.invalid = !ctx.report->reasons().empty();
@@ -538,6 +573,7 @@ absl::StatusOr<MatchResult> MatchStateDict(const Value* root, const v1::ModelSpe
   CheckSpecTensors(ctx);
   ReportLeftovers(ctx);
   TieSharedStorages(ctx);
+  TieEqualSpecTies(ctx);
   Summarize(ctx);
   return std::move(ctx.result);
 }

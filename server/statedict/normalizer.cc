@@ -386,6 +386,8 @@ absl::Status OpenOutput(NormalizeContext& ctx) {
   OutputWriter::Format format = OutputWriter::FormatForPath(options.output_path);
   if (options.output_format == NormalizeOptions::OutputFormat::kSafetensors) {
     format = OutputWriter::Format::kSafetensors;
+  } else if (options.output_format == NormalizeOptions::OutputFormat::kStoredSafetensors) {
+    format = OutputWriter::Format::kStoredSafetensors;
   } else if (options.output_format == NormalizeOptions::OutputFormat::kTorchZip) {
     format = OutputWriter::Format::kTorchZip;
   }

@@ -29,9 +29,10 @@ struct NormalizeOptions {
   // write a torch.save zip archive, anything else safetensors. Written only
   // for a VALID or NORMALIZED verdict; never left half-written.
   std::string output_path;
-  enum class OutputFormat { kByExtension, kSafetensors, kTorchZip };
+  enum class OutputFormat { kByExtension, kSafetensors, kStoredSafetensors, kTorchZip };
   // kByExtension (default) as described above; the store's staged files
-  // have no meaningful extension and ask for safetensors explicitly.
+  // have no meaningful extension and ask for kStoredSafetensors: safetensors
+  // holding a tied tensor's bytes once (OutputWriter::Format).
   OutputFormat output_format = OutputFormat::kByExtension;
   // fsync the output before renaming it into place. Default false, like
   // torch.save; the store fsyncs the files it adopts.

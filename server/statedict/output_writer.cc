@@ -45,24 +45,26 @@ absl::Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
   return absl::OkStatus();
 }
 
-// safetensors cannot alias: every entry, tied or not, carries its bytes.
-// The header comes from checkpoint::SafetensorsHeader; the data region is
-// streamed here rather than through checkpoint::SafetensorsWriter because
-// the latter always fsyncs, and whether a sync is wanted is the caller's
-// call (the store syncs when it adopts the file; torch.save never does).
+// safetensors cannot alias: every entry that needs bytes (for the stored
+// form, every entry but the tied ones) carries its own. The header comes from
+// checkpoint::SafetensorsHeader; the data region is streamed here rather than through
+// checkpoint::SafetensorsWriter because the latter always fsyncs, and whether a sync is wanted is
+// the caller's call (the store syncs when it adopts the file; torch.save never does).
 class SafetensorsOutput final : public OutputWriter {
  public:
-  SafetensorsOutput(std::string path, std::string temp, int fd, uint64_t data_size, bool sync)
+  SafetensorsOutput(std::string path, std::string temp, int fd, uint64_t data_size, bool sync,
+                    std::vector<bool> needs_bytes)
       : path_(std::move(path)),
         temp_(std::move(temp)),
         fd_(fd),
         data_size_(data_size),
-        sync_(sync) {}
+        sync_(sync),
+        needs_bytes_(std::move(needs_bytes)) {}
   ~SafetensorsOutput() override {
     if (fd_ >= 0) Abort();
   }
 
-  bool NeedsBytes(size_t) const override { return true; }
+  bool NeedsBytes(size_t k) const override { return k >= needs_bytes_.size() || needs_bytes_[k]; }
 
   absl::Status Append(std::string_view bytes) override {
     if (fd_ < 0) return absl::FailedPreconditionError("output already finished");
@@ -119,6 +121,7 @@ class SafetensorsOutput final : public OutputWriter {
   uint64_t data_size_ = 0;
   uint64_t written_ = 0;
   bool sync_ = false;
+  std::vector<bool> needs_bytes_;
   std::string buffer_;
 };
 
@@ -282,6 +285,35 @@ class AsyncOutput final : public OutputWriter {
   std::thread thread_;  // last: starts after the members it uses
 };
 
+// The stored form's ties: each tied entry leaves `entries` and becomes a
+// tie record in `metadata`. Returns, per original entry, whether its bytes
+// are written.
+absl::StatusOr<std::vector<bool>> OmitTied(
+    std::vector<OutputWriter::Entry>* entries,
+    std::vector<std::pair<std::string, std::string>>* metadata) {
+  std::vector<bool> needs_bytes(entries->size(), true);
+  for (size_t k = 0; k < entries->size(); ++k) {
+    const OutputWriter::Entry& e = (*entries)[k];
+    if (e.tied_to < 0) continue;
+    const OutputWriter::Entry* partner =
+        static_cast<size_t>(e.tied_to) < k ? &(*entries)[e.tied_to] : nullptr;
+    if (partner == nullptr || partner->tied_to >= 0 || partner->dtype != e.dtype ||
+        partner->shape != e.shape) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", e.name, "' is tied to no earlier tensor of its dtype and shape"));
+    }
+    needs_bytes[k] = false;
+    metadata->emplace_back(checkpoint::SafetensorsTieKey(e.name), partner->name);
+  }
+  std::vector<OutputWriter::Entry> kept;
+  kept.reserve(entries->size());
+  for (size_t k = 0; k < entries->size(); ++k) {
+    if (needs_bytes[k]) kept.push_back(std::move((*entries)[k]));
+  }
+  *entries = std::move(kept);
+  return needs_bytes;
+}
+
 }  // namespace
 
 OutputWriter::Format OutputWriter::FormatForPath(const std::string& path) {
@@ -295,7 +327,13 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     const std::string& path, Format format, std::vector<Entry> entries,
     std::vector<std::pair<std::string, std::string>> metadata, bool sync) {
   const std::string temp = TempPath(path);
-  if (format == Format::kSafetensors) {
+  if (format != Format::kTorchZip) {
+    std::vector<bool> needs_bytes;
+    if (format == Format::kStoredSafetensors) {
+      absl::StatusOr<std::vector<bool>> n = OmitTied(&entries, &metadata);
+      if (!n.ok()) return n.status();
+      needs_bytes = *std::move(n);
+    }
     std::vector<checkpoint::SafetensorsEntry> tensors;
     tensors.reserve(entries.size());
     for (Entry& e : entries) tensors.push_back({std::move(e.name), e.dtype, std::move(e.shape)});
@@ -304,8 +342,8 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     }
     int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", temp));
-    auto out = std::make_unique<SafetensorsOutput>(path, temp, fd,
-                                                   checkpoint::SafetensorsDataSize(tensors), sync);
+    auto out = std::make_unique<SafetensorsOutput>(
+        path, temp, fd, checkpoint::SafetensorsDataSize(tensors), sync, std::move(needs_bytes));
     if (absl::Status s = WriteAll(fd, checkpoint::SafetensorsHeader(tensors, metadata), temp);
         !s.ok()) {
       return s;  // out's destructor removes the temp file

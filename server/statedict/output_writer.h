@@ -4,8 +4,11 @@
 // torch.load(weights_only=True)). Bytes go to "<path>.tmp.<pid>" and are
 // renamed into place by Finish(), so a reader never sees a partial file.
 //
-// Ties: safetensors cannot alias, so a tied tensor is written once per name;
-// the torch zip form keeps one storage for tensors tied to the same view.
+// Ties: safetensors cannot alias. kSafetensors writes a tied tensor once per
+// name (a file load_state_dict(strict=True) takes as it is);
+// kStoredSafetensors, the store's form, writes it once and records the other
+// names in the header's metadata (checkpoint/safetensors.h: tie records).
+// The torch zip form keeps one storage for tensors tied to the same view.
 #ifndef WEIGHTGATE_SERVER_STATEDICT_OUTPUT_WRITER_H_
 #define WEIGHTGATE_SERVER_STATEDICT_OUTPUT_WRITER_H_
 
@@ -24,13 +27,14 @@ namespace weightgate::statedict {
 
 class OutputWriter {
  public:
-  enum class Format { kSafetensors, kTorchZip };
+  enum class Format { kSafetensors, kStoredSafetensors, kTorchZip };
 
   struct Entry {
     std::string name;
     checkpoint::DType dtype = checkpoint::DType::kF32;
     std::vector<int64_t> shape;
-    // Index of an earlier entry this one is the same view of, or -1.
+    // Index of an earlier entry this one is the same view of (same dtype and
+    // shape, not itself tied), or -1.
     int tied_to = -1;
   };
 

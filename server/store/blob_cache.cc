@@ -24,6 +24,8 @@ absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
     for (int64_t d : t.shape) entry->add_shape(d);
     entry->set_offset(s.file_offset);
     entry->set_length(s.nbytes);
+    // A tie record's name views its partner's storage: same byte range.
+    if (s.key != entry->name()) entry->set_tied_to(s.key);
   }
   // The reader accepted the file, so its 8-byte little-endian header length is there.
   uint64_t header_len = 0;

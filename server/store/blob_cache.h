@@ -29,7 +29,8 @@ namespace weightgate::store {
 
 struct OpenBlob {
   std::shared_ptr<const common::MappedFile> file;
-  // Tensors (name, dtype, shape, byte range in the blob), header size, total.
+  // Tensors (name, dtype, shape, byte range in the blob, ties), header size,
+  // total.
   weightgate::v1::Manifest manifest;
   // Declared after `file`, so it is released before the mapping goes.
   std::unique_ptr<MappingGuard> guard;
@@ -62,7 +63,9 @@ class BlobCache final {
   uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-// Parses a stored blob's safetensors header into a manifest.
+// Parses a stored blob's safetensors header into a manifest: the header's
+// tensors in header order, then one entry per tie record (tied_to set, the
+// partner's byte range; checkpoint/safetensors.h).
 absl::StatusOr<weightgate::v1::Manifest> ManifestFromSafetensors(
     std::shared_ptr<const common::MappedFile> file);
 

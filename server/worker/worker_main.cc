@@ -90,7 +90,7 @@ WorkResponse Handle(const WorkRequest& request) {
     options.device = work.device().empty() ? "auto" : work.device();
     options.model_id = work.model_id();
     options.output_path = work.output_path();
-    options.output_format = statedict::NormalizeOptions::OutputFormat::kSafetensors;
+    options.output_format = statedict::NormalizeOptions::OutputFormat::kStoredSafetensors;
     options.torchscript_path = work.torchscript_path();
     options.compute_input_sha256 = work.compute_input_sha256();
     absl::StatusOr<v1::ValidationReport> report =

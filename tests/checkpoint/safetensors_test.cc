@@ -383,6 +383,64 @@ TEST(SafetensorsTest, MetadataMustBeStringMap) {
   ExpectRejected(Raw("{\"__metadata__\":[]}"), "__metadata__ is not an object");
 }
 
+// A tie record gives a second name viewing its partner's storage; the file
+// holds the bytes once.
+TEST(SafetensorsTest, TieRecordIsASecondViewOfItsPartner) {
+  std::vector<SafetensorsEntry> entries = {{"embed.weight", DType::kF32, {2, 3}},
+                                           {"norm.bias", DType::kF32, {3}}};
+  std::string file = SafetensorsHeader(
+      entries, {{"format", "pt"}, {SafetensorsTieKey("head.weight"), "embed.weight"}});
+  const size_t header = file.size();
+  file += std::string(24, 'e') + std::string(12, 'n');
+  absl::StatusOr<Checkpoint> cp = ReadBytes(file);
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  ASSERT_EQ(cp->root->items.size(), 6u);
+  EXPECT_EQ(cp->storages.size(), 2u);  // no storage of its own
+  EXPECT_EQ(cp->root->items[4]->str, "head.weight");
+  const TensorRecord& head = cp->root->items[5]->tensor;
+  const TensorRecord& embed = cp->root->items[1]->tensor;
+  EXPECT_EQ(head.storage_index, embed.storage_index);
+  EXPECT_EQ(head.shape, embed.shape);
+  EXPECT_EQ(head.dtype, DType::kF32);
+  EXPECT_EQ(cp->storages[head.storage_index].file_offset, header);
+  EXPECT_EQ(cp->TensorStorageBytes(head).substr(0, head.nbytes()), std::string(24, 'e'));
+  EXPECT_EQ(cp->metadata.back(), "weightgate.tied_to:head.weight=embed.weight");
+}
+
+TEST(SafetensorsTest, BadTieRecordsRejected) {
+  const std::string a = "\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}";
+  auto with = [&](const std::string& records) {
+    return Raw("{\"__metadata__\":{" + records + "}," + a + "}", "x");
+  };
+  ExpectRejected(with("\"weightgate.tied_to:b\":\"zz\""), "tie record names no tensor");
+  ExpectRejected(with("\"weightgate.tied_to:a\":\"a\""), "tied name is already a tensor");
+  ExpectRejected(with("\"weightgate.tied_to:\":\"a\""), "bad tied tensor name");
+  ExpectRejected(with("\"weightgate.tied_to:__metadata__\":\"a\""), "bad tied tensor name");
+  // A tie to a tied name, or the same name tied twice, is no tie to a tensor of the file.
+  ExpectRejected(with("\"weightgate.tied_to:b\":\"a\",\"weightgate.tied_to:c\":\"b\""),
+                 "tie record names no tensor");
+  // Other metadata keys are only metadata.
+  absl::StatusOr<Checkpoint> cp = ReadBytes(with("\"tied_to:b\":\"zz\""));
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  EXPECT_EQ(cp->root->items.size(), 2u);
+}
+
+TEST(SafetensorsTest, TieRecordsCountAgainstTheValueBudget) {
+  std::vector<std::pair<std::string, std::string>> metadata;
+  for (int i = 0; i < 10; ++i)
+    metadata.emplace_back(SafetensorsTieKey("t" + std::to_string(i)), "a");
+  std::string file = SafetensorsHeader({{"a", DType::kU8, {1}}}, metadata) + "x";
+  ReadOptions options;
+  options.max_values = 22;  // the JSON fits; 11 tensors (2 * 11 + 1 values) do not
+  absl::StatusOr<Checkpoint> cp = ReadBytes(file, options);
+  ASSERT_FALSE(cp.ok());
+  EXPECT_NE(cp.status().message().find("too many tensors"), std::string::npos) << cp.status();
+  options.max_values = 23;
+  cp = ReadBytes(file, options);
+  ASSERT_TRUE(cp.ok()) << cp.status();
+  EXPECT_EQ(cp->root->items.size(), 22u);
+}
+
 TEST(SafetensorsTest, DeepNestingRejected) {
   ExpectRejected(Raw("{\"a\":{\"b\":{\"c\":{\"d\":{}}}}}"), "nesting too deep");
   ExpectRejected(Raw(std::string(100000, '[') + std::string(100000, ']')), "nesting too deep");

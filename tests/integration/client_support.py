@@ -2,6 +2,7 @@
 TCP proxy that breaks the wire on purpose (cuts a connection mid-stream or
 flips one payload byte inside an HTTP/2 DATA frame)."""
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -21,7 +22,8 @@ ROWS = 8192
 
 class ServedModelTest(unittest.TestCase):
     """A server holding model `lm` (client_model.TiedLM, version 1, alias
-    `prod`); `cls.blob` / `cls.sha` are its stored safetensors bytes."""
+    `prod`); `cls.blob` / `cls.sha` are its stored safetensors bytes (the
+    tied head held once), `cls.version` its upload's version record."""
 
     prefix = "wg-client-"
 
@@ -31,16 +33,15 @@ class ServedModelTest(unittest.TestCase):
         cls.dir = cls.tmp.name
         make(cls.dir, ROWS)
         cls.server = WeightgateServer().start()
-        for args in (("register", "lm", "--from", cls.path("reference.pt")),
-                     ("upload", "lm", cls.path("reference.pt"), "--alias", "prod")):
-            r = cls.server.cli(*args)
-            assert r.returncode == 0, r.stdout + r.stderr
-        out = cls.path("lm.safetensors")
-        r = cls.server.cli("fetch", "lm@prod", "-o", out)
+        r = cls.server.cli("register", "lm", "--from", cls.path("reference.pt"))
         assert r.returncode == 0, r.stdout + r.stderr
-        with open(out, "rb") as f:
+        r = cls.server.cli("--json", "upload", "lm", cls.path("reference.pt"), "--alias", "prod")
+        assert r.returncode == 0, r.stdout + r.stderr
+        cls.version = json.loads(r.stdout)["version"]
+        with open(os.path.join(cls.server.store, "blobs", cls.version["blob_sha256"]), "rb") as f:
             cls.blob = f.read()
         cls.sha = hashlib.sha256(cls.blob).hexdigest()
+        assert cls.sha == cls.version["blob_sha256"]
 
     @classmethod
     def tearDownClass(cls):

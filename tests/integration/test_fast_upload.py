@@ -31,11 +31,22 @@ class FastUploadTest(unittest.TestCase):
             cli("register", "lm", "--from", ref)
             first = json.loads(cli("--json", "upload", "lm", ref).stdout)
             self.assertIn("write_ms", first["report"]["timings"])  # torch.save: normalised and written
-            fetched = os.path.join(tmp, "fetched.safetensors")
-            cli("fetch", "lm", "-o", fetched)
-            with open(fetched, "rb") as f:
+            # The stored blob, as a client's fetch_bytes or FetchToFile gets it
+            # (the tied head is a tie record, its bytes held once).
+            with open(os.path.join(server.store, "blobs", first["version"]["blob_sha256"]), "rb") as f:
                 blob = bytearray(f.read())
             header, data_start = safetensors_header(blob)
+            self.assertNotIn("head.weight", header)
+            self.assertEqual(header["__metadata__"]["weightgate.tied_to:head.weight"], "embed.weight")
+
+            # Uploaded again as it is: canonical, committed as uploaded, same blob.
+            stored = os.path.join(tmp, "stored.safetensors")
+            with open(stored, "wb") as f:
+                f.write(blob)
+            again = json.loads(cli("--json", "upload", "lm", stored).stdout)
+            self.assertEqual(again["report"]["verdict"], "VALID")
+            self.assertNotIn("write_ms", again["report"]["timings"])
+            self.assertEqual(again["version"]["blob_sha256"], first["version"]["blob_sha256"])
 
             # New bytes in the canonical layout: one weight changed, still finite.
             begin = data_start + header["mix.weight"]["data_offsets"][0]
@@ -52,7 +63,8 @@ class FastUploadTest(unittest.TestCase):
             with open(os.path.join(server.store, "blobs", sha), "rb") as f:
                 self.assertEqual(f.read(), bytes(blob))
 
-            # Same tensors, other metadata: not canonical, so normalised.
+            # Same tensors, other metadata (the tie record gone, so the head
+            # is filled from its tied partner): not canonical, so normalised.
             meta = dict(header)
             meta["__metadata__"] = {"format": "pt", "producer": "someone-else"}
             text = json.dumps(meta).encode()

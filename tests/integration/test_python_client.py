@@ -51,7 +51,7 @@ class PythonClientTest(ServedModelTest):
         self.assertIs(model.head.weight, model.embed.weight)
         self.assertEqual(outputs_differ(model.state_dict(), self.path("io.pt")), 0.0)
 
-    def test_fetch_bytes_match_the_cli(self):
+    def test_fetch_bytes_are_the_stored_blob(self):
         manifest, blob = weightgate.fetch_bytes("lm", server=self.server.address, streams=4)
         self.assertEqual(bytes(blob), self.blob)
         self.assertEqual(hashlib.sha256(blob).hexdigest(), manifest.blob_sha256)

@@ -375,6 +375,44 @@ TEST(MatcherTest, TiedStoragesReportedAndTied) {
   EXPECT_EQ(o.match.tensors[2].tied_to, -1);  // same storage, different view
 }
 
+// A spec tie held as two copies: tied when the bytes are equal (the stored
+// form then holds them once), left alone when they differ; the report's
+// byte total counts a tied tensor once.
+TEST(MatcherTest, SpecTieHeldAsEqualCopiesIsTied) {
+  v1::ModelSpec spec;
+  for (const char* name : {"embed.weight", "norm.weight", "head.weight"}) {
+    v1::TensorSpec* s = spec.add_tensors();
+    s->set_name(name);
+    s->set_dtype("F32");
+    s->add_shape(16);
+    s->add_shape(4);
+  }
+  v1::TieGroup* tie = spec.add_ties();
+  tie->add_names("embed.weight");
+  tie->add_names("head.weight");
+  for (bool equal : {true, false}) {
+    Tree t;
+    const Value* root = t.Dict({{"embed.weight", t.T({16, 4}, DType::kF32, 1)},
+                                {"norm.weight", t.T({16, 4}, DType::kF32, 2)},
+                                {"head.weight", t.T({16, 4}, DType::kF32, 3)}});
+    MatchOptions options;
+    int compared = 0;
+    options.same_bytes = [&](const checkpoint::TensorRecord& a, const checkpoint::TensorRecord& b) {
+      ++compared;
+      EXPECT_EQ(a.storage_index, 1);  // only the tie's members are compared
+      EXPECT_EQ(b.storage_index, 3);
+      return equal;
+    };
+    Outcome o = Match(root, spec, {}, options);
+    EXPECT_EQ(o.report.verdict(), v1::VALID);
+    EXPECT_EQ(compared, 1);
+    EXPECT_EQ(o.report.shared_storages_size(), 0);
+    EXPECT_EQ(o.match.tensors[1].tied_to, -1);
+    EXPECT_EQ(o.match.tensors[2].tied_to, equal ? 0 : -1);
+    EXPECT_EQ(o.report.total_bytes(), (equal ? 2 : 3) * 16 * 4 * 4);
+  }
+}
+
 TEST(MatcherTest, DuplicateKeyWithWrongShapeDoesNotHideGoodOne) {
   Tree t;
   auto items = SmallStateDict(t, "");

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "gtest/gtest.h"
+#include "server/checkpoint/safetensors.h"
 
 namespace weightgate::store {
 namespace {
@@ -61,6 +62,36 @@ TEST_F(BlobCacheTest, ManifestMatchesLayout) {
   EXPECT_EQ(m.blob_sha256(), sha);
   ASSERT_TRUE(cache.Get(sha, &hit).ok());
   EXPECT_TRUE(hit);
+}
+
+// A tied tensor stored once: the manifest lists both names, the tied one
+// with tied_to and its partner's byte range.
+TEST_F(BlobCacheTest, ManifestListsTiedNamesOnTheirPartnersRange) {
+  std::string bytes = checkpoint::SafetensorsHeader(
+      {{"embed.weight", checkpoint::DType::kF32, {2, 2}}, {"bias", checkpoint::DType::kF32, {2}}},
+      {{"format", "pt"}, {checkpoint::SafetensorsTieKey("head.weight"), "embed.weight"}});
+  const uint64_t header = bytes.size();
+  bytes += std::string(16, 'e') + std::string(8, 'b');
+  std::string sha = Put(bytes);
+  BlobCache cache(store_.get(), 1 << 20);
+  bool hit = true;
+  auto blob = cache.Get(sha, &hit);
+  ASSERT_TRUE(blob.ok()) << blob.status();
+  const auto& m = (*blob)->manifest;
+  ASSERT_EQ(m.tensors_size(), 3);
+  EXPECT_EQ(m.total_bytes(), header + 24);  // the bytes once
+  EXPECT_EQ(m.tensors(0).name(), "embed.weight");
+  EXPECT_TRUE(m.tensors(0).tied_to().empty());
+  EXPECT_TRUE(m.tensors(1).tied_to().empty());
+  const auto& head = m.tensors(2);
+  EXPECT_EQ(head.name(), "head.weight");
+  EXPECT_EQ(head.tied_to(), "embed.weight");
+  EXPECT_EQ(head.dtype(), "F32");
+  EXPECT_EQ(std::vector<int64_t>(head.shape().begin(), head.shape().end()),
+            (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(head.offset(), m.tensors(0).offset());
+  EXPECT_EQ(head.length(), m.tensors(0).length());
+  EXPECT_EQ(head.offset(), header);
 }
 
 TEST_F(BlobCacheTest, EvictsLeastRecentlyUsedButKeepsHeldBlobsAlive) {

@@ -331,6 +331,39 @@ TEST(MegatronTest, SpecLookupMatchesDottedSuffixes) {
   EXPECT_EQ(lookup("weight"), std::nullopt);  // two candidates of different shapes
 }
 
+// Two tensor-parallel ranks x two pipeline stages of 3 + 2 layers: each
+// stage's local layer numbers shifted by the layers before it, the tied
+// head's copy on the last stage checked against stage 0's and dropped.
+TEST(MegatronTest, PipelineStagesGetGlobalLayerNumbers) {
+  ExpectSameTensors("megatron_pp", Fx("megatron_pp"), "", false);
+  ExpectSameTensors("megatron_pp", Fx("megatron_pp/release"), "", false);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_pp"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_layout=megatron_tp_pp"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "pp_stages=2"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_layers=3,2"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_tied_copy_dropped=word_embeddings_for_head.weight"));
+  EXPECT_NE(ckpt->root->Get("language_model.encoder.layers.4.mlp.dense_4h_to_h.weight"), nullptr);
+  EXPECT_EQ(ckpt->root->Get("word_embeddings_for_head.weight"), nullptr);
+}
+
+TEST(MegatronTest, BrokenPipelineStages) {
+  ExpectError(Fx("megatron_pp_missing_rank"),
+              "inconsistent ranks: tensor-parallel rank 1 of pipeline stage 1 is missing");
+  ExpectError(Fx("megatron_pp_missing_stage"),
+              "inconsistent ranks: args.pipeline_model_parallel_size is 2 but 1");
+  ExpectError(Fx("megatron_pp_global_numbers"),
+              "inconsistent layer counts: pipeline stage 1 (mp_rank_00_001) numbers its 2 "
+              "layers 3..4, not from 0");
+  ExpectError(Fx("megatron_pp_layer_count"),
+              "inconsistent layer counts: the pipeline stages hold 3,2 layers (5), "
+              "args.num_layers is 6");
+  ExpectError(Fx("megatron_pp_untied"), "tied weights differ: word_embeddings_for_head.weight");
+  ExpectError(Fx("megatron_pp_duplicate"),
+              "duplicate tensor language_model.encoder.final_layernorm.weight in pipeline "
+              "stages 0");
+}
+
 std::string Bundle(const std::string& path) {
   std::string out;
   absl::Status s = StreamSetBundle(path, 1000, [&](std::string_view piece) {

@@ -13,8 +13,19 @@
 //    dim 1), else ranks holding equal shapes and bytes are replicated;
 //  - anything else is ambiguous: InvalidArgumentError naming the tensor and
 //    the override to pass.
-// Pipeline stages (several YYY) are not merged; a tensor missing from a rank
-// or of different dtypes across ranks is "megatron: inconsistent ranks".
+// Pipeline stages (`mp_rank_XX_YYY`, YYY the stage) are merged per stage as
+// above, then joined: each stage numbers its transformer layers ("layers.N"
+// in a name) from 0, so a layer's global number is its local one plus the
+// layers of the earlier stages, counted from the files (stages may differ in
+// size; `args.num_layers`, when saved, must match the total). A name other
+// than a layer's may appear in one stage only, except the last stage's copy
+// of the tied word embeddings (legacy `word_embeddings_for_head.weight`, or
+// Megatron core's `output_layer.weight` when the spec has no output layer),
+// which must equal stage 0's and is dropped.
+// A missing rank or stage, a tensor missing from a rank or of different
+// dtypes across ranks is "megatron: inconsistent ranks"; layers not numbered
+// from 0 or disagreeing with the arguments "megatron: inconsistent layer
+// counts"; a name in two stages "megatron: duplicate tensor".
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_MEGATRON_READER_H_
 #define WEIGHTGATE_SERVER_CHECKPOINT_MEGATRON_READER_H_
 

@@ -89,60 +89,6 @@ void RemoveTree(const std::string& path, int depth) {
   ::rmdir(path.c_str());
 }
 
-absl::Status Unpack(std::string_view data, const std::string& dir, const SetBundleLimits& limits) {
-  size_t off = kSetBundleMagic.size();
-  if (data.size() - off < 4) return Bad("truncated file count");
-  uint64_t count = GetLe(data, off, 4);
-  off += 4;
-  if (count == 0 || count > limits.max_files) return Bad(Cat("bad file count ", count));
-  uint64_t total = 0;
-  for (uint64_t i = 0; i < count; ++i) {
-    if (data.size() - off < 2) return Bad("truncated path length");
-    uint64_t len = GetLe(data, off, 2);
-    off += 2;
-    if (len > limits.max_path_bytes) return Bad("path too long");
-    if (len > data.size() - off) return Bad("truncated path");
-    std::string rel(data.substr(off, len));
-    off += len;
-    if (absl::Status s = CheckBundlePath(rel, limits); !s.ok()) return s;
-    if (data.size() - off < 8) return Bad("truncated file size");
-    uint64_t size = GetLe(data, off, 8);
-    off += 8;
-    if (size > limits.max_total_bytes - total) return Bad("files exceed the total cap");
-    if (size > data.size() - off)
-      return Bad(Cat(rel, ": announced ", size, " bytes, fewer follow"));
-    total += size;
-    // Parent directories, one checked component at a time.
-    for (size_t slash = rel.find('/'); slash != std::string::npos;
-         slash = rel.find('/', slash + 1)) {
-      std::string parent = JoinPath(dir, rel.substr(0, slash));
-      if (::mkdir(parent.c_str(), 0700) != 0 && errno != EEXIST) {
-        return absl::InternalError(Cat("mkdir ", parent, ": ", std::strerror(errno)));
-      }
-    }
-    std::string target = JoinPath(dir, rel);
-    int fd = ::open(target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      return errno == EEXIST ? Bad(Cat("duplicate file ", rel))
-                             : absl::InternalError(Cat("create ", rel, ": ", std::strerror(errno)));
-    }
-    std::string_view bytes = data.substr(off, size);
-    while (!bytes.empty()) {
-      ssize_t n = ::write(fd, bytes.data(), std::min<size_t>(bytes.size(), size_t{1} << 26));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        ::close(fd);
-        return absl::InternalError(Cat("write ", rel, ": ", std::strerror(errno)));
-      }
-      bytes.remove_prefix(static_cast<size_t>(n));
-    }
-    ::close(fd);
-    off += size;
-  }
-  if (off != data.size()) return Bad(Cat(data.size() - off, " bytes after the last file"));
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 bool LooksLikeSetBundle(std::string_view data) {
@@ -230,6 +176,157 @@ absl::Status StreamSetBundle(const std::string& path, size_t piece_bytes,
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::unique_ptr<SetBundleUnpacker>> SetBundleUnpacker::Create(
+    const std::string& dir, const SetBundleLimits& limits) {
+  if (::mkdir(dir.c_str(), 0700) != 0) {
+    return absl::InternalError(Cat("mkdir ", dir, ": ", std::strerror(errno)));
+  }
+  std::unique_ptr<SetBundleUnpacker> u(new SetBundleUnpacker(dir, limits));
+  u->need_ = kSetBundleMagic.size();
+  return u;
+}
+
+SetBundleUnpacker::~SetBundleUnpacker() {
+  if (fd_ >= 0) ::close(fd_);
+  RemoveTree(dir_, static_cast<int>(limits_.max_depth) + 1);
+}
+
+absl::Status SetBundleUnpacker::Fail(absl::Status status) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  status_ = status;
+  return status;
+}
+
+absl::Status SetBundleUnpacker::Append(std::string_view bytes) {
+  if (!status_.ok()) return status_;
+  bytes_in_ += bytes.size();
+  while (!bytes.empty()) {
+    if (field_ == Field::kDone) {
+      return Fail(Bad(Cat(bytes.size(), " bytes after the last file")));
+    }
+    if (field_ == Field::kData) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(left_, bytes.size()));
+      if (absl::Status s = WriteData(bytes.substr(0, n)); !s.ok()) return Fail(s);
+      bytes.remove_prefix(n);
+      left_ -= n;
+      if (left_ == 0) {
+        if (absl::Status s = CloseFile(); !s.ok()) return Fail(s);
+      }
+      continue;
+    }
+    // A header field: at most kMagic's 8 bytes or one capped path.
+    size_t n = std::min(need_, bytes.size());
+    pending_.append(bytes.data(), n);
+    bytes.remove_prefix(n);
+    need_ -= n;
+    if (need_ == 0) {
+      if (absl::Status s = TakeField(); !s.ok()) return Fail(s);
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetBundleUnpacker::TakeField() {
+  std::string field = std::move(pending_);
+  pending_.clear();
+  switch (field_) {
+    case Field::kMagic:
+      if (!LooksLikeSetBundle(field)) return Bad("bad magic");
+      field_ = Field::kCount;
+      need_ = 4;
+      return absl::OkStatus();
+    case Field::kCount:
+      count_ = GetLe(field, 0, 4);
+      if (count_ == 0 || count_ > limits_.max_files) return Bad(Cat("bad file count ", count_));
+      field_ = Field::kPathLength;
+      need_ = 2;
+      return absl::OkStatus();
+    case Field::kPathLength: {
+      uint64_t len = GetLe(field, 0, 2);
+      if (len == 0) return Bad("bad path length");
+      if (len > limits_.max_path_bytes) return Bad("path too long");
+      field_ = Field::kPath;
+      need_ = static_cast<size_t>(len);
+      return absl::OkStatus();
+    }
+    case Field::kPath:
+      if (absl::Status s = CheckBundlePath(field, limits_); !s.ok()) return s;
+      rel_ = std::move(field);
+      field_ = Field::kSize;
+      need_ = 8;
+      return absl::OkStatus();
+    case Field::kSize: {
+      uint64_t size = GetLe(field, 0, 8);
+      if (size > limits_.max_total_bytes - total_) return Bad("files exceed the total cap");
+      total_ += size;
+      announced_ = size;
+      left_ = size;
+      if (absl::Status s = OpenFile(); !s.ok()) return s;
+      field_ = Field::kData;
+      return size == 0 ? CloseFile() : absl::OkStatus();
+    }
+    case Field::kData:
+    case Field::kDone: break;
+  }
+  return absl::InternalError("set bundle: no header field expected");
+}
+
+absl::Status SetBundleUnpacker::OpenFile() {
+  // Parent directories, one checked component at a time.
+  for (size_t slash = rel_.find('/'); slash != std::string::npos;
+       slash = rel_.find('/', slash + 1)) {
+    std::string parent = JoinPath(dir_, rel_.substr(0, slash));
+    if (::mkdir(parent.c_str(), 0700) != 0 && errno != EEXIST) {
+      return errno == ENOTDIR
+                 ? Bad(Cat("path ", rel_, " runs through a file"))
+                 : absl::InternalError(Cat("mkdir ", parent, ": ", std::strerror(errno)));
+    }
+  }
+  std::string target = JoinPath(dir_, rel_);
+  fd_ = ::open(target.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (fd_ < 0) {
+    if (errno == EEXIST) return Bad(Cat("duplicate file ", rel_));
+    if (errno == ENOTDIR) return Bad(Cat("path ", rel_, " runs through a file"));
+    return absl::InternalError(Cat("create ", rel_, ": ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetBundleUnpacker::WriteData(std::string_view bytes) {
+  while (!bytes.empty()) {
+    ssize_t n = ::write(fd_, bytes.data(), std::min<size_t>(bytes.size(), size_t{1} << 26));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return absl::InternalError(Cat("write ", rel_, ": ", std::strerror(errno)));
+    bytes.remove_prefix(static_cast<size_t>(n));
+    written_ += static_cast<uint64_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetBundleUnpacker::CloseFile() {
+  int rc = ::close(fd_);
+  fd_ = -1;
+  if (rc != 0) return absl::InternalError(Cat("close ", rel_, ": ", std::strerror(errno)));
+  ++done_;
+  field_ = done_ == count_ ? Field::kDone : Field::kPathLength;
+  need_ = field_ == Field::kDone ? 0 : 2;
+  return absl::OkStatus();
+}
+
+absl::Status SetBundleUnpacker::Finish() {
+  if (!status_.ok()) return status_;
+  switch (field_) {
+    case Field::kDone: return absl::OkStatus();
+    case Field::kData:
+      return Fail(Bad(Cat(rel_, ": announced ", announced_, " bytes, fewer follow")));
+    default: break;
+  }
+  static constexpr const char* kWhat[] = {"magic", "file count", "path length", "path",
+                                          "file size"};
+  return Fail(Bad(Cat("truncated ", kWhat[static_cast<int>(field_)])));
+}
+
 absl::StatusOr<std::unique_ptr<UnpackedSet>> UnpackedSet::Open(const std::string& path,
                                                                const SetBundleLimits& limits) {
   std::unique_ptr<UnpackedSet> set(new UnpackedSet());
@@ -237,18 +334,16 @@ absl::StatusOr<std::unique_ptr<UnpackedSet>> UnpackedSet::Open(const std::string
   if (IsDir(path)) return set;
   absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
   if (!file.ok() || !LooksLikeSetBundle((*file)->data())) return set;
-  std::string dir = path + ".set";
-  if (::mkdir(dir.c_str(), 0700) != 0) {
-    return absl::InternalError(Cat("mkdir ", dir, ": ", std::strerror(errno)));
-  }
-  set->dir_ = dir;  // removed by the destructor from here on
-  if (absl::Status s = Unpack((*file)->data(), dir, limits); !s.ok()) return s;
-  set->path_ = dir;
+  absl::StatusOr<std::unique_ptr<SetBundleUnpacker>> unpacker =
+      SetBundleUnpacker::Create(path + ".set", limits);
+  if (!unpacker.ok()) return unpacker.status();
+  if (absl::Status s = (*unpacker)->Append((*file)->data()); !s.ok()) return s;
+  if (absl::Status s = (*unpacker)->Finish(); !s.ok()) return s;
+  set->unpacked_ = *std::move(unpacker);
+  set->path_ = set->unpacked_->dir();
   return set;
 }
 
-UnpackedSet::~UnpackedSet() {
-  if (!dir_.empty()) RemoveTree(dir_, static_cast<int>(SetBundleLimits().max_depth) + 1);
-}
+UnpackedSet::~UnpackedSet() = default;
 
 }  // namespace weightgate::checkpoint

@@ -92,7 +92,7 @@ grpc::ServerReadReactor<RegisterModelRequest>* RegistryService::RegisterModel(
   // Registering sets the model's spec and policy: admins only.
   return new Reactor(
       Upload("RegisterModel", context, Role::kAdmin),
-      [this, response, context](const RegisterModelHeader& header, store::StagedFile& staged,
+      [this, response, context](const RegisterModelHeader& header, StagedUpload& staged,
                                 const Caller&) {
         absl::StatusOr<Model> model =
             options_.registry->RegisterModel(header, staged.path(), Control(context));
@@ -151,8 +151,8 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
     grpc::CallbackServerContext* context, ValidationReport* response) {
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
   return new Reactor(Upload("ValidateCheckpoint", context, Role::kWriter),
-                     [this, response, context](const UploadHeader& header,
-                                               store::StagedFile& staged, const Caller& caller) {
+                     [this, response, context](const UploadHeader& header, StagedUpload& staged,
+                                               const Caller& caller) {
                        if (absl::Status s = CheckOverride(header, caller); !s.ok())
                          return ToGrpcStatus(s);
                        auto start = std::chrono::steady_clock::now();
@@ -172,12 +172,12 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
 // the normaliser writes `output_path` itself and the store hashes it when
 // committing. Either way report.input_sha256 is the staged upload's hash.
 absl::StatusOr<ValidationReport> RegistryService::CheckAndWrite(
-    const UploadHeader& header, store::StagedFile& staged, const std::string& output_path,
+    const UploadHeader& header, StagedUpload& staged, const std::string& output_path,
     const registry::Registry::CallControl& control, bool* as_uploaded) {
   absl::StatusOr<ValidationReport> report;
   *as_uploaded = false;
   absl::StatusOr<Model> model = options_.store->GetModel(header.model_id());
-  if (model.ok() && !header.has_policy_override() &&
+  if (model.ok() && !header.has_policy_override() && !staged.is_set() &&
       registry::IsCanonicalSafetensors(model->spec(), staged.path())) {
     report = options_.registry->Validate(header, staged.path(), control);
     *as_uploaded = report.ok() && report->verdict() == weightgate::v1::VALID &&
@@ -197,7 +197,7 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
   using Reactor = UploadReactor<UploadRequest, UploadHeader>;
   return new Reactor(
       Upload("UploadCheckpoint", context, Role::kWriter),
-      [this, response, context](const UploadHeader& header, store::StagedFile& staged,
+      [this, response, context](const UploadHeader& header, StagedUpload& staged,
                                 const Caller& caller) {
         if (!header.alias().empty()) {
           if (absl::Status s = common::ValidateModelId(header.alias()); !s.ok()) {

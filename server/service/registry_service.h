@@ -14,6 +14,7 @@
 #include "server/service/executor.h"
 #include "server/service/limits.h"
 #include "server/service/metrics.h"
+#include "server/service/staged_upload.h"
 #include "server/service/upload_reactor.h"
 #include "server/store/store.h"
 #include "weightgate/v1/registry.grpc.pb.h"
@@ -79,7 +80,7 @@ class RegistryService final : public weightgate::v1::ModelRegistry::CallbackServ
   // Validates an upload and writes its stored form to `output_path` (see
   // registry_service.cc).
   absl::StatusOr<weightgate::v1::ValidationReport> CheckAndWrite(
-      const weightgate::v1::UploadHeader& header, store::StagedFile& staged,
+      const weightgate::v1::UploadHeader& header, StagedUpload& staged,
       const std::string& output_path, const registry::Registry::CallControl& control,
       bool* as_uploaded);
 

@@ -83,6 +83,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const Options& options) {
   pool_options.memory_bytes = options.validation_memory_bytes;
   pool_options.timeout = options.validation_timeout;
   pool_options.prestart = options.prestart_validation_workers;
+  pool_options.scratch_dir = s->store_->staging_dir();
   if (options.max_pending_validations < 1) {
     return absl::InvalidArgumentError("--max_pending_validations must be at least 1");
   }

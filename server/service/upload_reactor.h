@@ -1,6 +1,7 @@
 // UploadReactor receives a client stream of one header message followed by
-// byte chunks into a staged file of the Store, then runs a completion
-// function on the Executor with the header and the staged file. Disk writes
+// byte chunks into a staged file of the Store (a checkpoint set bundle goes
+// straight into the files of a staging directory: StagedUpload), then runs a
+// completion function on the Executor with the header and the staged upload. Disk writes
 // and the completion run off the gRPC threads; exactly one read is in flight
 // at a time, so memory per upload is one chunk.
 //
@@ -24,6 +25,7 @@
 #include "server/service/executor.h"
 #include "server/service/limits.h"
 #include "server/service/metrics.h"
+#include "server/service/staged_upload.h"
 #include "server/service/status_util.h"
 #include "server/store/store.h"
 
@@ -48,7 +50,7 @@ template <typename Request, typename Header>
 class UploadReactor final : public grpc::ServerReadReactor<Request> {
  public:
   // Returns the RPC's final status; the response message is filled by it.
-  using Complete = std::function<grpc::Status(const Header&, store::StagedFile&, const Caller&)>;
+  using Complete = std::function<grpc::Status(const Header&, StagedUpload&, const Caller&)>;
 
   UploadReactor(const UploadSetup& setup, Complete complete)
       : setup_(setup),
@@ -132,7 +134,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
           Fail(ToGrpcStatus(staged.status()));
           return;
         }
-        staged_ = *std::move(staged);
+        staged_ = std::make_unique<StagedUpload>(*std::move(staged));
         ReadNext();
       });
       return;
@@ -172,7 +174,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
 
   void OnDone() override {
     if (watch_id_ != 0) setup_.limits->Unwatch(watch_id_);
-    staged_.reset();  // unlinks an uncommitted staged file
+    staged_.reset();  // unlinks an uncommitted staged file or set directory
     setup_.limits->ReleaseStaged(reserved_);
     if (have_slot_) setup_.limits->ReleaseUpload();
     setup_.metrics->StreamFinished();
@@ -215,7 +217,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   bool have_slot_ = false;
   uint64_t watch_id_ = 0;
   uint64_t reserved_ = 0;
-  std::unique_ptr<store::StagedFile> staged_;
+  std::unique_ptr<StagedUpload> staged_;
 };
 
 }  // namespace weightgate::service

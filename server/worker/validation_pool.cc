@@ -12,6 +12,9 @@
 #include <cerrno>
 #include <cstring>
 #include <iostream>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -149,7 +152,17 @@ absl::Status ValidationPool::Spawn(size_t index) {
   posix_spawnattr_setsigmask(&attr, &none);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
   pid_t pid = 0;
-  int err = ::posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(), environ);
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (options_.scratch_dir.empty() || std::string_view(*e).rfind("TMPDIR=", 0) != 0) {
+      env_strings.emplace_back(*e);
+    }
+  }
+  if (!options_.scratch_dir.empty()) env_strings.push_back("TMPDIR=" + options_.scratch_dir);
+  std::vector<char*> env;
+  for (std::string& e : env_strings) env.push_back(e.data());
+  env.push_back(nullptr);
+  int err = ::posix_spawn(&pid, path.c_str(), &actions, &attr, argv.data(), env.data());
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   ::close(sv[1]);

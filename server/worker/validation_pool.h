@@ -79,6 +79,11 @@ class ValidationPool final {
     absl::Duration startup_timeout = absl::Seconds(60);
     // Start every worker in Create() rather than on first use. Default true.
     bool prestart = true;
+    // TMPDIR of the workers: where the set readers' scratch files (tensors
+    // assembled from DCP chunks, ZeRO partitions, Megatron ranks) go. The
+    // server passes its staging directory, so they use the store's volume
+    // and its free-disk reserve. Empty (default): the server's own TMPDIR.
+    std::string scratch_dir;
   };
 
   // Checks options and (with prestart) spawns the workers; does not wait

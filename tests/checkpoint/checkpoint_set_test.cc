@@ -331,6 +331,39 @@ TEST(MegatronTest, SpecLookupMatchesDottedSuffixes) {
   EXPECT_EQ(lookup("weight"), std::nullopt);  // two candidates of different shapes
 }
 
+// Two tensor-parallel ranks x two pipeline stages of 3 + 2 layers: each
+// stage's local layer numbers shifted by the layers before it, the tied
+// head's copy on the last stage checked against stage 0's and dropped.
+TEST(MegatronTest, PipelineStagesGetGlobalLayerNumbers) {
+  ExpectSameTensors("megatron_pp", Fx("megatron_pp"), "", false);
+  ExpectSameTensors("megatron_pp", Fx("megatron_pp/release"), "", false);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_pp"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_layout=megatron_tp_pp"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "pp_stages=2"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_layers=3,2"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_tied_copy_dropped=word_embeddings_for_head.weight"));
+  EXPECT_NE(ckpt->root->Get("language_model.encoder.layers.4.mlp.dense_4h_to_h.weight"), nullptr);
+  EXPECT_EQ(ckpt->root->Get("word_embeddings_for_head.weight"), nullptr);
+}
+
+TEST(MegatronTest, BrokenPipelineStages) {
+  ExpectError(Fx("megatron_pp_missing_rank"),
+              "inconsistent ranks: tensor-parallel rank 1 of pipeline stage 1 is missing");
+  ExpectError(Fx("megatron_pp_missing_stage"),
+              "inconsistent ranks: args.pipeline_model_parallel_size is 2 but 1");
+  ExpectError(Fx("megatron_pp_global_numbers"),
+              "inconsistent layer counts: pipeline stage 1 (mp_rank_00_001) numbers its 2 "
+              "layers 3..4, not from 0");
+  ExpectError(Fx("megatron_pp_layer_count"),
+              "inconsistent layer counts: the pipeline stages hold 3,2 layers (5), "
+              "args.num_layers is 6");
+  ExpectError(Fx("megatron_pp_untied"), "tied weights differ: word_embeddings_for_head.weight");
+  ExpectError(Fx("megatron_pp_duplicate"),
+              "duplicate tensor language_model.encoder.final_layernorm.weight in pipeline "
+              "stages 0");
+}
+
 std::string Bundle(const std::string& path) {
   std::string out;
   absl::Status s = StreamSetBundle(path, 1000, [&](std::string_view piece) {
@@ -418,6 +451,76 @@ TEST(SetBundleTest, HostileLengths) {
   ExpectBadBundle(Entry("a.bin", "xy") + "z", 1, "1 bytes after the last file");
   ExpectBadBundle("", 1u << 30, "bad file count");
   ExpectBadBundle(Le(600, 2) + std::string(600, 'a'), 1, "path too long");
+}
+
+// The streaming unpacker gives the same files whatever the pieces the bundle
+// arrives in (here one byte at a time, and pieces straddling every field).
+TEST(SetBundleUnpackerTest, AnyPieceSizesGiveTheSameFiles) {
+  const std::string bytes = Bundle(Fx("hf_st"));
+  for (size_t piece : {size_t{1}, size_t{3}, size_t{7}, size_t{4096}, bytes.size()}) {
+    SCOPED_TRACE(piece);
+    std::string dir = ::testing::TempDir() + "/unpack." + std::to_string(::getpid());
+    {
+      absl::StatusOr<std::unique_ptr<SetBundleUnpacker>> u = SetBundleUnpacker::Create(dir);
+      ASSERT_TRUE(u.ok()) << u.status();
+      for (size_t off = 0; off < bytes.size(); off += piece) {
+        ASSERT_TRUE((*u)->Append(std::string_view(bytes).substr(off, piece)).ok());
+      }
+      ASSERT_TRUE((*u)->Finish().ok());
+      EXPECT_EQ((*u)->bytes_in(), bytes.size());
+      ExpectSameTensors("hf_st", dir);
+      // Every byte that is not framing went into a file, once.
+      uint64_t files = 0;
+      std::vector<std::string> names;
+      ASSERT_TRUE(ListFilesBelow(dir, "", 2, &names).ok());
+      for (const std::string& n : names) {
+        struct stat st {};
+        ASSERT_EQ(::stat(JoinPath(dir, n).c_str(), &st), 0);
+        files += static_cast<uint64_t>(st.st_size);
+      }
+      EXPECT_EQ((*u)->bytes_unpacked(), files);
+      EXPECT_LT(bytes.size() - files, 1024u);
+    }
+    EXPECT_FALSE(FileExists(dir)) << "staging directory left behind";
+  }
+}
+
+// A bad field stops the unpacker at once (no file of a later entry is made)
+// and every later call repeats the error.
+TEST(SetBundleUnpackerTest, FirstErrorPoisons) {
+  std::string dir = ::testing::TempDir() + "/poison." + std::to_string(::getpid());
+  absl::StatusOr<std::unique_ptr<SetBundleUnpacker>> u = SetBundleUnpacker::Create(dir);
+  ASSERT_TRUE(u.ok()) << u.status();
+  std::string bytes = std::string(kSetBundleMagic) + Le(2, 4) + Entry("../up", "x");
+  absl::Status s = (*u)->Append(bytes);
+  EXPECT_NE(std::string(s.message()).find("bad path component"), std::string::npos) << s;
+  EXPECT_EQ((*u)->Append(Entry("ok.bin", "y")).message(), s.message());
+  EXPECT_EQ((*u)->Finish().message(), s.message());
+  EXPECT_EQ((*u)->bytes_unpacked(), 0u);
+  EXPECT_FALSE(FileExists(dir + "/ok.bin"));
+  EXPECT_FALSE(FileExists(::testing::TempDir() + "/up"));
+}
+
+TEST(SetBundleUnpackerTest, DirectoryMustBeNew) {
+  std::string dir = ::testing::TempDir() + "/twice." + std::to_string(::getpid());
+  absl::StatusOr<std::unique_ptr<SetBundleUnpacker>> first = SetBundleUnpacker::Create(dir);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_FALSE(SetBundleUnpacker::Create(dir).ok());
+}
+
+TEST(SetBundleTest, MalformedFraming) {
+  ExpectBadBundle(Entry("a.bin", "1") + Entry("a.bin/b", "2"), 2, "runs through a file");
+  ExpectBadBundle(Le(0, 2), 1, "bad path length");
+  ExpectBadBundle(Le(5, 2) + "a.bi", 1, "truncated path");
+  ExpectBadBundle(Le(5, 2) + "a.bin" + Le(1, 4), 1, "truncated file size");
+  ExpectBadBundle("", 0, "bad file count");
+  // A zero-length file is a file.
+  std::string staged = WriteTemp("empty", std::string(kSetBundleMagic) + Le(1, 4) + Entry("e", ""));
+  absl::StatusOr<std::unique_ptr<UnpackedSet>> set = UnpackedSet::Open(staged);
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_TRUE(FileExists((*set)->path() + "/e"));
+  set->reset();
+  std::remove(staged.c_str());
 }
 
 }  // namespace

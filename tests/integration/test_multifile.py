@@ -1,7 +1,8 @@
 """Checkpoint sets end to end through the real server and CLI: every layout
 of make_multifile_fixtures.py (HF sharded with both index formats and none,
 torch.distributed.checkpoint from torch 1.13's writer and the torch >= 2.0
-layout, DeepSpeed ZeRO 1-3, Megatron tensor-parallel ranks, a YOLOv5 whole
+layout, DeepSpeed ZeRO 1-3, Megatron tensor-parallel ranks and tensor x
+pipeline-parallel ranks, a YOLOv5 whole
 pickled module) is inspected, validated and uploaded as one version from
 its directory or index file; `fetch --format pt` and the Python client's
 `fetch_state_dict` give weights that load into the real module with
@@ -29,7 +30,8 @@ class MultifileTest(unittest.TestCase):
                        check=True, capture_output=True, timeout=600)
         cls.server = WeightgateServer(store=os.path.join(cls.tmp.name, "store"))
         cls.server.start()
-        for model, ref in (("net", "model.pt"), ("gpt", "megatron_ref.pt"), ("yolo", "yolo_ref.pt")):
+        for model, ref in (("net", "model.pt"), ("gpt", "megatron_ref.pt"), ("yolo", "yolo_ref.pt"),
+                           ("gptpp", "megatron_pp_ref.pt")):
             r = cls.server.cli("register", model, "--from", os.path.join(cls.fx, ref))
             assert r.returncode == 0, r.stderr
 
@@ -86,9 +88,41 @@ class MultifileTest(unittest.TestCase):
                                          ("net", "zero2", "zero2", "model.pt"),
                                          ("net", "zero3", "zero3", "model.pt"),
                                          ("gpt", "megatron_tp2", "megatron_tp2", "megatron_ref.pt"),
+                                         ("gptpp", "megatron_pp", "megatron_pp",
+                                          "megatron_pp_ref.pt"),
                                          ("yolo", "yolo", "yolo.pt", "yolo_ref.pt")):
             with self.subTest(layout=layout):
                 self.roundtrip(model, path, layout, ref)
+
+    def test_megatron_pipeline_stages(self):
+        # inspect: the merged tensors under their global layer numbers.
+        r = run_cli("inspect", os.path.join(self.fx, "megatron_pp"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("set_layout=megatron_tp_pp", r.stdout)
+        self.assertIn("set_pp_layers=3,2", r.stdout)
+        for name in ("language_model.encoder.layers.2.mlp.dense_h_to_4h.weight",
+                     "language_model.encoder.layers.3.mlp.dense_h_to_4h.weight",
+                     "language_model.encoder.layers.4.self_attention.query_key_value.weight",
+                     "language_model.encoder.final_layernorm.weight"):
+            self.assertRegex(r.stdout, r"(?m)^%s\s" % name.replace(".", r"\."))
+        self.assertNotIn("layers.5.", r.stdout)
+        # One stored version (fetched and run in test_dcp_zero_megatron_module).
+        r = self.server.cli("--json", "upload", "gptpp", os.path.join(self.fx, "megatron_pp"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(json.loads(r.stdout)["report"]["verdict"], "VALID")
+        self.assertTrue(json.loads(r.stdout)["version"]["version"])
+        for path, reason in (
+                ("megatron_pp_missing_rank", "tensor-parallel rank 1 of pipeline stage 1 is missing"),
+                ("megatron_pp_missing_stage", "args.pipeline_model_parallel_size is 2 but 1"),
+                ("megatron_pp_global_numbers", "numbers its 2 layers 3..4, not from 0"),
+                ("megatron_pp_layer_count", "args.num_layers is 6"),
+                ("megatron_pp_untied", "tied weights differ"),
+                ("megatron_pp_duplicate", "duplicate tensor language_model.encoder.final_layernorm")):
+            with self.subTest(path=path):
+                r = self.server.cli("upload", "gptpp", os.path.join(self.fx, path))
+                self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+                self.assertIn("INVALID", r.stdout)
+                self.assertIn(reason, r.stdout)
 
     def test_broken_sets_are_invalid(self):
         for path, reason in (("hf_missing_shard", "missing shard"),

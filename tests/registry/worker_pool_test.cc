@@ -113,6 +113,23 @@ TEST_F(WorkerPoolTest, PingAndSpecRoundTrip) {
   EXPECT_EQ(pool->spawned(), 1);
 }
 
+// Set readers' scratch files follow the worker's TMPDIR: the pool points it
+// at the directory it is given (the server: its staging directory).
+TEST_F(WorkerPoolTest, WorkersGetTheScratchDirectoryAsTmpdir) {
+  ValidationPool::Options o = PoolOptions();
+  o.scratch_dir = scratch_;
+  std::unique_ptr<ValidationPool> pool = NewPool(o);
+  ASSERT_NE(pool, nullptr);
+  ExpectSpecWorks(*pool);
+  std::string env =
+      weightgate::testing::ReadWholeFile("/proc/" + std::to_string(OnlyWorker(*pool)) + "/environ");
+  std::string want = "TMPDIR=" + scratch_;
+  size_t at = env.find(want + std::string(1, '\0'));
+  EXPECT_NE(at, std::string::npos);
+  EXPECT_TRUE(at == 0 || env[at - 1] == '\0');
+  EXPECT_EQ(env.find("TMPDIR=", at + want.size()), std::string::npos) << "a second TMPDIR";
+}
+
 TEST_F(WorkerPoolTest, SigkillMidRequestFailsOnlyThatRequest) {
   ScopedEnv slow("WEIGHTGATE_TEST_WORKER_DELAY_MS", "1500");
   auto pool = NewPool(PoolOptions());

@@ -177,6 +177,15 @@ TEST_F(StagedUploadTest, ServerValidatesASetWithinItsSize) {
     header.mutable_header()->set_model_id("sharded");
     registered = send(writer.get(), header);
   }
+  // The staged set (and its --max_staged_bytes reservation) is released when
+  // the call is torn down, which may come just after the client has its
+  // answer: the second upload would not fit beside it.
+  auto wait_for_empty_staging = [&] {
+    for (int i = 0; i < 200 && BytesBelow(root_ + "/store/tmp") != 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  };
+  wait_for_empty_staging();
   grpc::Status validated;
   weightgate::v1::ValidationReport report;
   if (registered.ok()) {
@@ -195,6 +204,7 @@ TEST_F(StagedUploadTest, ServerValidatesASetWithinItsSize) {
   // The set once, plus small metadata files written through staging; the
   // stored bundle and its unpacked copy made it 2x.
   EXPECT_LE(peak.load(), set_bytes + (64 << 10));
+  wait_for_empty_staging();
   EXPECT_EQ(BytesBelow(root_ + "/store/tmp"), 0u);
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/sha256.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/torch_writer.h"
 
@@ -50,6 +51,9 @@ absl::Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
 // streamed here rather than through checkpoint::SafetensorsWriter because
 // the latter always fsyncs, and whether a sync is wanted is the caller's
 // call (the store syncs when it adopts the file; torch.save never does).
+// Every byte written is hashed on the way out; writeback is started behind
+// the writer (sync_file_range, which neither waits nor makes anything
+// durable), so the disk works while the next tensors are checked.
 class SafetensorsOutput final : public OutputWriter {
  public:
   SafetensorsOutput(std::string path, std::string temp, int fd, uint64_t data_size, bool sync)
@@ -61,6 +65,9 @@ class SafetensorsOutput final : public OutputWriter {
   ~SafetensorsOutput() override {
     if (fd_ >= 0) Abort();
   }
+
+  // The header, before any tensor bytes.
+  absl::Status WriteHeader(std::string_view header) { return Write(header); }
 
   bool NeedsBytes(size_t) const override { return true; }
 
@@ -75,7 +82,7 @@ class SafetensorsOutput final : public OutputWriter {
       return absl::OkStatus();
     }
     if (absl::Status s = Flush(); !s.ok()) return s;
-    if (bytes.size() >= kBufferBytes) return WriteAll(fd_, bytes, temp_);
+    if (bytes.size() >= kBufferBytes) return Write(bytes);
     buffer_.append(bytes.data(), bytes.size());
     return absl::OkStatus();
   }
@@ -94,6 +101,7 @@ class SafetensorsOutput final : public OutputWriter {
       std::remove(temp_.c_str());
       return s;
     }
+    sha256_ = sha_.HexDigest();
     return RenameInto(temp_, path_);
   }
 
@@ -103,14 +111,32 @@ class SafetensorsOutput final : public OutputWriter {
     std::remove(temp_.c_str());
   }
 
+  std::string sha256() const override { return sha256_; }
+
  private:
   // Small tensors (biases, norms) are gathered; large pieces go straight out.
   static constexpr size_t kBufferBytes = size_t{1} << 20;
+  // Writeback is started for every this many bytes written.
+  static constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
 
   absl::Status Flush() {
-    absl::Status s = WriteAll(fd_, buffer_, temp_);
+    absl::Status s = Write(buffer_);
     buffer_.clear();
     return s;
+  }
+
+  // Every byte of the file passes here, in order.
+  absl::Status Write(std::string_view bytes) {
+    sha_.Update(bytes);
+    if (absl::Status s = WriteAll(fd_, bytes, temp_); !s.ok()) return s;
+    offset_ += bytes.size();
+    if (offset_ - started_ >= kWritebackBytes) {
+      // Advisory: a failure here only means the final fsync does the work.
+      ::sync_file_range(fd_, static_cast<off_t>(started_), static_cast<off_t>(offset_ - started_),
+                        SYNC_FILE_RANGE_WRITE);
+      started_ = offset_;
+    }
+    return absl::OkStatus();
   }
 
   std::string path_;
@@ -120,6 +146,10 @@ class SafetensorsOutput final : public OutputWriter {
   uint64_t written_ = 0;
   bool sync_ = false;
   std::string buffer_;
+  common::Sha256 sha_;
+  std::string sha256_;
+  uint64_t offset_ = 0;   // bytes written to fd_
+  uint64_t started_ = 0;  // writeback started for [0, started_)
 };
 
 // torch.save zip through checkpoint::TorchZipWriter: a tied entry names the
@@ -227,6 +257,8 @@ class AsyncOutput final : public OutputWriter {
     inner_->Abort();
   }
 
+  std::string sha256() const override { return inner_->sha256(); }
+
  private:
   static constexpr size_t kMaxQueuedBytes = size_t{32} << 20;
 
@@ -306,7 +338,7 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", temp));
     auto out = std::make_unique<SafetensorsOutput>(path, temp, fd,
                                                    checkpoint::SafetensorsDataSize(tensors), sync);
-    if (absl::Status s = WriteAll(fd, checkpoint::SafetensorsHeader(tensors, metadata), temp);
+    if (absl::Status s = out->WriteHeader(checkpoint::SafetensorsHeader(tensors, metadata));
         !s.ok()) {
       return s;  // out's destructor removes the temp file
     }

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <deque>
+#include <future>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -116,6 +117,8 @@ class SafetensorsOutput final : public OutputWriter {
  private:
   // Small tensors (biases, norms) are gathered; large pieces go straight out.
   static constexpr size_t kBufferBytes = size_t{1} << 20;
+  // Pieces at least this large are hashed and written at the same time.
+  static constexpr size_t kParallelHashBytes = size_t{1} << 20;
   // Writeback is started for every this many bytes written.
   static constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
 
@@ -127,8 +130,17 @@ class SafetensorsOutput final : public OutputWriter {
 
   // Every byte of the file passes here, in order.
   absl::Status Write(std::string_view bytes) {
-    sha_.Update(bytes);
-    if (absl::Status s = WriteAll(fd_, bytes, temp_); !s.ok()) return s;
+    absl::Status s;
+    if (bytes.size() >= kParallelHashBytes) {
+      // A large piece is hashed on a second thread while it is written.
+      std::future<void> hashed = std::async(std::launch::async, [&] { sha_.Update(bytes); });
+      s = WriteAll(fd_, bytes, temp_);
+      hashed.wait();
+    } else {
+      sha_.Update(bytes);
+      s = WriteAll(fd_, bytes, temp_);
+    }
+    if (!s.ok()) return s;
     offset_ += bytes.size();
     if (offset_ - started_ >= kWritebackBytes) {
       // Advisory: a failure here only means the final fsync does the work.

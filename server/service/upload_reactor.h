@@ -1,11 +1,8 @@
 // UploadReactor receives a client stream of one header message followed by
 // byte chunks into a staged file of the Store, then runs a completion
 // function on the Executor with the header and the staged file. Disk writes
-// (with the running sha256) and the completion run off the gRPC threads.
-// Receiving and writing overlap: the next read starts while earlier chunks
-// are still being hashed and written, in order, by one task at a time; at
-// most kMaxPendingBytes wait (plus the chunk being read), so memory per
-// upload stays bounded.
+// and the completion run off the gRPC threads; exactly one read is in flight
+// at a time, so memory per upload is one chunk.
 //
 // Limits apply at the edge: a slot among --max_uploads is taken before the
 // first read (RESOURCE_EXHAUSTED when none is free), every chunk's bytes are
@@ -16,15 +13,11 @@
 #define WEIGHTGATE_SERVER_SERVICE_UPLOAD_REACTOR_H_
 
 #include <chrono>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
-#include <utility>
 
-#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "grpcpp/grpcpp.h"
 #include "server/service/auth.h"
 #include "server/service/call_log.h"
@@ -96,16 +89,26 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
         Fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "upload stream had no header"));
         return;
       }
-      bool drained = false;
-      {
-        absl::MutexLock lock(&mu_);
-        if (finishing_) return;  // the call is ending already
-        half_closed_ = true;
-        drained = !busy_;
-        busy_ = true;  // the completion's, or still the writing task's
+      if (header_.total_bytes() > 0 &&
+          staged_->size() != static_cast<uint64_t>(header_.total_bytes())) {
+        Fail(
+            grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                         absl::StrCat("upload incomplete: header announced ", header_.total_bytes(),
+                                      " bytes, received ", staged_->size())));
+        return;
       }
-      // Otherwise the writing task completes once the last chunk is written.
-      if (drained) CompleteUpload();
+      bool queued = setup_.heavy->TrySchedule([this] {
+        // No fsync: an upload is read back at once, and whatever of it is
+        // committed (the normalised output, or the upload itself when it
+        // already is canonical) is fsynced by AdoptContents.
+        absl::Status finished = staged_->Finish(/*sync=*/false);
+        if (!finished.ok()) {
+          Fail(ToGrpcStatus(finished));
+          return;
+        }
+        Fail(complete_(header_, *staged_, caller_));
+      });
+      if (!queued) Fail(Busy());
       return;
     }
     if (!have_header_) {
@@ -138,30 +141,29 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
       Fail(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "a second header in one upload"));
       return;
     }
-    if (request_.chunk().size() > setup_.max_bytes - received_) {
+    if (request_.chunk().size() > setup_.max_bytes - staged_->size()) {
       Fail(TooLarge());
       return;
     }
-    received_ += request_.chunk().size();
     setup_.metrics->AddBytesIn(static_cast<double>(request_.chunk().size()));
     log_.add_bytes(request_.chunk().size());
-    // The chunk's bytes move to the queue (no copy); request_ is free for
-    // the next read.
-    std::string bytes = std::move(*request_.mutable_chunk());
-    bool start_writer = false;
-    bool read_on = false;
-    {
-      absl::MutexLock lock(&mu_);
-      if (finishing_) return;
-      pending_bytes_ += bytes.size();
-      pending_.push_back(std::move(bytes));
-      start_writer = !busy_;
-      busy_ = true;
-      read_on = pending_bytes_ < kMaxPendingBytes;
-      read_paused_ = !read_on;
-    }
-    if (start_writer) setup_.executor->Schedule([this] { WritePending(); });
-    if (read_on) ReadNext();
+    setup_.executor->Schedule([this] {
+      // Room on disk first (statvfs may be slow on NFS: off the gRPC thread),
+      // then the bytes.
+      grpc::Status room = setup_.limits->ReserveStaged(setup_.context, request_.chunk().size());
+      if (!room.ok()) {
+        setup_.metrics->RecordLimited("staging");
+        Fail(room);
+        return;
+      }
+      reserved_ += request_.chunk().size();
+      absl::Status written = staged_->Append(request_.chunk());
+      if (!written.ok()) {
+        Fail(ToGrpcStatus(written));
+        return;
+      }
+      ReadNext();
+    });
   }
 
   void OnCancel() override {
@@ -198,119 +200,7 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
                                      "retry in about 1 s"));
   }
 
-  // Chunks received and not yet written, at most kMaxPendingBytes of them
-  // before the next read waits for the writer.
-  static constexpr uint64_t kMaxPendingBytes = uint64_t{8} << 20;
-
-  // The one writing task: appends queued chunks in order until the queue is
-  // empty, resuming a read that waited for room; completes the upload when
-  // the stream ended meanwhile.
-  void WritePending() ABSL_LOCKS_EXCLUDED(mu_) {
-    for (;;) {
-      mu_.Lock();
-      if (finishing_) {
-        // A failure arrived while we wrote: the call ends now that nothing
-        // of ours runs any more.
-        busy_ = false;
-        EndCallAndUnlock();
-        return;
-      }
-      if (pending_.empty()) {
-        const bool complete = half_closed_;
-        busy_ = complete;  // the completion takes over
-        mu_.Unlock();
-        // Otherwise the next chunk starts a new task.
-        if (complete) CompleteUpload();
-        return;
-      }
-      std::string bytes = std::move(pending_.front());
-      pending_.pop_front();
-      mu_.Unlock();
-      // Room on disk first (statvfs may be slow on NFS: off the gRPC
-      // thread), then the bytes.
-      grpc::Status status = setup_.limits->ReserveStaged(setup_.context, bytes.size());
-      if (status.ok()) {
-        reserved_ += bytes.size();
-        status = ToGrpcStatus(staged_->Append(bytes));
-      } else {
-        setup_.metrics->RecordLimited("staging");
-      }
-      if (!status.ok()) {
-        TaskDone(status);
-        return;
-      }
-      mu_.Lock();
-      pending_bytes_ -= bytes.size();
-      const bool read_on = read_paused_ && pending_bytes_ < kMaxPendingBytes && !finishing_;
-      if (read_on) read_paused_ = false;
-      mu_.Unlock();
-      if (read_on) ReadNext();
-    }
-  }
-
-  // Every byte is written: check the size, then hand the staged file to the
-  // completion on the bounded heavy executor. REQUIRES: busy_ is ours.
-  void CompleteUpload() {
-    if (header_.total_bytes() > 0 &&
-        staged_->size() != static_cast<uint64_t>(header_.total_bytes())) {
-      TaskDone(
-          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                       absl::StrCat("upload incomplete: header announced ", header_.total_bytes(),
-                                    " bytes, received ", staged_->size())));
-      return;
-    }
-    bool queued = setup_.heavy->TrySchedule([this] {
-      // No fsync: an upload is read back at once, and whatever of it is
-      // committed (the normalised output, or the upload itself when it
-      // already is canonical) is fsynced by AdoptContents.
-      absl::Status finished = staged_->Finish(/*sync=*/false);
-      TaskDone(finished.ok() ? complete_(header_, *staged_, caller_) : ToGrpcStatus(finished));
-    });
-    if (!queued) TaskDone(Busy());
-  }
-
-  // Ends the call with `status` (the first one decided wins). While a task
-  // of ours (writing, completion) is scheduled or runs, that task ends the
-  // call when it stops instead: OnDone deletes this reactor, which must not
-  // happen under a running task.
-  void Fail(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
-    mu_.Lock();
-    if (finishing_) {
-      mu_.Unlock();
-      return;
-    }
-    finishing_ = true;
-    final_ = status;
-    if (busy_) {
-      mu_.Unlock();
-      return;
-    }
-    EndCallAndUnlock();
-  }
-
-  // The running task stops with `status`: the call ends with it, or with a
-  // failure decided meanwhile.
-  void TaskDone(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
-    mu_.Lock();
-    busy_ = false;
-    if (!finishing_) {
-      finishing_ = true;
-      final_ = status;
-    }
-    EndCallAndUnlock();
-  }
-
-  // Calls Finish(final_) once, after releasing mu_: OnDone may follow at
-  // once and delete this reactor, mutex included.
-  void EndCallAndUnlock() ABSL_UNLOCK_FUNCTION(mu_) {
-    if (finished_) {
-      mu_.Unlock();
-      return;
-    }
-    finished_ = true;
-    pending_.clear();
-    grpc::Status status = final_;
-    mu_.Unlock();
+  void Fail(const grpc::Status& status) {
     log_.Finish(status);
     this->Finish(status);
   }
@@ -324,19 +214,8 @@ class UploadReactor final : public grpc::ServerReadReactor<Request> {
   bool have_header_ = false;
   bool have_slot_ = false;
   uint64_t watch_id_ = 0;
-  uint64_t received_ = 0;  // chunk bytes read so far (gRPC reactions only)
-  uint64_t reserved_ = 0;  // touched by the writing task only
+  uint64_t reserved_ = 0;
   std::unique_ptr<store::StagedFile> staged_;
-
-  absl::Mutex mu_;
-  std::deque<std::string> pending_ ABSL_GUARDED_BY(mu_);
-  uint64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
-  bool busy_ ABSL_GUARDED_BY(mu_) = false;  // a writing or completion task is scheduled or runs
-  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;  // the next read waits for room
-  bool half_closed_ ABSL_GUARDED_BY(mu_) = false;  // the client sent its last chunk
-  bool finishing_ ABSL_GUARDED_BY(mu_) = false;    // final_ is decided
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;     // Finish() was called
-  grpc::Status final_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace weightgate::service

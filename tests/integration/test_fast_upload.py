@@ -31,6 +31,11 @@ class FastUploadTest(unittest.TestCase):
             cli("register", "lm", "--from", ref)
             first = json.loads(cli("--json", "upload", "lm", ref).stdout)
             self.assertIn("write_ms", first["report"]["timings"])  # torch.save: normalised and written
+            # The validation worker hashed the stored form as it wrote it; the
+            # store named the blob by that hash without reading it again.
+            first_sha = first["version"]["blob_sha256"]
+            with open(os.path.join(server.store, "blobs", first_sha), "rb") as f:
+                self.assertEqual(hashlib.sha256(f.read()).hexdigest(), first_sha)
             fetched = os.path.join(tmp, "fetched.safetensors")
             cli("fetch", "lm", "-o", fetched)
             with open(fetched, "rb") as f:

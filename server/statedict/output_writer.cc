@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <deque>
 #include <future>
+#include <system_error>
 #include <thread>
 
 #include "absl/status/status.h"
@@ -131,9 +132,16 @@ class SafetensorsOutput final : public OutputWriter {
   // Every byte of the file passes here, in order.
   absl::Status Write(std::string_view bytes) {
     absl::Status s;
+    std::future<void> hashed;
     if (bytes.size() >= kParallelHashBytes) {
-      // A large piece is hashed on a second thread while it is written.
-      std::future<void> hashed = std::async(std::launch::async, [&] { sha_.Update(bytes); });
+      // A large piece is hashed on a second thread while it is written; when
+      // no thread can be had (e.g. a worker near its memory limit), in turn.
+      try {
+        hashed = std::async(std::launch::async, [this, bytes] { sha_.Update(bytes); });
+      } catch (const std::system_error&) {
+      }
+    }
+    if (hashed.valid()) {
       s = WriteAll(fd_, bytes, temp_);
       hashed.wait();
     } else {

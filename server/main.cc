@@ -1,5 +1,7 @@
 // weightgate-server: the gRPC service. With no flags it serves on loopback
 // with a local store under ./var/store (the embedded default).
+#include <malloc.h>
+
 #include <csignal>
 #include <cstdio>
 #include <iostream>
@@ -97,6 +99,9 @@ bool CheckFlagNames(int argc, char** argv) {
   return true;
 }
 
+// See main().
+constexpr int kMallocTrimThresholdBytes = 32 << 20;
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -104,6 +109,14 @@ int main(int argc, char** argv) {
   if (weightgate::worker::IsValidationWorker(argc, argv)) {
     return weightgate::worker::ValidationWorkerMain(argc, argv);
   }
+  // Upload chunks and gRPC's read buffers are MiB-sized blocks allocated on
+  // one thread and freed on another. With glibc's default trim threshold a
+  // freed block at the top of an arena went back to the kernel and the next
+  // one faulted in fresh pages, about 15% more server CPU per upload (it
+  // only stayed away by accident, while the server hashed stored files in
+  // 4 MiB pieces, which raised glibc's dynamic thresholds). Up to this much
+  // free memory per arena now stays mapped.
+  ::mallopt(M_TRIM_THRESHOLD, kMallocTrimThresholdBytes);
   absl::FlagsUsageConfig config;
   config.contains_helpshort_flags = OnlyOurFlags;
   config.contains_help_flags = OnlyOurFlags;

@@ -62,18 +62,20 @@ absl::Status SendFile(grpc::ClientWriter<Request>* writer, const Header& header,
   uint64_t sent = 0;
   auto start = std::chrono::steady_clock::now();
   auto last = start;
-  std::string buffer(kSendChunkBytes, '\0');
   Request chunk;
   absl::Status status = absl::OkStatus();
   for (;;) {
-    ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    // Read straight into the message: no copy between buffer and request.
+    std::string* buffer = chunk.mutable_chunk();
+    buffer->resize(kSendChunkBytes);
+    ssize_t n = ::read(fd, buffer->data(), buffer->size());
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       status = absl::InternalError(absl::StrCat("read ", path));
       break;
     }
     if (n == 0) break;
-    chunk.set_chunk(buffer.data(), static_cast<size_t>(n));
+    buffer->resize(static_cast<size_t>(n));
     if (!writer->Write(chunk)) break;  // the server ended the call; Finish() says why
     sent += static_cast<uint64_t>(n);
     auto now = std::chrono::steady_clock::now();

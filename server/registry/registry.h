@@ -64,10 +64,12 @@ class Registry final {
   // normalised tensors as safetensors to `output_path` (the stored form).
   // report.input_sha256 is `known_input_sha256` when given (e.g. a staged
   // upload hashed as it arrived), else the worker hashes the input.
+  // `output_sha256`, when given, receives the sha256 of the file written to
+  // `output_path` (hashed as it was written; "" when nothing was written).
   absl::StatusOr<weightgate::v1::ValidationReport> NormalizeTo(
       const weightgate::v1::UploadHeader& header, const std::string& checkpoint_path,
       const std::string& output_path, const CallControl& control = {},
-      const std::string& known_input_sha256 = "") const;
+      const std::string& known_input_sha256 = "", std::string* output_sha256 = nullptr) const;
 
  private:
   explicit Registry(const Options& options) : options_(options) {}

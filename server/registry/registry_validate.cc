@@ -109,10 +109,12 @@ absl::StatusOr<v1::ValidationReport> Registry::Validate(const v1::UploadHeader& 
   return NormalizeTo(header, checkpoint_path, "", control);
 }
 
-absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(
-    const v1::UploadHeader& header, const std::string& checkpoint_path,
-    const std::string& output_path, const CallControl& control,
-    const std::string& known_input_sha256) const {
+absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(const v1::UploadHeader& header,
+                                                           const std::string& checkpoint_path,
+                                                           const std::string& output_path,
+                                                           const CallControl& control,
+                                                           const std::string& known_input_sha256,
+                                                           std::string* output_sha256) const {
   absl::StatusOr<v1::Model> model = options_.store->GetModel(header.model_id());
   if (!model.ok()) return model.status();
   const v1::NormalizationPolicy& policy =
@@ -125,6 +127,7 @@ absl::StatusOr<v1::ValidationReport> Registry::NormalizeTo(
   // A stored version records which upload it came from; a dry run skips the
   // extra pass over the file, and so does a caller that knows the hash.
   options.compute_input_sha256 = !output_path.empty() && known_input_sha256.empty();
+  options.output_sha256 = output_sha256;
   const std::string& ts = model->spec().torchscript_sha256();
   if (!ts.empty()) {
     if (!options_.store->HasBlob(ts)) {

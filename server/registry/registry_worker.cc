@@ -73,6 +73,7 @@ absl::StatusOr<v1::ValidationReport> Registry::RunNormalize(
     return report;
   }
   if (response->code() != 0) return WorkStatus(*response);
+  if (options.output_sha256 != nullptr) *options.output_sha256 = response->output_sha256();
   return std::move(*response->mutable_report());
 }
 

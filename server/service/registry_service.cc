@@ -167,26 +167,29 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::ValidateCheckpoint(
 }
 
 // An upload that already is the canonical stored form (e.g. a fetched blob)
-// is only checked, then moved to `output_path` as it is (`*as_uploaded`): its
-// bytes were hashed as they arrived and nothing is rewritten. Anything else:
-// the normaliser writes `output_path` itself and the store hashes it when
-// committing. Either way report.input_sha256 is the staged upload's hash.
+// is only checked, then moved to `output_path` as it is: its bytes were
+// hashed as they arrived and nothing is rewritten. Anything else: the
+// normaliser writes `output_path`, hashing it as it writes. Either way the
+// store is handed the output's sha256 and need not read it again, and
+// report.input_sha256 is the staged upload's hash.
 absl::StatusOr<ValidationReport> RegistryService::CheckAndWrite(
     const UploadHeader& header, StagedUpload& staged, const std::string& output_path,
-    const registry::Registry::CallControl& control, bool* as_uploaded) {
+    const registry::Registry::CallControl& control, std::string* output_sha256) {
   absl::StatusOr<ValidationReport> report;
-  *as_uploaded = false;
+  bool as_uploaded = false;
+  output_sha256->clear();
   absl::StatusOr<Model> model = options_.store->GetModel(header.model_id());
   if (model.ok() && !header.has_policy_override() && !staged.is_set() &&
       registry::IsCanonicalSafetensors(model->spec(), staged.path())) {
     report = options_.registry->Validate(header, staged.path(), control);
-    *as_uploaded = report.ok() && report->verdict() == weightgate::v1::VALID &&
-                   report->fixes_size() == 0 &&
-                   ::rename(staged.path().c_str(), output_path.c_str()) == 0;
+    as_uploaded = report.ok() && report->verdict() == weightgate::v1::VALID &&
+                  report->fixes_size() == 0 &&
+                  ::rename(staged.path().c_str(), output_path.c_str()) == 0;
+    if (as_uploaded) *output_sha256 = staged.sha256();
   }
-  if (!*as_uploaded) {
+  if (!as_uploaded) {
     report = options_.registry->NormalizeTo(header, staged.path(), output_path, control,
-                                            staged.sha256());
+                                            staged.sha256(), output_sha256);
   }
   if (report.ok()) report->set_input_sha256(staged.sha256());
   return report;
@@ -209,9 +212,9 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
         auto start = std::chrono::steady_clock::now();
         absl::StatusOr<std::unique_ptr<store::StagedFile>> output = options_.store->NewStagedFile();
         if (!output.ok()) return ToGrpcStatus(output.status());
-        bool as_uploaded = false;
+        std::string output_sha256;
         absl::StatusOr<ValidationReport> report =
-            CheckAndWrite(header, staged, (*output)->path(), Control(context), &as_uploaded);
+            CheckAndWrite(header, staged, (*output)->path(), Control(context), &output_sha256);
         if (!report.ok()) return ToGrpcStatus(report.status());
         RecordReport(*options_.metrics, "UploadCheckpoint", *report, SecondsSince(start));
         *response->mutable_report() = *report;
@@ -221,8 +224,9 @@ grpc::ServerReadReactor<UploadRequest>* RegistryService::UploadCheckpoint(
           // unset. (Status details and trailers are size-limited.)
           return grpc::Status::OK;
         }
-        const std::string known_sha = as_uploaded ? staged.sha256() : "";
-        if (absl::Status s = (*output)->AdoptContents(known_sha); !s.ok()) return ToGrpcStatus(s);
+        if (absl::Status s = (*output)->AdoptContents(output_sha256); !s.ok()) {
+          return ToGrpcStatus(s);
+        }
         weightgate::v1::Version version;
         version.set_filename(header.filename());
         *version.mutable_report() = *report;

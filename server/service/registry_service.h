@@ -77,12 +77,12 @@ class RegistryService final : public weightgate::v1::ModelRegistry::CallbackServ
   // PERMISSION_DENIED when a non-admin's policy override loosens the model's.
   absl::Status CheckOverride(const weightgate::v1::UploadHeader& header, const Caller& caller);
 
-  // Validates an upload and writes its stored form to `output_path` (see
-  // registry_service.cc).
+  // Validates an upload and writes its stored form to `output_path`, whose
+  // sha256 goes to `*output_sha256` (see registry_service.cc).
   absl::StatusOr<weightgate::v1::ValidationReport> CheckAndWrite(
       const weightgate::v1::UploadHeader& header, StagedUpload& staged,
       const std::string& output_path, const registry::Registry::CallControl& control,
-      bool* as_uploaded);
+      std::string* output_sha256);
 
   Options options_;
 };

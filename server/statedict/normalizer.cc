@@ -570,6 +570,9 @@ void FinishOutput(NormalizeContext& ctx) {
   Clock::time_point t0 = Clock::now();
   if (ctx.failure.ok() && !ctx.invalid) {
     ctx.failure = ctx.writer->Finish();
+    if (ctx.failure.ok() && ctx.options.output_sha256 != nullptr) {
+      *ctx.options.output_sha256 = ctx.writer->sha256();
+    }
   } else {
     ctx.writer->Abort();
   }

@@ -40,6 +40,10 @@ struct NormalizeOptions {
   // TorchScript archive for the smoke test; run when non-empty and the spec
   // has example_inputs. Default: none.
   std::string torchscript_path;
+  // When set, receives the hex sha256 of the output file once it is in
+  // place (safetensors output, hashed as it was written; "" otherwise).
+  // Default: not wanted.
+  std::string* output_sha256 = nullptr;
   // Fill report.input_sha256 (one more pass over the file). Default false.
   bool compute_input_sha256 = false;
   // Drop each tensor's mapped pages once it is done (bounded RSS). Default true.

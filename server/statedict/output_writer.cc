@@ -7,11 +7,14 @@
 #include <cerrno>
 #include <cstdio>
 #include <deque>
+#include <future>
+#include <system_error>
 #include <thread>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "common/sha256.h"
 #include "server/checkpoint/safetensors.h"
 #include "server/checkpoint/torch_writer.h"
 
@@ -47,9 +50,13 @@ absl::Status WriteAll(int fd, std::string_view bytes, const std::string& path) {
 
 // safetensors cannot alias: every entry that needs bytes (for the stored
 // form, every entry but the tied ones) carries its own. The header comes from
-// checkpoint::SafetensorsHeader; the data region is streamed here rather than through
-// checkpoint::SafetensorsWriter because the latter always fsyncs, and whether a sync is wanted is
-// the caller's call (the store syncs when it adopts the file; torch.save never does).
+// checkpoint::SafetensorsHeader; the data region is streamed here rather than
+// through checkpoint::SafetensorsWriter because the latter always fsyncs, and
+// whether a sync is wanted is the caller's call (the store syncs when it
+// adopts the file; torch.save never does). Every byte written is hashed on
+// the way out; writeback is started behind the writer (sync_file_range,
+// which neither waits nor makes anything durable), so the disk works while
+// the next tensors are checked.
 class SafetensorsOutput final : public OutputWriter {
  public:
   SafetensorsOutput(std::string path, std::string temp, int fd, uint64_t data_size, bool sync,
@@ -64,6 +71,9 @@ class SafetensorsOutput final : public OutputWriter {
     if (fd_ >= 0) Abort();
   }
 
+  // The header, before any tensor bytes.
+  absl::Status WriteHeader(std::string_view header) { return Write(header); }
+
   bool NeedsBytes(size_t k) const override { return k >= needs_bytes_.size() || needs_bytes_[k]; }
 
   absl::Status Append(std::string_view bytes) override {
@@ -77,7 +87,7 @@ class SafetensorsOutput final : public OutputWriter {
       return absl::OkStatus();
     }
     if (absl::Status s = Flush(); !s.ok()) return s;
-    if (bytes.size() >= kBufferBytes) return WriteAll(fd_, bytes, temp_);
+    if (bytes.size() >= kBufferBytes) return Write(bytes);
     buffer_.append(bytes.data(), bytes.size());
     return absl::OkStatus();
   }
@@ -96,6 +106,7 @@ class SafetensorsOutput final : public OutputWriter {
       std::remove(temp_.c_str());
       return s;
     }
+    sha256_ = sha_.HexDigest();
     return RenameInto(temp_, path_);
   }
 
@@ -105,14 +116,50 @@ class SafetensorsOutput final : public OutputWriter {
     std::remove(temp_.c_str());
   }
 
+  std::string sha256() const override { return sha256_; }
+
  private:
   // Small tensors (biases, norms) are gathered; large pieces go straight out.
   static constexpr size_t kBufferBytes = size_t{1} << 20;
+  // Pieces at least this large are hashed and written at the same time.
+  static constexpr size_t kParallelHashBytes = size_t{1} << 20;
+  // Writeback is started for every this many bytes written.
+  static constexpr uint64_t kWritebackBytes = uint64_t{8} << 20;
 
   absl::Status Flush() {
-    absl::Status s = WriteAll(fd_, buffer_, temp_);
+    absl::Status s = Write(buffer_);
     buffer_.clear();
     return s;
+  }
+
+  // Every byte of the file passes here, in order.
+  absl::Status Write(std::string_view bytes) {
+    absl::Status s;
+    std::future<void> hashed;
+    if (bytes.size() >= kParallelHashBytes) {
+      // A large piece is hashed on a second thread while it is written; when
+      // no thread can be had (e.g. a worker near its memory limit), in turn.
+      try {
+        hashed = std::async(std::launch::async, [this, bytes] { sha_.Update(bytes); });
+      } catch (const std::system_error&) {
+      }
+    }
+    if (hashed.valid()) {
+      s = WriteAll(fd_, bytes, temp_);
+      hashed.wait();
+    } else {
+      sha_.Update(bytes);
+      s = WriteAll(fd_, bytes, temp_);
+    }
+    if (!s.ok()) return s;
+    offset_ += bytes.size();
+    if (offset_ - started_ >= kWritebackBytes) {
+      // Advisory: a failure here only means the final fsync does the work.
+      ::sync_file_range(fd_, static_cast<off_t>(started_), static_cast<off_t>(offset_ - started_),
+                        SYNC_FILE_RANGE_WRITE);
+      started_ = offset_;
+    }
+    return absl::OkStatus();
   }
 
   std::string path_;
@@ -123,6 +170,10 @@ class SafetensorsOutput final : public OutputWriter {
   bool sync_ = false;
   std::vector<bool> needs_bytes_;
   std::string buffer_;
+  common::Sha256 sha_;
+  std::string sha256_;
+  uint64_t offset_ = 0;   // bytes written to fd_
+  uint64_t started_ = 0;  // writeback started for [0, started_)
 };
 
 // torch.save zip through checkpoint::TorchZipWriter: a tied entry names the
@@ -229,6 +280,8 @@ class AsyncOutput final : public OutputWriter {
     finished_ = true;
     inner_->Abort();
   }
+
+  std::string sha256() const override { return inner_->sha256(); }
 
  private:
   static constexpr size_t kMaxQueuedBytes = size_t{32} << 20;
@@ -344,7 +397,7 @@ absl::StatusOr<std::unique_ptr<OutputWriter>> OutputWriter::Create(
     if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("open ", temp));
     auto out = std::make_unique<SafetensorsOutput>(
         path, temp, fd, checkpoint::SafetensorsDataSize(tensors), sync, std::move(needs_bytes));
-    if (absl::Status s = WriteAll(fd, checkpoint::SafetensorsHeader(tensors, metadata), temp);
+    if (absl::Status s = out->WriteHeader(checkpoint::SafetensorsHeader(tensors, metadata));
         !s.ok()) {
       return s;  // out's destructor removes the temp file
     }

@@ -9,6 +9,10 @@
 // kStoredSafetensors, the store's form, writes it once and records the other
 // names in the header's metadata (checkpoint/safetensors.h: tie records).
 // The torch zip form keeps one storage for tensors tied to the same view.
+//
+// The safetensors forms are hashed as they are written (sha256(), so the
+// store need not read the file again) and their writeback to disk is started
+// every few MiB, so that a later fsync waits only for the tail.
 #ifndef WEIGHTGATE_SERVER_STATEDICT_OUTPUT_WRITER_H_
 #define WEIGHTGATE_SERVER_STATEDICT_OUTPUT_WRITER_H_
 
@@ -59,6 +63,9 @@ class OutputWriter {
   virtual absl::Status Finish() = 0;
   // Drops the partial file; the final path is left untouched.
   virtual void Abort() = 0;
+  // Hex sha256 of the whole file as written, valid after a successful
+  // Finish(); "" for a format that is not hashed (the torch zip form).
+  virtual std::string sha256() const { return ""; }
 };
 
 }  // namespace weightgate::statedict

@@ -247,6 +247,9 @@ absl::Status StagedFile::Finish(bool sync) {
 absl::Status StagedFile::AdoptContents(const std::string& known_sha256) {
   if (fd_ >= 0) ::close(fd_);
   sha_.reset();
+  if (!known_sha256.empty() && !common::IsSha256Hex(known_sha256)) {
+    return absl::InternalError(absl::StrCat("not a sha256: '", known_sha256.substr(0, 80), "'"));
+  }
   // Nothing appended through us: hash what the other writer left at path_.
   absl::StatusOr<std::string> sha = known_sha256.empty() ? common::Sha256File(path_) : known_sha256;
   if (!sha.ok()) return sha.status();

@@ -62,8 +62,11 @@ class StagedFile final {
   // The file at path() was written by another writer (e.g. a normaliser):
   // close our descriptor, then fsync and hash what the file holds, so that
   // CommitBlob can name it. `known_sha256`, when given, is the hash of those
-  // bytes already computed by the caller (e.g. a finished StagedFile's
-  // sha256() moved here): no second pass.
+  // bytes already computed as they were written (a finished StagedFile's
+  // sha256() moved here, or the normaliser's hash of its output): no second
+  // pass. Whoever passes it vouches for it as for the bytes themselves (the
+  // validation worker that wrote the file could as well have written other
+  // bytes); anything but 64 lower-case hex digits is refused.
   absl::Status AdoptContents(const std::string& known_sha256 = "");
 
   const std::string& path() const { return path_; }

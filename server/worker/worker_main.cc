@@ -93,6 +93,7 @@ WorkResponse Handle(const WorkRequest& request) {
     options.output_format = statedict::NormalizeOptions::OutputFormat::kStoredSafetensors;
     options.torchscript_path = work.torchscript_path();
     options.compute_input_sha256 = work.compute_input_sha256();
+    options.output_sha256 = response.mutable_output_sha256();
     absl::StatusOr<v1::ValidationReport> report =
         statedict::Normalize(work.checkpoint_path(), work.spec(), work.policy(), options);
     if (report.ok()) {

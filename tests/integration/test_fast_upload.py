@@ -31,10 +31,14 @@ class FastUploadTest(unittest.TestCase):
             cli("register", "lm", "--from", ref)
             first = json.loads(cli("--json", "upload", "lm", ref).stdout)
             self.assertIn("write_ms", first["report"]["timings"])  # torch.save: normalised and written
-            # The stored blob, as a client's fetch_bytes or FetchToFile gets it
+            # The validation worker hashed the stored form as it wrote it; the
+            # store named the blob by that hash without reading it again. The
+            # stored blob is what a client's fetch_bytes or FetchToFile gets
             # (the tied head is a tie record, its bytes held once).
-            with open(os.path.join(server.store, "blobs", first["version"]["blob_sha256"]), "rb") as f:
+            first_sha = first["version"]["blob_sha256"]
+            with open(os.path.join(server.store, "blobs", first_sha), "rb") as f:
                 blob = bytearray(f.read())
+            self.assertEqual(hashlib.sha256(blob).hexdigest(), first_sha)
             header, data_start = safetensors_header(blob)
             self.assertNotIn("head.weight", header)
             self.assertEqual(header["__metadata__"]["weightgate.tied_to:head.weight"], "embed.weight")

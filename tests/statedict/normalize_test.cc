@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_join.h"
 #include "client/common/policy_flags.h"
+#include "common/sha256.h"
 #include "gtest/gtest.h"
 #include "server/statedict/normalizer.h"
 #include "server/statedict/spec.h"
@@ -226,6 +227,8 @@ TEST_P(NormalizeTest, VerdictFixesAndStrictLoad) {
     NormalizeOptions options;
     options.device = "auto";
     options.output_path = scratch_ + "/out" + ext;
+    std::string output_sha256 = "unset";
+    options.output_sha256 = &output_sha256;
     absl::StatusOr<v1::ValidationReport> report = Normalize(Fx(c.file), *spec, policy, options);
     ASSERT_TRUE(report.ok()) << report.status();
     EXPECT_EQ(report->verdict(), c.verdict) << report->DebugString();
@@ -239,9 +242,19 @@ TEST_P(NormalizeTest, VerdictFixesAndStrictLoad) {
     std::string out;
     if (c.verdict == v1::INVALID) {
       EXPECT_NE(::access(options.output_path.c_str(), F_OK), 0) << "INVALID must write nothing";
+      EXPECT_EQ(output_sha256, "unset") << "no output, no hash";
       continue;
     }
     EXPECT_EQ(report->tensor_count(), spec->tensors_size());
+    // The safetensors output is hashed as it is written; that hash is what
+    // the file holds (the store names the blob by it without reading it).
+    if (std::string(ext) == ".safetensors") {
+      absl::StatusOr<std::string> on_disk = weightgate::common::Sha256File(options.output_path);
+      ASSERT_TRUE(on_disk.ok()) << on_disk.status();
+      EXPECT_EQ(output_sha256, *on_disk);
+    } else {
+      EXPECT_EQ(output_sha256, "");
+    }
     std::string check_args = c.check_args;
     // Only the torch form can keep tied tensors as one storage.
     if (c.name == "tied_weights" && std::string(ext) == ".pt") check_args += " --expect-ties";

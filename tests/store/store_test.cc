@@ -77,6 +77,36 @@ TEST_F(StoreTest, BlobIsNamedBySha256AndStoredOnce) {
   EXPECT_TRUE(fs::is_empty(store_->staging_dir()));
 }
 
+// A file written by another writer that hashed it as it wrote: the known
+// hash names the blob (no second pass over the file); without one the store
+// hashes the file itself; something that is not a sha256 is refused.
+TEST_F(StoreTest, AdoptContentsTakesAKnownSha256AndRefusesAMalformedOne) {
+  const std::string hello_sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+  auto adopt = [&](const std::string& known) -> absl::StatusOr<std::string> {
+    auto staged = store_->NewStagedFile();
+    EXPECT_TRUE(staged.ok());
+    std::ofstream((*staged)->path(), std::ios::binary | std::ios::trunc) << "hello";
+    if (absl::Status s = (*staged)->AdoptContents(known); !s.ok()) return s;
+    EXPECT_EQ((*staged)->size(), 5u);
+    return store_->CommitBlob(*std::move(staged));
+  };
+  absl::StatusOr<std::string> hashed = adopt("");
+  ASSERT_TRUE(hashed.ok()) << hashed.status();
+  EXPECT_EQ(*hashed, hello_sha);
+  // The store takes the writer's word: the name is the one given.
+  const std::string given(64, 'a');
+  absl::StatusOr<std::string> known = adopt(given);
+  ASSERT_TRUE(known.ok()) << known.status();
+  EXPECT_EQ(*known, given);
+  for (const std::string& bad :
+       {std::string("abc"), std::string(64, 'A'), std::string("../") + std::string(61, 'a')}) {
+    absl::StatusOr<std::string> refused = adopt(bad);
+    EXPECT_FALSE(refused.ok()) << bad;
+  }
+  EXPECT_EQ(store_->BlobBytes(), 10u);
+  EXPECT_TRUE(fs::is_empty(store_->staging_dir()));
+}
+
 TEST_F(StoreTest, AbandonedStagedFileIsRemoved) {
   std::string path;
   {

@@ -72,7 +72,9 @@ void ExpectSameTensors(const std::string& layout, const std::string& path,
   ASSERT_FALSE(expected.empty()) << layout;
   absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(path, options);
   ASSERT_TRUE(ckpt.ok()) << path << ": " << ckpt.status();
-  if (no_opaque) EXPECT_TRUE(ckpt->opaque_globals.empty()) << ckpt->opaque_globals.front();
+  if (no_opaque) {
+    EXPECT_TRUE(ckpt->opaque_globals.empty()) << ckpt->opaque_globals.front();
+  }
   EXPECT_FALSE(ckpt->unsafe());
   const Value* root = key.empty() ? ckpt->root : ckpt->root->Get(key);
   ASSERT_NE(root, nullptr) << key;

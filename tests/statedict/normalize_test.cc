@@ -306,8 +306,6 @@ struct Choice {
   std::string check_args;
 };
 
-std::ostream& operator<<(std::ostream& os, const Choice& c) { return os << c.name; }
-
 class NeverGuessTest : public NormalizeTest {};
 
 // Checkpoints with two plausible sets of weights are INVALID, and the flag

@@ -43,7 +43,9 @@ class OutputWriterTest : public ::testing::Test {
     if (!w.ok()) return path;
     const std::string bytes[] = {std::string(24, 'e'), std::string(12, 'n'), std::string(24, 'e')};
     for (size_t k = 0; k < 3; ++k) {
-      if ((*w)->NeedsBytes(k)) EXPECT_TRUE((*w)->Append(bytes[k]).ok());
+      if ((*w)->NeedsBytes(k)) {
+        EXPECT_TRUE((*w)->Append(bytes[k]).ok());
+      }
     }
     absl::Status s = (*w)->Finish();
     EXPECT_TRUE(s.ok()) << s;

@@ -338,7 +338,9 @@ TEST_F(StoreTest, CommitVersionHoldsTheLockAcrossBlobAndRecord) {
   options.blob_grace_seconds = 0;
   options.after_blob_hook_for_testing = [&] {
     gc = std::thread([&] {
-      auto other = Open(Store::Options{.blob_grace_seconds = 0});
+      Store::Options other_options;
+      other_options.blob_grace_seconds = 0;
+      auto other = Open(other_options);
       EXPECT_TRUE(other->CollectGarbage().ok());
       gc_done = true;
     });
@@ -399,7 +401,9 @@ TEST_F(StoreTest, VersionNumbersNeverCollideWithoutFlock) {
   constexpr int kReplicas = 4;
   constexpr int kEach = 10;
   std::vector<std::unique_ptr<Store>> replicas;
-  for (int i = 0; i < kReplicas; ++i) replicas.push_back(Open(Store::Options{.use_flock = false}));
+  Store::Options no_flock;
+  no_flock.use_flock = false;
+  for (int i = 0; i < kReplicas; ++i) replicas.push_back(Open(no_flock));
   std::vector<std::vector<Version>> got(kReplicas);
   std::vector<std::thread> threads;
   for (int r = 0; r < kReplicas; ++r) {

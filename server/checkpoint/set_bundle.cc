@@ -96,6 +96,10 @@ bool LooksLikeSetBundle(std::string_view data) {
          data.substr(0, kSetBundleMagic.size()) == kSetBundleMagic;
 }
 
+// NAME_MAX of the filesystems a store lives on: a longer component would
+// fail at open() with an I/O error instead of a reason.
+constexpr size_t kMaxComponentBytes = 255;
+
 absl::Status CheckBundlePath(std::string_view path, const SetBundleLimits& limits) {
   if (path.empty() || path.size() > limits.max_path_bytes) return Bad("bad path length");
   if (path.front() == '/') return Bad(Cat("absolute path ", path));
@@ -107,6 +111,9 @@ absl::Status CheckBundlePath(std::string_view path, const SetBundleLimits& limit
     std::string_view part = path.substr(start, end - start);
     if (part.empty() || part == "." || part == "..")
       return Bad(Cat("bad path component in ", path));
+    if (part.size() > kMaxComponentBytes) {
+      return Bad(Cat("path component longer than ", kMaxComponentBytes, " bytes in ", path));
+    }
     for (char c : part) {
       if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f || c == '\\') {
         return Bad("control character or backslash in a path");

@@ -16,7 +16,8 @@
 // announced length against the caps and, at the end, against the bytes that
 // arrived, sanitises names (no absolute paths, no "." / ".." / empty
 // components, no backslashes or control characters, depth and length caps,
-// no duplicates) and creates files exclusively under the staging directory.
+// components of at most 255 bytes, no duplicates) and creates files
+// exclusively under the staging directory.
 // Memory is the one header field being assembled (at most a path), never
 // proportional to an announced size.
 #ifndef WEIGHTGATE_SERVER_CHECKPOINT_SET_BUNDLE_H_

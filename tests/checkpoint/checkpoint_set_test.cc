@@ -444,6 +444,10 @@ TEST(SetBundleTest, HostileNames) {
   ExpectBadBundle(Entry(std::string("a\nb"), "x"), 1, "control character");
   ExpectBadBundle(Entry("a/b/c/d/e", "x"), 1, "too deep");
   ExpectBadBundle(Entry("x.bin", "1") + Entry("x.bin", "2"), 2, "duplicate file x.bin");
+  // Longer than the filesystem's NAME_MAX: a reason, not an I/O error.
+  ExpectBadBundle(Entry("d/" + std::string(256, 'n'), "x"), 1, "longer than 255 bytes");
+  // 255 bytes are fine: only the stray byte after the file is refused.
+  ExpectBadBundle(Entry(std::string(255, 'n'), "x") + "z", 1, "1 bytes after the last file");
 }
 
 TEST(SetBundleTest, HostileLengths) {

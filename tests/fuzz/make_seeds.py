@@ -122,8 +122,39 @@ def hostile_seeds(out):
                 write(out, "pickle", "hostile_" + name + ".pkl", pkl)
 
 
+def bundle_bytes(files, count=None):
+    """A set bundle (server/checkpoint/set_bundle.h): magic, u32 count, then per
+    file u16 path length, path, u64 size, bytes."""
+    out = b"WGSET\0\1\n" + struct.pack("<I", len(files) if count is None else count)
+    for path, data in files:
+        p = path.encode()
+        out += struct.pack("<H", len(p)) + p + struct.pack("<Q", len(data)) + data
+    return out
+
+
+def bundle_seeds(out):
+    # The first byte of each seed is the fuzzer's piece-size selector.
+    seeds = {
+        "shards.bundle": bundle_bytes([
+            ("model.safetensors.index.json", b'{"weight_map": {"a": "model-00001-of-00002.safetensors"}}'),
+            ("model-00001-of-00002.safetensors", b"x" * 64),
+            ("model-00002-of-00002.safetensors", b"y" * 40)]),
+        "nested.bundle": bundle_bytes([("global_step3/mp_rank_00_model_states.pt", b"pt" * 20),
+                                       ("latest", b"global_step3"), ("empty", b"")]),
+        "short.bundle": bundle_bytes([("a", b"abc")])[:-1],
+        "count.bundle": bundle_bytes([("a", b"abc")], count=2),
+        "dotdot.bundle": bundle_bytes([("../a", b"abc")]),
+        "dup.bundle": bundle_bytes([("a/b", b"1"), ("a/b", b"2")]),
+        "through.bundle": bundle_bytes([("a", b"1"), ("a/b", b"2")]),
+        "long.bundle": bundle_bytes([("d/" + "n" * 260, b"1")]),
+    }
+    for i, (name, data) in enumerate(sorted(seeds.items())):
+        write(out, "set_bundle", name, bytes([i * 5]) + data)
+
+
 def main():
     out = sys.argv[1]
+    bundle_seeds(out)
     for name, data in torch_seeds().items():
         write(out, "reader", name, data)
         write(out, "zip", name, data)

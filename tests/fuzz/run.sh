@@ -23,7 +23,7 @@ SECONDS_PER_TARGET="${1:-60}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BUILD="${WG_FUZZ_BUILD_DIR:-$ROOT/build-fuzz}"
 JOBS="${WG_FUZZ_JOBS:-$(nproc)}"
-TARGETS="${WG_FUZZ_TARGETS:-zip_fuzzer safetensors_fuzzer json_fuzzer pickle_fuzzer reader_fuzzer}"
+TARGETS="${WG_FUZZ_TARGETS:-zip_fuzzer safetensors_fuzzer json_fuzzer pickle_fuzzer reader_fuzzer set_bundle_fuzzer}"
 
 if ! command -v clang++-14 >/dev/null || ! ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
   echo "fuzz: clang-14 / libfuzzer-14-dev not installed (scripts/install-deps.sh build fuzz); skipping"
@@ -32,7 +32,7 @@ fi
 
 max_len() {
   case "$1" in
-    json_fuzzer|safetensors_fuzzer|pickle_fuzzer) echo 16384 ;;
+    json_fuzzer|safetensors_fuzzer|pickle_fuzzer|set_bundle_fuzzer) echo 16384 ;;
     *) echo 65536 ;;
   esac
 }
@@ -43,15 +43,20 @@ seed_dir() {
     safetensors_fuzzer) echo safetensors ;;
     json_fuzzer) echo json ;;
     pickle_fuzzer) echo pickle ;;
+    set_bundle_fuzzer) echo set_bundle ;;
     *) echo reader ;;
   esac
 }
 
 mkdir -p "$BUILD"
+# Configured every time (cheap when nothing changed): a new *_fuzzer.cc
+# becomes a target.
 if [[ ! -f "$BUILD/CMakeCache.txt" ]]; then
   CC=clang-14 CXX=clang++-14 cmake -S "$ROOT" -B "$BUILD" -DWEIGHTGATE_FUZZ=ON \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$BUILD/configure.log" 2>&1 || {
     cat "$BUILD/configure.log"; exit 1; }
+else
+  cmake "$BUILD" >"$BUILD/configure.log" 2>&1 || { cat "$BUILD/configure.log"; exit 1; }
 fi
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j "$JOBS" --target $TARGETS >"$BUILD/build.log" 2>&1 || {

@@ -349,6 +349,20 @@ TEST(MegatronTest, PipelineStagesGetGlobalLayerNumbers) {
   EXPECT_EQ(ckpt->root->Get("word_embeddings_for_head.weight"), nullptr);
 }
 
+// The same split in Megatron core's names: flat state_dicts, decoder.layers.N
+// numbered per stage, the tied head on the last stage as output_layer.weight
+// (without a spec, a tensor of its own: only a spec without an output layer
+// makes it the tied copy, which the integration test covers).
+TEST(MegatronTest, CoreNamesPipelineStages) {
+  ExpectSameTensors("megatron_pp_core", Fx("megatron_pp_core"), "", false);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_pp_core"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_layout=megatron_tp_pp"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_layers=3,2"));
+  EXPECT_NE(ckpt->root->Get("decoder.layers.4.mlp.linear_fc2.weight"), nullptr);
+  EXPECT_EQ(ckpt->root->Get("decoder.layers.5.mlp.linear_fc2.weight"), nullptr);
+}
+
 TEST(MegatronTest, BrokenPipelineStages) {
   ExpectError(Fx("megatron_pp_missing_rank"),
               "inconsistent ranks: tensor-parallel rank 1 of pipeline stage 1 is missing");

@@ -31,7 +31,7 @@ class MultifileTest(unittest.TestCase):
         cls.server = WeightgateServer(store=os.path.join(cls.tmp.name, "store"))
         cls.server.start()
         for model, ref in (("net", "model.pt"), ("gpt", "megatron_ref.pt"), ("yolo", "yolo_ref.pt"),
-                           ("gptpp", "megatron_pp_ref.pt")):
+                           ("gptpp", "megatron_pp_ref.pt"), ("gptcore", "megatron_pp_core_ref.pt")):
             r = cls.server.cli("register", model, "--from", os.path.join(cls.fx, ref))
             assert r.returncode == 0, r.stderr
 
@@ -90,6 +90,8 @@ class MultifileTest(unittest.TestCase):
                                          ("gpt", "megatron_tp2", "megatron_tp2", "megatron_ref.pt"),
                                          ("gptpp", "megatron_pp", "megatron_pp",
                                           "megatron_pp_ref.pt"),
+                                         ("gptcore", "megatron_pp_core", "megatron_pp_core",
+                                          "megatron_pp_core_ref.pt"),
                                          ("yolo", "yolo", "yolo.pt", "yolo_ref.pt")):
             with self.subTest(layout=layout):
                 self.roundtrip(model, path, layout, ref)
@@ -111,6 +113,18 @@ class MultifileTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertEqual(json.loads(r.stdout)["report"]["verdict"], "VALID")
         self.assertTrue(json.loads(r.stdout)["version"]["version"])
+        # Megatron core's names: the last stage's output_layer.weight is the tied
+        # head's copy against this spec (which has no output layer), so the
+        # upload is VALID as it is (no unexpected tensor dropped); without a
+        # spec, inspect lists it as a tensor of its own.
+        r = run_cli("inspect", os.path.join(self.fx, "megatron_pp_core"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("set_pp_layers=3,2", r.stdout)
+        self.assertIn("65 tensors", r.stdout)
+        r = self.server.cli("--json", "upload", "gptcore", os.path.join(self.fx, "megatron_pp_core"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        report = json.loads(r.stdout)["report"]
+        self.assertEqual(report["verdict"], "VALID", r.stdout)
         for path, reason in (
                 ("megatron_pp_missing_rank", "tensor-parallel rank 1 of pipeline stage 1 is missing"),
                 ("megatron_pp_missing_stage", "args.pipeline_model_parallel_size is 2 but 1"),

@@ -61,7 +61,8 @@ std::string EnvOr(const char* name, const std::string& fallback) {
 }
 
 // Where fetched bytes go. Write() may be called from several threads for
-// disjoint ranges; data() reads bytes already written (for hashing).
+// disjoint ranges; data() (one thread: the hashing one) reads bytes already
+// written, and is null if they cannot be read.
 class Sink {
  public:
   virtual ~Sink() = default;
@@ -110,11 +111,6 @@ class FileSink final : public Sink {
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
       return absl::ErrnoToStatus(errno, absl::StrCat("truncate ", path));
     }
-    if (size > 0) {
-      void* map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-      if (map == MAP_FAILED) return absl::ErrnoToStatus(errno, absl::StrCat("mmap ", path));
-      sink->map_ = static_cast<const char*>(map);
-    }
     return sink;
   }
   ~FileSink() override {
@@ -136,7 +132,17 @@ class FileSink final : public Sink {
     }
     return absl::OkStatus();
   }
-  const char* data() const override { return map_; }
+  // Mapped on first use: a fetch whose chunks all arrive in order hashes
+  // them from their receive buffers and never reads the file back, and an
+  // unused mapping of the file still costs the kernel work as it is written.
+  // Null when the file cannot be mapped.
+  const char* data() const override {
+    if (map_ == nullptr && size_ > 0) {
+      void* map = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd_, 0);
+      if (map != MAP_FAILED) map_ = static_cast<const char*>(map);
+    }
+    return map_;
+  }
   uint64_t present() const override { return present_; }
   // Hashed pages leave this process's mapping (they stay in the page cache):
   // a fetch to a file keeps a small resident set whatever the blob's size.
@@ -160,7 +166,7 @@ class FileSink final : public Sink {
   int fd_;
   uint64_t size_;
   uint64_t present_ = 0;
-  const char* map_ = nullptr;
+  mutable const char* map_ = nullptr;  // see data()
 };
 
 // Bytes of one received message, read across its slices. The slices (and
@@ -462,9 +468,14 @@ class RangeFetch {
         done += held->bytes;
         continue;
       }
+      const char* base = upto > done ? sink_->data() : nullptr;
+      if (upto > done && base == nullptr) {
+        Fail(absl::InternalError("cannot map the fetched file to hash it"));
+        return done;
+      }
       while (done < upto) {
         uint64_t step = std::min(upto - done, kHashStep);
-        sha->Update(std::string_view(sink_->data() + done, step));
+        sha->Update(std::string_view(base + done, step));
         sink_->Hashed(done, step);
         done += step;
       }
@@ -710,7 +721,13 @@ absl::StatusOr<FetchInfo> Client::Impl::Fetch(
   std::vector<std::thread> threads;
   for (int i = 0; i < n; ++i) threads.emplace_back([&fetch, i] { fetch.Run(i); });
   common::Sha256 sha;
-  if (start > 0) sha.Update(std::string_view((*sink)->data(), start));
+  if (present == 0) {
+    sha.Update(std::string_view(head.data(), start));  // the bytes just written
+  } else if (const char* base = (*sink)->data(); base != nullptr) {
+    sha.Update(std::string_view(base, start));  // resumed: the file's first bytes
+  } else {
+    return absl::InternalError(absl::StrCat("fetch ", ref, ": cannot map the output"));
+  }
   uint64_t hashed = fetch.HashPrefix(&sha, start, total);
   for (std::thread& t : threads) t.join();
   *contiguous = fetch.Prefix();

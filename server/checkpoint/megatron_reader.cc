@@ -429,34 +429,71 @@ std::function<std::optional<std::vector<int64_t>>(std::string_view)> MakeSpecSha
 absl::StatusOr<Checkpoint> ReadMegatron(const std::string& dir, const ReadOptions& options) {
   absl::StatusOr<Layout> layout = FindLayout(dir);
   if (!layout.ok()) return layout.status();
-  const size_t pp = layout->grid.size();
+  const size_t pp_ranks = layout->grid.size();
   const size_t tp = layout->grid[0].size();
-  std::vector<std::vector<RankPart>> stages(pp);
-  for (size_t st = 0; st < pp; ++st) {
-    for (const std::string& r : layout->grid[st]) {
-      std::string path = JoinPath(JoinPath(layout->iteration_dir, r), kRankFile);
-      absl::StatusOr<std::shared_ptr<const common::MappedFile>> file =
-          common::MappedFile::Open(path);
-      if (!file.ok()) return Bad(Cat("inconsistent ranks: ", r, "/", kRankFile, " is missing"));
-      absl::StatusOr<Checkpoint> part = ReadCheckpoint(*std::move(file), options);
-      if (!part.ok()) return Bad(Cat(r, "/", kRankFile, ": ", part.status().message()));
-      if (part->unsafe()) return std::move(*part);  // callers reject it
-      const Value* model = part->root != nullptr ? part->root->Get("model") : nullptr;
-      if (model == nullptr) {
-        return Bad(Cat(r, "/", kRankFile, ": no 'model' (virtual pipeline stages are not merged)"));
-      }
-      RankPart rank{r, Checkpoint(), FlattenTensors(model)};
-      rank.ckpt = *std::move(part);
-      stages[st].push_back(std::move(rank));
+  auto read_rank = [&](const std::string& r) -> absl::StatusOr<Checkpoint> {
+    std::string path = JoinPath(JoinPath(layout->iteration_dir, r), kRankFile);
+    absl::StatusOr<std::shared_ptr<const common::MappedFile>> file = common::MappedFile::Open(path);
+    if (!file.ok()) return Bad(Cat("inconsistent ranks: ", r, "/", kRankFile, " is missing"));
+    absl::StatusOr<Checkpoint> part = ReadCheckpoint(*std::move(file), options);
+    if (!part.ok()) return Bad(Cat(r, "/", kRankFile, ": ", part.status().message()));
+    return part;
+  };
+  // Virtual pipeline stages (the interleaved schedule): every rank file
+  // holds model0..model{V-1}, and chunk v of pipeline rank p is chunk
+  // v * pp + p of the model. Without them a rank file holds `model`.
+  size_t vpp = 1;
+  {
+    absl::StatusOr<Checkpoint> part = read_rank(layout->grid[0][0]);
+    if (!part.ok()) return part.status();
+    if (part->unsafe()) return std::move(*part);  // callers reject it
+    const Value* root = part->root;
+    if (root == nullptr || root->Get("model") == nullptr) {
+      vpp = 0;
+      while (root != nullptr && vpp < kMaxRanks && root->Get(Cat("model", vpp)) != nullptr) ++vpp;
+      if (vpp == 0) return Bad(Cat(layout->grid[0][0], "/", kRankFile, ": no 'model'"));
     }
   }
+  // Model chunks in model order; each holds its tensor-parallel ranks. A
+  // rank file with V chunks is read once per chunk.
+  std::vector<std::vector<RankPart>> stages;
+  std::vector<std::string> chunk_names;  // "mp_rank_XX_YYY" or "mp_rank_XX_YYY model1"
+  for (size_t v = 0; v < vpp; ++v) {
+    for (size_t p = 0; p < pp_ranks; ++p) {
+      std::vector<RankPart> chunk;
+      for (const std::string& r : layout->grid[p]) {
+        absl::StatusOr<Checkpoint> part = read_rank(r);
+        if (!part.ok()) return part.status();
+        if (part->unsafe()) return std::move(*part);  // callers reject it
+        const std::string key = vpp == 1 ? std::string("model") : Cat("model", v);
+        const Value* model = part->root != nullptr ? part->root->Get(key) : nullptr;
+        if (model == nullptr) {
+          return Bad(Cat("inconsistent ranks: ", r, "/", kRankFile, " has no '", key, "'"));
+        }
+        if (vpp > 1 && part->root->Get(Cat("model", vpp)) != nullptr) {
+          return Bad(Cat("inconsistent ranks: ", r, "/", kRankFile, " holds more than ", vpp,
+                         " model chunks"));
+        }
+        RankPart rank{vpp == 1 ? r : Cat(r, " ", key), Checkpoint(), FlattenTensors(model)};
+        rank.ckpt = *std::move(part);
+        chunk.push_back(std::move(rank));
+      }
+      stages.push_back(std::move(chunk));
+    }
+  }
+  const size_t pp = stages.size();
 
   // The saved arguments, when present, must describe what was found.
   const Checkpoint& first = stages[0][0].ckpt;
   if (int64_t want = ArgInt(first, "pipeline_model_parallel_size");
-      want > 0 && static_cast<size_t>(want) != pp) {
-    return Bad(Cat("inconsistent ranks: args.pipeline_model_parallel_size is ", want, " but ", pp,
-                   " pipeline stage(s) are present"));
+      want > 0 && static_cast<size_t>(want) != pp_ranks) {
+    return Bad(Cat("inconsistent ranks: args.pipeline_model_parallel_size is ", want, " but ",
+                   pp_ranks, " pipeline stage(s) are present"));
+  }
+  if (int64_t want = ArgInt(first, "virtual_pipeline_model_parallel_size");
+      want > 0 && static_cast<size_t>(want) != vpp) {
+    return Bad(Cat("inconsistent ranks: args.virtual_pipeline_model_parallel_size is ", want,
+                   " but the rank files hold ", vpp, " model chunk(s)"));
   }
   if (int64_t want = ArgInt(first, "tensor_model_parallel_size");
       want > 0 && static_cast<size_t>(want) != tp) {
@@ -535,7 +572,8 @@ absl::StatusOr<Checkpoint> ReadMegatron(const std::string& dir, const ReadOption
   SetBuilder builder(pp > 1 ? "megatron_tp_pp" : "megatron_tp");
   builder.AddMetadata(Cat("tp_ranks=", tp));
   if (pp > 1) {
-    builder.AddMetadata(Cat("pp_stages=", pp));
+    builder.AddMetadata(Cat("pp_stages=", pp_ranks));
+    if (vpp > 1) builder.AddMetadata(Cat("pp_virtual_stages=", vpp));
     builder.AddMetadata(Cat("set_pp_layers=", counts));
     if (!tied_dropped.empty()) {
       builder.AddMetadata(Cat("set_pp_tied_copy_dropped=", tied_dropped));

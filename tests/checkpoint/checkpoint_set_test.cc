@@ -363,6 +363,21 @@ TEST(MegatronTest, CoreNamesPipelineStages) {
   EXPECT_EQ(ckpt->root->Get("decoder.layers.5.mlp.linear_fc2.weight"), nullptr);
 }
 
+// Virtual pipeline stages: each rank file holds model0 and model1; chunk v
+// of pipeline rank p is the model's chunk v * 2 + p (layers 2,1,1,1).
+TEST(MegatronTest, VirtualPipelineStagesInModelOrder) {
+  ExpectSameTensors("megatron_vpp", Fx("megatron_vpp"), "", false);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_vpp"));
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  EXPECT_TRUE(HasMetadata(*ckpt, "pp_stages=2"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "pp_virtual_stages=2"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_layers=2,1,1,1"));
+  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_tied_copy_dropped=word_embeddings_for_head.weight"));
+  ExpectError(Fx("megatron_vpp_args"),
+              "inconsistent ranks: args.virtual_pipeline_model_parallel_size is 3 but the rank "
+              "files hold 2 model chunk(s)");
+}
+
 TEST(MegatronTest, BrokenPipelineStages) {
   ExpectError(Fx("megatron_pp_missing_rank"),
               "inconsistent ranks: tensor-parallel rank 1 of pipeline stage 1 is missing");

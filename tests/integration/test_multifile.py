@@ -31,7 +31,8 @@ class MultifileTest(unittest.TestCase):
         cls.server = WeightgateServer(store=os.path.join(cls.tmp.name, "store"))
         cls.server.start()
         for model, ref in (("net", "model.pt"), ("gpt", "megatron_ref.pt"), ("yolo", "yolo_ref.pt"),
-                           ("gptpp", "megatron_pp_ref.pt"), ("gptcore", "megatron_pp_core_ref.pt")):
+                           ("gptpp", "megatron_pp_ref.pt"), ("gptcore", "megatron_pp_core_ref.pt"),
+                           ("gptvpp", "megatron_vpp_ref.pt")):
             r = cls.server.cli("register", model, "--from", os.path.join(cls.fx, ref))
             assert r.returncode == 0, r.stderr
 
@@ -92,6 +93,8 @@ class MultifileTest(unittest.TestCase):
                                           "megatron_pp_ref.pt"),
                                          ("gptcore", "megatron_pp_core", "megatron_pp_core",
                                           "megatron_pp_core_ref.pt"),
+                                         ("gptvpp", "megatron_vpp", "megatron_vpp",
+                                          "megatron_vpp_ref.pt"),
                                          ("yolo", "yolo", "yolo.pt", "yolo_ref.pt")):
             with self.subTest(layout=layout):
                 self.roundtrip(model, path, layout, ref)

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -333,18 +334,27 @@ TEST(MegatronTest, SpecLookupMatchesDottedSuffixes) {
   EXPECT_EQ(lookup("weight"), std::nullopt);  // two candidates of different shapes
 }
 
+// Reads Megatron fixture `name` as a set: the tensors its generator expects,
+// and every piece of `metadata`. Null when it cannot be read.
+std::optional<Checkpoint> ExpectMegatronSet(const std::string& name,
+                                            const std::vector<std::string>& metadata) {
+  ExpectSameTensors(name, Fx(name), "", false);
+  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx(name));
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status();
+  if (!ckpt.ok()) return std::nullopt;
+  for (const std::string& m : metadata) EXPECT_TRUE(HasMetadata(*ckpt, m)) << m;
+  return *std::move(ckpt);
+}
+
 // Two tensor-parallel ranks x two pipeline stages of 3 + 2 layers: each
 // stage's local layer numbers shifted by the layers before it, the tied
 // head's copy on the last stage checked against stage 0's and dropped.
 TEST(MegatronTest, PipelineStagesGetGlobalLayerNumbers) {
-  ExpectSameTensors("megatron_pp", Fx("megatron_pp"), "", false);
   ExpectSameTensors("megatron_pp", Fx("megatron_pp/release"), "", false);
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_pp"));
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_TRUE(HasMetadata(*ckpt, "set_layout=megatron_tp_pp"));
-  EXPECT_TRUE(HasMetadata(*ckpt, "pp_stages=2"));
-  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_layers=3,2"));
-  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_tied_copy_dropped=word_embeddings_for_head.weight"));
+  std::optional<Checkpoint> ckpt = ExpectMegatronSet(
+      "megatron_pp", {"set_layout=megatron_tp_pp", "pp_stages=2", "set_pp_layers=3,2",
+                      "set_pp_tied_copy_dropped=word_embeddings_for_head.weight"});
+  ASSERT_TRUE(ckpt.has_value());
   EXPECT_NE(ckpt->root->Get("language_model.encoder.layers.4.mlp.dense_4h_to_h.weight"), nullptr);
   EXPECT_EQ(ckpt->root->Get("word_embeddings_for_head.weight"), nullptr);
 }
@@ -354,11 +364,9 @@ TEST(MegatronTest, PipelineStagesGetGlobalLayerNumbers) {
 // (without a spec, a tensor of its own: only a spec without an output layer
 // makes it the tied copy, which the integration test covers).
 TEST(MegatronTest, CoreNamesPipelineStages) {
-  ExpectSameTensors("megatron_pp_core", Fx("megatron_pp_core"), "", false);
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_pp_core"));
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_TRUE(HasMetadata(*ckpt, "set_layout=megatron_tp_pp"));
-  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_layers=3,2"));
+  std::optional<Checkpoint> ckpt =
+      ExpectMegatronSet("megatron_pp_core", {"set_layout=megatron_tp_pp", "set_pp_layers=3,2"});
+  ASSERT_TRUE(ckpt.has_value());
   EXPECT_NE(ckpt->root->Get("decoder.layers.4.mlp.linear_fc2.weight"), nullptr);
   EXPECT_EQ(ckpt->root->Get("decoder.layers.5.mlp.linear_fc2.weight"), nullptr);
 }
@@ -366,13 +374,10 @@ TEST(MegatronTest, CoreNamesPipelineStages) {
 // Virtual pipeline stages: each rank file holds model0 and model1; chunk v
 // of pipeline rank p is the model's chunk v * 2 + p (layers 2,1,1,1).
 TEST(MegatronTest, VirtualPipelineStagesInModelOrder) {
-  ExpectSameTensors("megatron_vpp", Fx("megatron_vpp"), "", false);
-  absl::StatusOr<Checkpoint> ckpt = ReadCheckpointFile(Fx("megatron_vpp"));
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
-  EXPECT_TRUE(HasMetadata(*ckpt, "pp_stages=2"));
-  EXPECT_TRUE(HasMetadata(*ckpt, "pp_virtual_stages=2"));
-  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_layers=2,1,1,1"));
-  EXPECT_TRUE(HasMetadata(*ckpt, "set_pp_tied_copy_dropped=word_embeddings_for_head.weight"));
+  EXPECT_TRUE(ExpectMegatronSet("megatron_vpp",
+                                {"pp_stages=2", "pp_virtual_stages=2", "set_pp_layers=2,1,1,1",
+                                 "set_pp_tied_copy_dropped=word_embeddings_for_head.weight"})
+                  .has_value());
   ExpectError(Fx("megatron_vpp_args"),
               "inconsistent ranks: args.virtual_pipeline_model_parallel_size is 3 but the rank "
               "files hold 2 model chunk(s)");

@@ -261,15 +261,28 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
     }
   }
 
+  // The next chunk of `range`: its length, and whether it is a whole
+  // aligned chunk (whose CRC crcs_ shares across streams). Chunks are
+  // aligned to chunk_bytes_ in the blob (a range that starts mid-chunk sends
+  // a short first one).
+  struct Extent {
+    uint64_t bytes;
+    bool whole;
+  };
+  Extent NextExtent(const std::pair<uint64_t, uint64_t>& range) const {
+    uint64_t n =
+        std::min<uint64_t>(chunk_bytes_ - range.first % chunk_bytes_, range.second - range.first);
+    bool whole = range.first % chunk_bytes_ == 0 &&
+                 (n == chunk_bytes_ || range.first + n == blob_->file->size());
+    return {n, whole};
+  }
+
   // Whether the next chunk is a whole one with a known CRC (or there is none).
   bool NextCrcKnown() {
     SkipEmptyRanges();
     if (range_index_ >= ranges_.size()) return true;
     const auto& range = ranges_[range_index_];
-    if (range.first % chunk_bytes_ != 0) return false;
-    uint64_t n = std::min<uint64_t>(chunk_bytes_, range.second - range.first);
-    bool whole = n == chunk_bytes_ || range.first + n == blob_->file->size();
-    return whole && crcs_->Known(range.first / chunk_bytes_);
+    return NextExtent(range).whole && crcs_->Known(range.first / chunk_bytes_);
   }
 
   void NextChunk() {
@@ -279,14 +292,8 @@ class FetchReactor final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
       return;
     }
     auto& range = ranges_[range_index_];
-    // Chunks are aligned to chunk_bytes_ in the blob (a range that starts
-    // mid-chunk sends a short first one), so whole chunks' CRCs are shared
-    // by every stream through crcs_.
-    uint64_t n =
-        std::min<uint64_t>(chunk_bytes_ - range.first % chunk_bytes_, range.second - range.first);
+    const auto [n, whole] = NextExtent(range);
     std::string_view data = blob_->file->data().substr(range.first, n);
-    const bool whole = range.first % chunk_bytes_ == 0 &&
-                       (n == chunk_bytes_ || range.first + n == blob_->file->size());
     uint32_t crc = whole ? crcs_->Get(range.first / chunk_bytes_, data) : common::Crc32c(data);
     if (blob_->damaged()) {
       // The file under the mapping went away (GC on another replica, NFS):

@@ -91,8 +91,9 @@ class MemorySink final : public Sink {
   char* const base_;
 };
 
-// pwritev() into the file (no page faults on the write side) and a read-only
-// shared mapping of the same file for the hash, which sees the page cache.
+// pwritev() into the file (no page faults on the write side); what the hash
+// must read back comes through a read-only shared mapping of the same file,
+// made on first use (see data()), which sees the page cache.
 class FileSink final : public Sink {
  public:
   // `resume`: keep what `path` holds (when not longer than `size`) as the
@@ -410,13 +411,6 @@ class RawCall {
   bool ok_ = false;
 };
 
-// A received, checked and written chunk held for the hashing thread.
-struct HeldChunk {
-  std::vector<grpc::Slice> slices;  // own the bytes `pieces` point into
-  std::vector<struct iovec> pieces;
-  uint64_t bytes = 0;
-};
-
 // Shared state of the range streams of one fetch.
 class RangeFetch {
  public:
@@ -442,12 +436,12 @@ class RangeFetch {
     uint64_t done = from;
     while (done < total) {
       uint64_t upto;
-      std::optional<HeldChunk> held;
+      std::optional<ParsedChunk> held;
       {
         absl::MutexLock lock(&mu_);
         hashed_ = done;
         while (!held_.empty() && held_.begin()->first < done) {  // hashed from the sink
-          held_bytes_ -= held_.begin()->second.bytes;
+          held_bytes_ -= PiecesBytes(held_.begin()->second.data);
           held_.erase(held_.begin());
         }
         mu_.Await(absl::Condition(this, &RangeFetch::HashCanProceed));
@@ -455,17 +449,17 @@ class RangeFetch {
         upto = PrefixLocked();
         if (auto it = held_.find(done); it != held_.end()) {
           held.emplace(std::move(it->second));
-          held_bytes_ -= held->bytes;
+          held_bytes_ -= PiecesBytes(held->data);
           held_.erase(it);
         } else if (!held_.empty()) {
           upto = std::min(upto, held_.begin()->first);
         }
       }
       if (held) {
-        for (const auto& p : held->pieces) {
+        for (const auto& p : held->data) {
           sha->Update(std::string_view(static_cast<const char*>(p.iov_base), p.iov_len));
         }
-        done += held->bytes;
+        done += PiecesBytes(held->data);
         continue;
       }
       const char* base = upto > done ? sink_->data() : nullptr;
@@ -510,13 +504,9 @@ class RangeFetch {
     absl::MutexLock lock(&mu_);
     pos_[index] = offset + bytes;
     if (offset >= hashed_ && offset - hashed_ < kHashWindow && held_bytes_ + bytes <= kHashWindow) {
-      HeldChunk& h = held_[offset];
-      h.slices = std::move(chunk->slices);
-      h.pieces = std::move(chunk->data);
-      h.bytes = bytes;
+      held_[offset] = std::move(*chunk);
       held_bytes_ += bytes;
-      chunk->slices = {};
-      chunk->data = {};
+      *chunk = ParsedChunk();
     }
   }
 
@@ -635,8 +625,10 @@ class RangeFetch {
   bool failed_ ABSL_GUARDED_BY(mu_) = false;
   absl::Status error_ ABSL_GUARDED_BY(mu_);
   int resumes_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t hashed_ ABSL_GUARDED_BY(mu_) = 0;                 // where the hashing thread waits
-  std::map<uint64_t, HeldChunk> held_ ABSL_GUARDED_BY(mu_);  // by offset
+  uint64_t hashed_ ABSL_GUARDED_BY(mu_) = 0;  // where the hashing thread waits
+  // Received, checked and written chunks kept for the hashing thread, by
+  // offset (their slices own the bytes they point at).
+  std::map<uint64_t, ParsedChunk> held_ ABSL_GUARDED_BY(mu_);
   uint64_t held_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 

@@ -46,6 +46,22 @@ class StoreTest : public ::testing::Test {
     return *sha;
   }
 
+  // A blob of `content` unused for two hours (collectable, and unreferenced),
+  // and an upload of the same bytes staged in `store`: its commit reuses the
+  // blob. Returns the blob's sha256; null `*staged` on failure.
+  std::string OldBlobAndStagedCopy(Store* store, const std::string& content,
+                                   std::unique_ptr<StagedFile>* staged) {
+    std::string sha = Blob(content);
+    fs::last_write_time(store->BlobPath(sha),
+                        fs::file_time_type::clock::now() - std::chrono::hours(2));
+    auto copy = store->NewStagedFile();
+    EXPECT_TRUE(copy.ok()) << copy.status();
+    if (!copy.ok()) return sha;
+    EXPECT_TRUE((*copy)->Append(content).ok());
+    *staged = *std::move(copy);
+    return sha;
+  }
+
   Model MakeModel(const std::string& id) {
     Model m;
     m.set_model_id(id);
@@ -311,13 +327,10 @@ TEST_F(StoreTest, UpdateModelIsAtomicAcrossReplicas) {
 // written. The reused blob must survive.
 TEST_F(StoreTest, ReusedBlobIsRefreshedSoGcBetweenCommitAndVersionSparesIt) {
   ASSERT_TRUE(store_->PutModel(MakeModel("m1")).ok());
-  std::string sha = Blob("identical weights");
-  fs::last_write_time(store_->BlobPath(sha),
-                      fs::file_time_type::clock::now() - std::chrono::hours(2));
-  auto staged = store_->NewStagedFile();
-  ASSERT_TRUE(staged.ok());
-  ASSERT_TRUE((*staged)->Append("identical weights").ok());
-  auto reused = store_->CommitBlob(*std::move(staged));
+  std::unique_ptr<StagedFile> staged;
+  std::string sha = OldBlobAndStagedCopy(store_.get(), "identical weights", &staged);
+  ASSERT_NE(staged, nullptr);
+  auto reused = store_->CommitBlob(std::move(staged));
   ASSERT_TRUE(reused.ok());
   ASSERT_EQ(*reused, sha);
   ASSERT_TRUE(store_->CollectGarbage().ok());  // the interleaving that lost the blob
@@ -352,13 +365,10 @@ TEST_F(StoreTest, CommitVersionHoldsTheLockAcrossBlobAndRecord) {
   };
   auto store = Open(options);
   ASSERT_TRUE(store->PutModel(MakeModel("m1")).ok());
-  std::string sha = Blob("identical weights");
-  fs::last_write_time(store->BlobPath(sha),
-                      fs::file_time_type::clock::now() - std::chrono::hours(2));
-  auto staged = store->NewStagedFile();
-  ASSERT_TRUE(staged.ok());
-  ASSERT_TRUE((*staged)->Append("identical weights").ok());
-  auto version = store->CommitVersion("m1", *std::move(staged), Version(), "prod");
+  std::unique_ptr<StagedFile> staged;
+  std::string sha = OldBlobAndStagedCopy(store.get(), "identical weights", &staged);
+  ASSERT_NE(staged, nullptr);
+  auto version = store->CommitVersion("m1", std::move(staged), Version(), "prod");
   ASSERT_TRUE(version.ok()) << version.status();
   gc.join();
   EXPECT_EQ(version->blob_sha256(), sha);
